@@ -1,0 +1,365 @@
+//! Orgs: the accounts limits belong to, with their zone, environment and overrides.
+//!
+//! # Example
+//!
+//! ```
+//! use tollgate_core::{Adjustment, Environment, Org, Override, Timestamp};
+//!
+//! let org = Org::new("acme", "build")
+//!     .with_time_zone("Europe/Amsterdam".parse().unwrap())
+//!     .with_environment(Environment::Sandbox)
+//!     .with_key("acme-key-1")
+//!     .with_override(Override::new("daily", Adjustment::Capacity(5000)).until(Timestamp::from_secs(1_798_675_200)));
+//! assert_eq!(org.id().as_str(), "acme");
+//! ```
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono_tz::Tz;
+use sha2::{Digest, Sha256};
+
+use crate::error::PolicyError;
+use crate::time::Timestamp;
+
+/// An org's identifier; cheap to clone.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OrgId(Arc<str>);
+
+impl OrgId {
+    /// An org id.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        Self(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Borrow<str> for OrgId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for OrgId {
+    fn from(id: &str) -> Self {
+        Self(id.into())
+    }
+}
+
+impl From<String> for OrgId {
+    fn from(id: String) -> Self {
+        Self(id.into())
+    }
+}
+
+/// Production orgs get their plan's capacities; sandbox orgs get them divided by the server's
+/// sandbox divisor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Environment {
+    /// Full capacities (the default).
+    #[default]
+    Production,
+    /// Capacities and concurrency divided by `sandbox_divisor`.
+    Sandbox,
+}
+
+impl Environment {
+    /// `production` or `sandbox`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Environment::Production => "production",
+            Environment::Sandbox => "sandbox",
+        }
+    }
+}
+
+impl FromStr for Environment {
+    type Err = PolicyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "production" => Ok(Environment::Production),
+            "sandbox" => Ok(Environment::Sandbox),
+            other => Err(PolicyError::invalid(
+                "environment",
+                format!("unknown environment {other:?}"),
+                "use \"production\" or \"sandbox\"",
+            )),
+        }
+    }
+}
+
+/// How an override changes a limit's capacities.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Adjustment {
+    /// Replace the capacity of a single-tier limit.
+    Capacity(u64),
+    /// Replace every tier's capacity, shortest window first.
+    Capacities(Vec<u64>),
+    /// Multiply every tier's capacity (rounded down, never below 1).
+    Scale(f64),
+}
+
+/// A per-org change to one limit's capacities, optionally until an instant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Override {
+    limit: Arc<str>,
+    adjustment: Adjustment,
+    until: Option<Timestamp>,
+}
+
+impl Override {
+    /// An override of limit `limit` that lasts until cleared.
+    pub fn new(limit: impl Into<Arc<str>>, adjustment: Adjustment) -> Self {
+        Self {
+            limit: limit.into(),
+            adjustment,
+            until: None,
+        }
+    }
+
+    /// This override, in force only before `until`.
+    pub fn until(mut self, until: Timestamp) -> Self {
+        self.until = Some(until);
+        self
+    }
+
+    /// The name of the limit it changes.
+    pub fn limit(&self) -> &str {
+        &self.limit
+    }
+
+    /// How it changes the capacities.
+    pub fn adjustment(&self) -> &Adjustment {
+        &self.adjustment
+    }
+
+    /// When it stops applying, if ever.
+    pub fn expires(&self) -> Option<Timestamp> {
+        self.until
+    }
+
+    /// The capacities `base` becomes under this override.
+    pub(crate) fn apply(&self, base: &[u64]) -> Result<Vec<u64>, PolicyError> {
+        match &self.adjustment {
+            Adjustment::Capacity(capacity) => {
+                if base.len() != 1 {
+                    return Err(PolicyError::invalid(
+                        "capacity",
+                        format!(
+                            "limit {:?} has {} tiers, so one capacity is ambiguous",
+                            self.limit,
+                            base.len()
+                        ),
+                        format!(
+                            "write capacities = [...] with {} numbers, shortest window first, or scale = ...",
+                            base.len()
+                        ),
+                    ));
+                }
+                positive(*capacity).map(|capacity| vec![capacity])
+            }
+            Adjustment::Capacities(capacities) => {
+                if capacities.len() != base.len() {
+                    return Err(PolicyError::invalid(
+                        "capacities",
+                        format!(
+                            "limit {:?} has {} tiers but the override gives {} capacities",
+                            self.limit,
+                            base.len(),
+                            capacities.len()
+                        ),
+                        format!("give {} capacities, shortest window first", base.len()),
+                    ));
+                }
+                capacities
+                    .iter()
+                    .map(|capacity| positive(*capacity))
+                    .collect()
+            }
+            Adjustment::Scale(factor) => {
+                if !(factor.is_finite() && *factor > 0.0) {
+                    return Err(PolicyError::invalid(
+                        "scale",
+                        format!("scale {factor} is not a positive number"),
+                        "use a scale above 0, such as 2.0 to double or 0.5 to halve",
+                    ));
+                }
+                // Capacities are far below 2^52, so the float product is exact enough; floor, min 1.
+                Ok(base
+                    .iter()
+                    .map(|capacity| ((*capacity as f64 * factor).floor() as u64).max(1))
+                    .collect())
+            }
+        }
+    }
+}
+
+fn positive(capacity: u64) -> Result<u64, PolicyError> {
+    if capacity == 0 {
+        Err(PolicyError::invalid(
+            "capacity",
+            "a capacity of 0 admits nothing",
+            "set a capacity of at least 1",
+        ))
+    } else {
+        Ok(capacity)
+    }
+}
+
+/// The SHA-256 digest of an API key: how keys are held in memory.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    /// The digest of `key`.
+    pub fn of(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// The digest's bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyDigest(")?;
+        for byte in &self.0[..4] {
+            write!(f, "{byte:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+/// An account that limits belong to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Org {
+    id: OrgId,
+    plan: Arc<str>,
+    time_zone: Option<Tz>,
+    environment: Environment,
+    overrides: Vec<Override>,
+    keys: Vec<KeyDigest>,
+}
+
+impl Org {
+    /// An org on plan `plan`, in the server's zone, in production, with no keys or overrides.
+    pub fn new(id: impl Into<OrgId>, plan: impl Into<Arc<str>>) -> Self {
+        Self {
+            id: id.into(),
+            plan: plan.into(),
+            time_zone: None,
+            environment: Environment::Production,
+            overrides: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// This org with its own IANA zone.
+    pub fn with_time_zone(mut self, zone: Tz) -> Self {
+        self.time_zone = Some(zone);
+        self
+    }
+
+    /// This org in `environment`.
+    pub fn with_environment(mut self, environment: Environment) -> Self {
+        self.environment = environment;
+        self
+    }
+
+    /// This org with one more override.
+    pub fn with_override(mut self, adjustment: Override) -> Self {
+        self.overrides.push(adjustment);
+        self
+    }
+
+    /// This org with one more API key (held only as its SHA-256 digest).
+    pub fn with_key(mut self, key: &str) -> Self {
+        self.keys.push(KeyDigest::of(key));
+        self
+    }
+
+    /// The org's id.
+    pub fn id(&self) -> &OrgId {
+        &self.id
+    }
+
+    /// The name of its plan.
+    pub fn plan(&self) -> &str {
+        &self.plan
+    }
+
+    /// Its own zone, if set (otherwise the server's).
+    pub const fn time_zone(&self) -> Option<Tz> {
+        self.time_zone
+    }
+
+    /// Production or sandbox.
+    pub const fn environment(&self) -> Environment {
+        self.environment
+    }
+
+    /// Its overrides.
+    pub fn overrides(&self) -> &[Override] {
+        &self.overrides
+    }
+
+    /// Replaces its overrides.
+    pub fn set_overrides(&mut self, overrides: Vec<Override>) {
+        self.overrides = overrides;
+    }
+
+    /// Digests of its API keys.
+    pub fn keys(&self) -> &[KeyDigest] {
+        &self.keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_differ_per_key_and_hide_the_key() {
+        assert_ne!(KeyDigest::of("a"), KeyDigest::of("b"));
+        assert_eq!(KeyDigest::of("a"), KeyDigest::of("a"));
+        assert!(!format!("{:?}", KeyDigest::of("secret")).contains("secret"));
+    }
+
+    #[test]
+    fn adjustments() {
+        let single = Override::new("daily", Adjustment::Capacity(5000));
+        assert_eq!(single.apply(&[2500]), Ok(vec![5000]));
+        assert!(single.apply(&[100, 2600]).is_err());
+        let scale = Override::new("count", Adjustment::Scale(0.5));
+        assert_eq!(scale.apply(&[100, 2600, 1]), Ok(vec![50, 1300, 1]));
+        let tiers = Override::new("count", Adjustment::Capacities(vec![10, 20]));
+        assert_eq!(tiers.apply(&[100, 2600]), Ok(vec![10, 20]));
+        assert!(tiers.apply(&[100]).is_err());
+        assert!(
+            Override::new("count", Adjustment::Scale(-1.0))
+                .apply(&[1])
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! Route rules: what a route costs, or that it is exempt.
+//!
+//! A rule matches a method (or `*` for any) and an axum-style path pattern whose `{param}` segments
+//! match any one segment and whose trailing `{*rest}` matches the rest of the path. The same pattern
+//! matches a raw request path (`/v1/files/42`) and the route template axum reports as `MatchedPath`
+//! (`/v1/files/{id}`), so a rule works whether the layer sits before or after routing.
+//!
+//! # Example
+//!
+//! ```
+//! use tollgate_core::{RouteRule, Treatment};
+//!
+//! let files = RouteRule::parse("GET /v1/files/{id}", Treatment::Exempt { billable: true })?;
+//! assert!(files.matches("GET", "/v1/files/42"));
+//! assert!(files.matches("GET", "/v1/files/{file_id}"));
+//! assert!(!files.matches("POST", "/v1/files/42"));
+//! # Ok::<(), tollgate_core::PolicyError>(())
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::PolicyError;
+
+/// What the layer does with requests to a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Treatment {
+    /// Metered, charging this many points to `points` limits (1 is the default for unmatched routes).
+    Cost(u64),
+    /// Not limited and not charged; recorded in usage, and billable unless `billable` is false.
+    Exempt {
+        /// Whether calls count as billable.
+        billable: bool,
+    },
+}
+
+impl Default for Treatment {
+    fn default() -> Self {
+        Treatment::Cost(1)
+    }
+}
+
+impl Treatment {
+    /// A cost, refusing zero.
+    pub fn cost(points: u64) -> Result<Self, PolicyError> {
+        if points == 0 {
+            return Err(PolicyError::invalid(
+                "cost",
+                "a cost of 0 would make the route free but still limited",
+                "set a cost of at least 1, or mark the route exempt = true",
+            ));
+        }
+        Ok(Treatment::Cost(points))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Segment {
+    Literal(Box<str>),
+    Param,
+    Rest,
+}
+
+/// An axum-style path pattern.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RoutePattern {
+    text: Arc<str>,
+    segments: Vec<Segment>,
+}
+
+impl RoutePattern {
+    /// Parses `/a/{param}/b` or `/files/{*rest}`.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let bad = |problem: String| {
+            PolicyError::invalid(
+                "match",
+                problem,
+                "write the path as axum does, such as \"/v1/files/{id}\" or \"/v1/blobs/{*path}\"",
+            )
+        };
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err(bad(format!("path {text:?} does not start with '/'")));
+        };
+        let mut segments = Vec::new();
+        let parts: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect()
+        };
+        let count = parts.len();
+        for (index, part) in parts.into_iter().enumerate() {
+            let segment =
+                if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                    if let Some(name) = inner.strip_prefix('*') {
+                        if index + 1 != count || name.is_empty() {
+                            return Err(bad(format!(
+                                "{{*{name}}} in {text:?} must be the last segment and have a name"
+                            )));
+                        }
+                        Segment::Rest
+                    } else if inner.is_empty() || inner.contains(['{', '}']) {
+                        return Err(bad(format!(
+                            "segment {part:?} of {text:?} is not a {{name}} parameter"
+                        )));
+                    } else {
+                        Segment::Param
+                    }
+                } else if part.contains(['{', '}']) {
+                    return Err(bad(format!(
+                        "segment {part:?} of {text:?} mixes text and a parameter"
+                    )));
+                } else {
+                    Segment::Literal(part.into())
+                };
+            segments.push(segment);
+        }
+        Ok(Self {
+            text: text.into(),
+            segments,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether a raw path or a route template matches this pattern.
+    pub fn matches(&self, path: &str) -> bool {
+        let Some(path) = path.strip_prefix('/') else {
+            return false;
+        };
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        let mut parts = if path.is_empty() {
+            "".split('/').skip(1)
+        } else {
+            path.split('/').skip(0)
+        };
+        for segment in &self.segments {
+            match segment {
+                Segment::Rest => return true,
+                Segment::Param => match parts.next() {
+                    Some(part) if !part.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Literal(literal) => match parts.next() {
+                    Some(part) if part == &**literal => {}
+                    _ => return false,
+                },
+            }
+        }
+        // A trailing slash is one empty segment too many; it does not match.
+        parts.next().is_none()
+    }
+}
+
+impl fmt::Debug for RoutePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.text, f)
+    }
+}
+
+/// A method (or any), a path pattern and what requests matching them cost.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RouteRule {
+    method: Option<Arc<str>>,
+    pattern: RoutePattern,
+    treatment: Treatment,
+}
+
+impl RouteRule {
+    /// A rule for `method` (`None` for any) and `pattern`.
+    pub fn new(method: Option<&str>, pattern: RoutePattern, treatment: Treatment) -> Self {
+        Self {
+            method: method.map(|m| Arc::from(m.to_ascii_uppercase())),
+            pattern,
+            treatment,
+        }
+    }
+
+    /// Parses `"GET /v1/reports"` or `"* /v1/{*rest}"`.
+    pub fn parse(spec: &str, treatment: Treatment) -> Result<Self, PolicyError> {
+        let Some((method, path)) = spec.trim().split_once(' ') else {
+            return Err(PolicyError::invalid(
+                "match",
+                format!("{spec:?} has no method"),
+                "write the method, a space and the path, such as \"GET /v1/reports\" or \"* /v1/items\"",
+            ));
+        };
+        let method = method.trim();
+        if method != "*" && !(method.chars().all(|c| c.is_ascii_alphabetic()) && !method.is_empty())
+        {
+            return Err(PolicyError::invalid(
+                "match",
+                format!("{method:?} is not an HTTP method"),
+                "start with a method such as GET, POST, or * for any",
+            ));
+        }
+        let pattern = RoutePattern::parse(path.trim())?;
+        Ok(Self::new(
+            (method != "*").then_some(method),
+            pattern,
+            treatment,
+        ))
+    }
+
+    /// Whether a request with this method and path (raw or template) is covered.
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        self.method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self.pattern.matches(path)
+    }
+
+    /// The method, or `None` for any.
+    pub fn method(&self) -> Option<&str> {
+        self.method.as_deref()
+    }
+
+    /// The path pattern.
+    pub fn pattern(&self) -> &RoutePattern {
+        &self.pattern
+    }
+
+    /// What matching requests cost.
+    pub const fn treatment(&self) -> Treatment {
+        self.treatment
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_paths_and_templates() {
+        let p = RoutePattern::parse("/v1/connectors/{name}").expect("pattern");
+        assert!(p.matches("/v1/connectors/forms"));
+        assert!(p.matches("/v1/connectors/{connector}"));
+        assert!(p.matches("/v1/connectors/forms?x=1"));
+        assert!(!p.matches("/v1/connectors"));
+        assert!(!p.matches("/v1/connectors/"));
+        assert!(!p.matches("/v1/connectors/a/b"));
+        let rest = RoutePattern::parse("/blobs/{*path}").expect("pattern");
+        assert!(rest.matches("/blobs/a/b/c"));
+        assert!(!rest.matches("/other/a"));
+        let root = RoutePattern::parse("/").expect("pattern");
+        assert!(root.matches("/"));
+        assert!(!root.matches("/a"));
+    }
+
+    #[test]
+    fn bad_patterns_say_how_to_write_them() {
+        for bad in ["v1/items", "/v1/{}", "/v1/a{id}", "/{*rest}/more"] {
+            let error = RoutePattern::parse(bad).expect_err(bad);
+            assert!(
+                error.to_string().contains("write the path as axum does"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn rules_match_methods() {
+        let rule = RouteRule::parse("GET /v1/reports", Treatment::Cost(10)).expect("rule");
+        assert!(rule.matches("GET", "/v1/reports"));
+        assert!(rule.matches("get", "/v1/reports"));
+        assert!(!rule.matches("POST", "/v1/reports"));
+        let any = RouteRule::parse("* /v1/reports", Treatment::Cost(10)).expect("rule");
+        assert!(any.matches("DELETE", "/v1/reports"));
+        assert!(RouteRule::parse("/v1/reports", Treatment::Cost(1)).is_err());
+        assert!(RouteRule::parse("G3T /v1/reports", Treatment::Cost(1)).is_err());
+        assert!(Treatment::cost(0).is_err());
+    }
+}
