@@ -1,18 +1,64 @@
-//! tollgate-core
+//! The metering engine of tollgate: plans, calendar windows in every time zone, tiered spill-over,
+//! points and latency budgets, concurrency permits, usage and billing, and the stores that hold the
+//! counts. No HTTP types live here; the `tollgate` crate puts this engine behind a tower layer.
+//!
+//! - [`policy`] holds what an org may use: [`Plan`]s of [`Limit`]s of [`Tier`]s, [`Org`]s with their
+//!   zones, environments and [`Override`]s, and [`RouteRule`]s; [`file`] loads it all from TOML.
+//! - [`window`] computes calendar windows in any IANA zone, across DST changes.
+//! - [`tier`] and [`ledger`] are the pure arithmetic: admit all-or-nothing, spill over shortest
+//!   window first, settle latency and cost corrections, and say exactly when to retry.
+//! - [`store`] is the async [`Store`] trait; [`MemoryStore`] implements it in this process.
+//! - [`usage`] keeps calls today, billable calls per day, the last calls and the polling report.
+//! - [`time`] has the injectable [`Clock`]: [`SystemClock`] and [`ManualClock`].
+//!
+//! # Example
+//!
+//! ```
+//! use tollgate_core::{Charge, ManualClock, Clock, Ledger, Policy, Timestamp};
+//!
+//! let policy = Policy::from_toml_str(r#"
+//! [plans.build]
+//! [[plans.build.limits]]
+//! name = "points"
+//! dimension = "points"
+//! tiers = [{ window = "minute", capacity = 100 }]
+//!
+//! [[orgs]]
+//! id = "acme"
+//! plan = "build"
+//! keys = ["acme-key-1"]
+//! "#, "policy.toml".as_ref())?;
+//! let acme = policy.org_by_key("acme-key-1").expect("acme's key");
+//! let clock = ManualClock::new(Timestamp::from_secs(1_800_000_000));
+//! let mut ledger = Ledger::new(acme);
+//! let verdict = ledger.admit(acme, Charge::points(10), clock.now());
+//! assert_eq!(verdict.statuses()[0].remaining, 90);
+//! # Ok::<(), tollgate_core::PolicyError>(())
+//! ```
+
 pub mod error;
+pub mod ledger;
+pub mod memory;
 pub mod org;
+pub mod permit;
 pub mod plan;
 pub mod policy;
 pub mod route;
+pub mod store;
+pub mod tier;
 pub mod time;
+pub mod usage;
 pub mod window;
+
 pub use error::{PolicyError, StoreError};
+pub use ledger::{Charge, Correction, Ledger, LimitStatus, Receipt, ReceiptPart, RejectReason, TierStatus, Verdict};
+pub use memory::MemoryStore;
 pub use org::{Adjustment, Environment, KeyDigest, Org, OrgId, Override};
+pub use permit::{Permit, ReleasePermit};
 pub use plan::{Concurrency, Dimension, Limit, LimitZone, Plan, Tier, parse_zone};
 pub use policy::{
-    OnStoreError, Policy, PolicyBuilder, ResetFormat, ResolvedLimit, ResolvedOrg, ResolvedTier,
-    ServerSettings,
-};
 pub use route::{RoutePattern, RouteRule, Treatment};
+pub use store::{BoxFuture, Decision, DynStore, OrgUsage, Settlement, Store};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use usage::{CallRecord, Outcome, UsageSnapshot};
 pub use window::{Bounds, Window};

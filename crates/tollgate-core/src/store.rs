@@ -1,0 +1,147 @@
+//! The store trait: where counts live, atomically per org.
+//!
+//! A [`Store`] runs the [`Ledger`](crate::Ledger) arithmetic for one org atomically: check and charge
+//! every tier of every limit and take a concurrency permit in one step, settle latency and cost
+//! corrections afterwards, and keep each org's usage. [`MemoryStore`](crate::MemoryStore) keeps it
+//! in this process; a Redis store shares it between instances. The trait is async so that a store
+//! can do I/O; [`DynStore`] is its object-safe form, implemented for every `Store`.
+//!
+//! # Example
+//!
+//! ```
+//! use tollgate_core::{Charge, Dimension, Limit, LimitZone, MemoryStore, Org, Plan, Policy, Store, Tier, Timestamp, Window};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let daily = Limit::new("daily", Dimension::Requests, LimitZone::Org, vec![Tier::new(Window::Day, 2)?])?;
+//! let policy = Policy::builder().plan(Plan::new("p", vec![daily])?).org(Org::new("acme", "p")).build()?;
+//! let acme = policy.org("acme").expect("defined above");
+//! let store = MemoryStore::new();
+//! let now = Timestamp::from_secs(0);
+//! assert!(store.admit(acme, Charge::default(), now).await?.is_admitted());
+//! assert!(store.admit(acme, Charge::default(), now).await?.is_admitted());
+//! assert!(!store.admit(acme, Charge::default(), now).await?.is_admitted());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::error::StoreError;
+use crate::ledger::{Charge, Correction, LimitStatus, Receipt, Verdict};
+use crate::org::OrgId;
+use crate::permit::Permit;
+use crate::policy::ResolvedOrg;
+use crate::time::Timestamp;
+use crate::usage::{CallRecord, UsageSnapshot};
+
+/// The store's answer to one admission.
+#[derive(Debug)]
+pub struct Decision {
+    /// Admitted with every limit charged, or rejected with nothing charged.
+    pub verdict: Verdict,
+    /// The in-flight slot, when the plan limits concurrency and the request was admitted.
+    pub permit: Option<Permit>,
+}
+
+impl Decision {
+    /// Whether the request was admitted.
+    pub fn is_admitted(&self) -> bool {
+        self.verdict.is_admitted()
+    }
+}
+
+/// What to settle once a response has ended.
+#[derive(Debug, Default)]
+pub struct Settlement {
+    /// What the admission took, so a lower real cost can be given back.
+    pub receipt: Receipt,
+    /// Latency to debit and cost to correct.
+    pub correction: Correction,
+    /// The call to record in the org's usage.
+    pub call: Option<CallRecord>,
+    /// When the response ended.
+    pub at: Timestamp,
+}
+
+/// An org's usage and in-flight count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrgUsage {
+    /// Calls, billing and the polling report.
+    pub usage: UsageSnapshot,
+    /// Requests in flight now.
+    pub in_flight: u32,
+}
+
+/// Where counts live: atomic per org, exact under any concurrency.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Checks concurrency and every limit of `org`'s plan at `now`; if all admit, charges all of
+    /// them and takes a permit, in one atomic step. A rejection charges nothing.
+    fn admit(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
+
+    /// Debits latency, settles a cost correction and records the call, after the response ended.
+    fn settle(&self, org: &Arc<ResolvedOrg>, settlement: Settlement) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records a call that was not admitted (rejected or exempt) in the org's usage.
+    fn record(&self, org: &Arc<ResolvedOrg>, call: CallRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every limit's numbers at `now`, charging nothing.
+    fn peek(&self, org: &Arc<ResolvedOrg>, now: Timestamp) -> impl Future<Output = Result<Vec<LimitStatus>, StoreError>> + Send;
+
+    /// Forgets what `limit` (or every limit) used in its current windows.
+    fn reset(&self, org: &Arc<ResolvedOrg>, limit: Option<&str>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The org's usage as of `now`, with `days` days of billing.
+    fn usage(&self, org: &Arc<ResolvedOrg>, now: Timestamp, days: usize) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send;
+
+    /// Resolves when a permit of `org` may have been freed (a waiting request then tries again).
+    /// May resolve early; callers bound the wait.
+    fn permit_freed(&self, org: &OrgId) -> impl Future<Output = ()> + Send;
+}
+
+/// A boxed future, for [`DynStore`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`Store`] in object-safe form, so a service can choose its store at run time.
+#[allow(missing_docs)]
+pub trait DynStore: Send + Sync + fmt::Debug + 'static {
+    fn admit<'a>(&'a self, org: &'a Arc<ResolvedOrg>, charge: Charge, now: Timestamp) -> BoxFuture<'a, Result<Decision, StoreError>>;
+    fn settle<'a>(&'a self, org: &'a Arc<ResolvedOrg>, settlement: Settlement) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn record<'a>(&'a self, org: &'a Arc<ResolvedOrg>, call: CallRecord) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn peek<'a>(&'a self, org: &'a Arc<ResolvedOrg>, now: Timestamp) -> BoxFuture<'a, Result<Vec<LimitStatus>, StoreError>>;
+    fn reset<'a>(&'a self, org: &'a Arc<ResolvedOrg>, limit: Option<&'a str>) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn usage<'a>(&'a self, org: &'a Arc<ResolvedOrg>, now: Timestamp, days: usize) -> BoxFuture<'a, Result<OrgUsage, StoreError>>;
+    fn permit_freed<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, ()>;
+}
+
+impl<S: Store> DynStore for S {
+    fn admit<'a>(&'a self, org: &'a Arc<ResolvedOrg>, charge: Charge, now: Timestamp) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(Store::admit(self, org, charge, now))
+    }
+    fn settle<'a>(&'a self, org: &'a Arc<ResolvedOrg>, settlement: Settlement) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::settle(self, org, settlement))
+    }
+    fn record<'a>(&'a self, org: &'a Arc<ResolvedOrg>, call: CallRecord) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::record(self, org, call))
+    }
+    fn peek<'a>(&'a self, org: &'a Arc<ResolvedOrg>, now: Timestamp) -> BoxFuture<'a, Result<Vec<LimitStatus>, StoreError>> {
+        Box::pin(Store::peek(self, org, now))
+    }
+    fn reset<'a>(&'a self, org: &'a Arc<ResolvedOrg>, limit: Option<&'a str>) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::reset(self, org, limit))
+    }
+    fn usage<'a>(&'a self, org: &'a Arc<ResolvedOrg>, now: Timestamp, days: usize) -> BoxFuture<'a, Result<OrgUsage, StoreError>> {
+        Box::pin(Store::usage(self, org, now, days))
+    }
+    fn permit_freed<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, ()> {
+        Box::pin(Store::permit_freed(self, org))
+    }
+}
