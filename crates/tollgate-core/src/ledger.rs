@@ -94,7 +94,11 @@ impl LimitStatus {
 
     /// Remaining as a share of the limit (0.0 to 1.0), for picking the most constraining limit.
     pub fn ratio(&self) -> f64 {
-        if self.limit == 0 { 0.0 } else { self.remaining as f64 / self.limit as f64 }
+        if self.limit == 0 {
+            0.0
+        } else {
+            self.remaining as f64 / self.limit as f64
+        }
     }
 }
 
@@ -205,9 +209,17 @@ impl Ledger {
     pub fn new(org: &ResolvedOrg) -> Self {
         Self {
             layout: org.layout(),
-            names: org.limits().iter().map(|limit| limit.name_arc().clone()).collect(),
+            names: org
+                .limits()
+                .iter()
+                .map(|limit| limit.name_arc().clone())
+                .collect(),
             windows: org.limits().iter().map(windows_of).collect(),
-            limits: org.limits().iter().map(|limit| LimitState::fresh(limit.tiers().len())).collect(),
+            limits: org
+                .limits()
+                .iter()
+                .map(|limit| LimitState::fresh(limit.tiers().len()))
+                .collect(),
         }
     }
 
@@ -254,7 +266,9 @@ impl Ledger {
 
     /// Whether every tier window has ended by `now`: the ledger then holds nothing worth keeping.
     pub fn is_idle(&self, now: Timestamp) -> bool {
-        self.limits.iter().all(|state| state.tiers().iter().all(|tier| now >= tier.end))
+        self.limits
+            .iter()
+            .all(|state| state.tiers().iter().all(|tier| now >= tier.end))
     }
 
     /// Checks every limit and charges all of them, or none.
@@ -268,7 +282,9 @@ impl Ledger {
             let available = state.available(caps);
             let admits = match limit.dimension() {
                 Dimension::LatencyMs => available > 0,
-                dimension => available >= i64::try_from(charge.amount(dimension)).unwrap_or(i64::MAX),
+                dimension => {
+                    available >= i64::try_from(charge.amount(dimension)).unwrap_or(i64::MAX)
+                }
             };
             if !admits {
                 violated.push(index);
@@ -288,10 +304,17 @@ impl Ledger {
                     for (start, tier) in starts.iter_mut().zip(state.tiers()) {
                         *start = tier.start;
                     }
-                    parts.push(ReceiptPart { limit: index, split, starts });
+                    parts.push(ReceiptPart {
+                        limit: index,
+                        split,
+                        starts,
+                    });
                 }
             }
-            return Verdict::Admitted { statuses: self.statuses(org, now), receipt: Receipt { parts } };
+            return Verdict::Admitted {
+                statuses: self.statuses(org, now),
+                receipt: Receipt { parts },
+            };
         }
         let mut binding: Option<(usize, Option<Timestamp>)> = None;
         for &index in &violated {
@@ -307,19 +330,38 @@ impl Ledger {
             }
         }
         let (index, retry_at) = binding.unwrap_or((violated[0], None));
-        Verdict::Rejected { reason: RejectReason::Limit(index), retry_at, violated, statuses: self.statuses(org, now) }
+        Verdict::Rejected {
+            reason: RejectReason::Limit(index),
+            retry_at,
+            violated,
+            statuses: self.statuses(org, now),
+        }
     }
 
     /// When limit `index` would admit `charge` if no one else charged.
-    fn ready_at(&self, org: &ResolvedOrg, index: usize, charge: Charge, now: Timestamp) -> Option<Timestamp> {
+    fn ready_at(
+        &self,
+        org: &ResolvedOrg,
+        index: usize,
+        charge: Charge,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
         let limit = &org.limits()[index];
         let caps = capacities(limit, now);
         let need = charge.amount(limit.dimension());
-        self.limits[index].ready_at(&caps[..limit.tiers().len()], need, now, |tier, at| limit.capacity(tier, at))
+        self.limits[index].ready_at(&caps[..limit.tiers().len()], need, now, |tier, at| {
+            limit.capacity(tier, at)
+        })
     }
 
     /// Debits latency and settles a cost correction for a request admitted earlier.
-    pub fn settle(&mut self, org: &ResolvedOrg, receipt: &Receipt, correction: Correction, now: Timestamp) {
+    pub fn settle(
+        &mut self,
+        org: &ResolvedOrg,
+        receipt: &Receipt,
+        correction: Correction,
+        now: Timestamp,
+    ) {
         self.conform(org);
         self.refresh(org, now);
         for (index, (limit, state)) in org.limits().iter().zip(&mut self.limits).enumerate() {
@@ -334,7 +376,11 @@ impl Ledger {
                 }
                 Dimension::Points if correction.cost_delta < 0 => {
                     if let Some(part) = receipt.parts.iter().find(|part| part.limit == index) {
-                        state.refund(&part.split, &part.starts, correction.cost_delta.unsigned_abs());
+                        state.refund(
+                            &part.split,
+                            &part.starts,
+                            correction.cost_delta.unsigned_abs(),
+                        );
                     }
                 }
                 _ => {}
@@ -380,11 +426,22 @@ fn windows_of(limit: &ResolvedLimit) -> [Option<Window>; MAX_TIERS] {
 }
 
 /// The numbers of one limit from its state (stores that keep state elsewhere use this too).
-pub fn status(index: usize, limit: &ResolvedLimit, state: &LimitState, now: Timestamp) -> LimitStatus {
+pub fn status(
+    index: usize,
+    limit: &ResolvedLimit,
+    state: &LimitState,
+    now: Timestamp,
+) -> LimitStatus {
     let caps = capacities(limit, now);
     let len = limit.tiers().len();
     let caps = &caps[..len];
-    let mut tiers = [TierStatus { window: Window::Minute, capacity: 0, used: 0, remaining: 0, reset: now }; MAX_TIERS];
+    let mut tiers = [TierStatus {
+        window: Window::Minute,
+        capacity: 0,
+        used: 0,
+        remaining: 0,
+        reset: now,
+    }; MAX_TIERS];
     let mut reset: Option<Timestamp> = None;
     for (tier, (slot, tier_state)) in tiers.iter_mut().zip(state.tiers()).enumerate() {
         let remaining = state.remaining(caps, tier);

@@ -51,12 +51,18 @@ pub mod usage;
 pub mod window;
 
 pub use error::{PolicyError, StoreError};
-pub use ledger::{Charge, Correction, Ledger, LimitStatus, Receipt, ReceiptPart, RejectReason, TierStatus, Verdict};
+pub use ledger::{
+    Charge, Correction, Ledger, LimitStatus, Receipt, ReceiptPart, RejectReason, TierStatus,
+    Verdict,
+};
 pub use memory::MemoryStore;
 pub use org::{Adjustment, Environment, KeyDigest, Org, OrgId, Override};
 pub use permit::{Permit, ReleasePermit};
 pub use plan::{Concurrency, Dimension, Limit, LimitZone, Plan, Tier, parse_zone};
 pub use policy::{
+    OnStoreError, Policy, PolicyBuilder, ResetFormat, ResolvedLimit, ResolvedOrg, ResolvedTier,
+    ServerSettings,
+};
 pub use route::{RoutePattern, RouteRule, Treatment};
 pub use store::{BoxFuture, Decision, DynStore, OrgUsage, Settlement, Store};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -10,9 +10,9 @@
 //!
 //! See [the `store` module](crate::store).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::future::Future;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -77,7 +77,12 @@ impl MemoryStore {
 
     /// An empty store keeping the last `calls_kept` calls per org.
     pub fn with_calls_kept(calls_kept: usize) -> Self {
-        Self { slots: DashMap::new(), usage: DashMap::new(), calls_kept: calls_kept.max(1), last_sweep: AtomicI64::new(i64::MIN) }
+        Self {
+            slots: DashMap::new(),
+            usage: DashMap::new(),
+            calls_kept: calls_kept.max(1),
+            last_sweep: AtomicI64::new(i64::MIN),
+        }
     }
 
     /// Orgs whose counts are held now.
@@ -92,7 +97,12 @@ impl MemoryStore {
         Arc::clone(
             self.slots
                 .entry(org.clone())
-                .or_insert_with(|| Arc::new(Slot { state: Mutex::new(SlotState::default()), freed: Notify::new() }))
+                .or_insert_with(|| {
+                    Arc::new(Slot {
+                        state: Mutex::new(SlotState::default()),
+                        freed: Notify::new(),
+                    })
+                })
                 .value(),
         )
     }
@@ -112,7 +122,12 @@ impl MemoryStore {
         if let Some(usage) = self.usage.get(org) {
             return Arc::clone(usage.value());
         }
-        Arc::clone(self.usage.entry(org.clone()).or_insert_with(|| Arc::new(Mutex::new(UsageLedger::new(self.calls_kept)))).value())
+        Arc::clone(
+            self.usage
+                .entry(org.clone())
+                .or_insert_with(|| Arc::new(Mutex::new(UsageLedger::new(self.calls_kept))))
+                .value(),
+        )
     }
 
     /// Drops the ledgers of orgs with every window passed and no permit held, at most once a
@@ -122,7 +137,11 @@ impl MemoryStore {
         if now.as_millis() < last.saturating_add(SWEEP_EVERY_MS) {
             return;
         }
-        if self.last_sweep.compare_exchange(last, now.as_millis(), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        if self
+            .last_sweep
+            .compare_exchange(last, now.as_millis(), Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
             return;
         }
         self.sweep(now);
@@ -132,7 +151,11 @@ impl MemoryStore {
     pub fn sweep(&self, now: Timestamp) {
         self.slots.retain(|_, slot| {
             let mut state = slot.state.lock();
-            let idle = state.in_flight == 0 && state.ledger.as_ref().is_none_or(|ledger| ledger.is_idle(now));
+            let idle = state.in_flight == 0
+                && state
+                    .ledger
+                    .as_ref()
+                    .is_none_or(|ledger| ledger.is_idle(now));
             if idle {
                 state.retired = true;
             }
@@ -173,10 +196,18 @@ impl MemoryStore {
 
     /// Settles synchronously (what the async [`Store::settle`] does, without a future).
     pub fn settle_now(&self, org: &Arc<ResolvedOrg>, settlement: Settlement) {
-        let Settlement { receipt, correction, call, at } = settlement;
+        let Settlement {
+            receipt,
+            correction,
+            call,
+            at,
+        } = settlement;
         if correction.latency_ms > 0 || correction.cost_delta != 0 {
             self.with_state(org.id(), |_, state| {
-                state.ledger.get_or_insert_with(|| Ledger::new(org)).settle(org, &receipt, correction, at);
+                state
+                    .ledger
+                    .get_or_insert_with(|| Ledger::new(org))
+                    .settle(org, &receipt, correction, at);
             });
         }
         if let Some(call) = call {
@@ -186,36 +217,57 @@ impl MemoryStore {
 
     /// Records a call synchronously.
     pub fn record_now(&self, org: &Arc<ResolvedOrg>, call: CallRecord) {
-        self.usage_ledger(org.id()).lock().record(org.time_zone(), call);
+        self.usage_ledger(org.id())
+            .lock()
+            .record(org.time_zone(), call);
     }
 }
 
 impl Store for MemoryStore {
-    fn admit(&self, org: &Arc<ResolvedOrg>, charge: Charge, now: Timestamp) -> impl Future<Output = Result<Decision, StoreError>> + Send {
+    fn admit(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send {
         std::future::ready(Ok(self.admit_now(org, charge, now)))
     }
 
-    fn settle(&self, org: &Arc<ResolvedOrg>, settlement: Settlement) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn settle(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        settlement: Settlement,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.settle_now(org, settlement);
         std::future::ready(Ok(()))
     }
 
-    fn record(&self, org: &Arc<ResolvedOrg>, call: CallRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn record(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        call: CallRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.record_now(org, call);
         std::future::ready(Ok(()))
     }
 
-    fn peek(&self, org: &Arc<ResolvedOrg>, now: Timestamp) -> impl Future<Output = Result<Vec<LimitStatus>, StoreError>> + Send {
-        let statuses = self.with_state(org.id(), |_, state| {
-            match state.ledger.as_mut() {
-                Some(ledger) => ledger.peek(org, now),
-                None => Ledger::new(org).peek(org, now),
-            }
+    fn peek(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<LimitStatus>, StoreError>> + Send {
+        let statuses = self.with_state(org.id(), |_, state| match state.ledger.as_mut() {
+            Some(ledger) => ledger.peek(org, now),
+            None => Ledger::new(org).peek(org, now),
         });
         std::future::ready(Ok(statuses))
     }
 
-    fn reset(&self, org: &Arc<ResolvedOrg>, limit: Option<&str>) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn reset(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        limit: Option<&str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.with_state(org.id(), |_, state| {
             if let Some(ledger) = state.ledger.as_mut() {
                 ledger.reset(org, limit);
@@ -224,9 +276,20 @@ impl Store for MemoryStore {
         std::future::ready(Ok(()))
     }
 
-    fn usage(&self, org: &Arc<ResolvedOrg>, now: Timestamp, days: usize) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send {
-        let usage = self.usage_ledger(org.id()).lock().snapshot(org.time_zone(), now, days);
-        let in_flight = self.slots.get(org.id()).map_or(0, |slot| slot.state.lock().in_flight);
+    fn usage(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        now: Timestamp,
+        days: usize,
+    ) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send {
+        let usage = self
+            .usage_ledger(org.id())
+            .lock()
+            .snapshot(org.time_zone(), now, days);
+        let in_flight = self
+            .slots
+            .get(org.id())
+            .map_or(0, |slot| slot.state.lock().in_flight);
         std::future::ready(Ok(OrgUsage { usage, in_flight }))
     }
 

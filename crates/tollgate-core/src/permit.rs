@@ -33,7 +33,9 @@ impl Permit {
 
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Permit").field("lease", &self.lease).finish_non_exhaustive()
+        f.debug_struct("Permit")
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
     }
 }
 

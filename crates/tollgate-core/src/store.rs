@@ -88,19 +88,40 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
 
     /// Debits latency, settles a cost correction and records the call, after the response ended.
-    fn settle(&self, org: &Arc<ResolvedOrg>, settlement: Settlement) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn settle(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        settlement: Settlement,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Records a call that was not admitted (rejected or exempt) in the org's usage.
-    fn record(&self, org: &Arc<ResolvedOrg>, call: CallRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn record(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        call: CallRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Every limit's numbers at `now`, charging nothing.
-    fn peek(&self, org: &Arc<ResolvedOrg>, now: Timestamp) -> impl Future<Output = Result<Vec<LimitStatus>, StoreError>> + Send;
+    fn peek(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<LimitStatus>, StoreError>> + Send;
 
     /// Forgets what `limit` (or every limit) used in its current windows.
-    fn reset(&self, org: &Arc<ResolvedOrg>, limit: Option<&str>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn reset(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        limit: Option<&str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The org's usage as of `now`, with `days` days of billing.
-    fn usage(&self, org: &Arc<ResolvedOrg>, now: Timestamp, days: usize) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send;
+    fn usage(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        now: Timestamp,
+        days: usize,
+    ) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send;
 
     /// Resolves when a permit of `org` may have been freed (a waiting request then tries again).
     /// May resolve early; callers bound the wait.
@@ -113,32 +134,84 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// [`Store`] in object-safe form, so a service can choose its store at run time.
 #[allow(missing_docs)]
 pub trait DynStore: Send + Sync + fmt::Debug + 'static {
-    fn admit<'a>(&'a self, org: &'a Arc<ResolvedOrg>, charge: Charge, now: Timestamp) -> BoxFuture<'a, Result<Decision, StoreError>>;
-    fn settle<'a>(&'a self, org: &'a Arc<ResolvedOrg>, settlement: Settlement) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn record<'a>(&'a self, org: &'a Arc<ResolvedOrg>, call: CallRecord) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn peek<'a>(&'a self, org: &'a Arc<ResolvedOrg>, now: Timestamp) -> BoxFuture<'a, Result<Vec<LimitStatus>, StoreError>>;
-    fn reset<'a>(&'a self, org: &'a Arc<ResolvedOrg>, limit: Option<&'a str>) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn usage<'a>(&'a self, org: &'a Arc<ResolvedOrg>, now: Timestamp, days: usize) -> BoxFuture<'a, Result<OrgUsage, StoreError>>;
+    fn admit<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>>;
+    fn settle<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        settlement: Settlement,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn record<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        call: CallRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn peek<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<LimitStatus>, StoreError>>;
+    fn reset<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        limit: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn usage<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        now: Timestamp,
+        days: usize,
+    ) -> BoxFuture<'a, Result<OrgUsage, StoreError>>;
     fn permit_freed<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, ()>;
 }
 
 impl<S: Store> DynStore for S {
-    fn admit<'a>(&'a self, org: &'a Arc<ResolvedOrg>, charge: Charge, now: Timestamp) -> BoxFuture<'a, Result<Decision, StoreError>> {
+    fn admit<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
         Box::pin(Store::admit(self, org, charge, now))
     }
-    fn settle<'a>(&'a self, org: &'a Arc<ResolvedOrg>, settlement: Settlement) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn settle<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        settlement: Settlement,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(Store::settle(self, org, settlement))
     }
-    fn record<'a>(&'a self, org: &'a Arc<ResolvedOrg>, call: CallRecord) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn record<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        call: CallRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(Store::record(self, org, call))
     }
-    fn peek<'a>(&'a self, org: &'a Arc<ResolvedOrg>, now: Timestamp) -> BoxFuture<'a, Result<Vec<LimitStatus>, StoreError>> {
+    fn peek<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<LimitStatus>, StoreError>> {
         Box::pin(Store::peek(self, org, now))
     }
-    fn reset<'a>(&'a self, org: &'a Arc<ResolvedOrg>, limit: Option<&'a str>) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn reset<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        limit: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(Store::reset(self, org, limit))
     }
-    fn usage<'a>(&'a self, org: &'a Arc<ResolvedOrg>, now: Timestamp, days: usize) -> BoxFuture<'a, Result<OrgUsage, StoreError>> {
+    fn usage<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        now: Timestamp,
+        days: usize,
+    ) -> BoxFuture<'a, Result<OrgUsage, StoreError>> {
         Box::pin(Store::usage(self, org, now, days))
     }
     fn permit_freed<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, ()> {

@@ -47,7 +47,10 @@ fn signed(value: u64) -> i64 {
 impl LimitState {
     /// A state of `len` fresh tiers whose windows have already ended (so the first use opens them).
     pub fn fresh(len: usize) -> Self {
-        Self { tiers: [TierState::default(); MAX_TIERS], len: len.min(MAX_TIERS) as u8 }
+        Self {
+            tiers: [TierState::default(); MAX_TIERS],
+            len: len.min(MAX_TIERS) as u8,
+        }
     }
 
     /// The tiers, shortest window first.
@@ -79,7 +82,11 @@ impl LimitState {
         (0..usize::from(self.len))
             .map(|tier| {
                 let remaining = self.remaining(capacities, tier);
-                if tier == last { remaining } else { remaining.max(0) }
+                if tier == last {
+                    remaining
+                } else {
+                    remaining.max(0)
+                }
             })
             .sum()
     }
@@ -109,7 +116,12 @@ impl LimitState {
     /// Gives back up to `amount` of what a charge took (`split`, taken in the windows starting at
     /// `starts`), longest window first, skipping tiers whose window has since changed. Returns what
     /// was given back.
-    pub fn refund(&mut self, split: &[u64; MAX_TIERS], starts: &[Timestamp; MAX_TIERS], amount: u64) -> u64 {
+    pub fn refund(
+        &mut self,
+        split: &[u64; MAX_TIERS],
+        starts: &[Timestamp; MAX_TIERS],
+        amount: u64,
+    ) -> u64 {
         let mut left = amount;
         for tier in (0..usize::from(self.len)).rev() {
             if left == 0 {
@@ -119,7 +131,9 @@ impl LimitState {
             if state.start != starts[tier] {
                 continue;
             }
-            let back = left.min(split[tier]).min(u64::try_from(state.used.max(0)).unwrap_or(0));
+            let back = left
+                .min(split[tier])
+                .min(u64::try_from(state.used.max(0)).unwrap_or(0));
             state.used -= signed(back);
             left -= back;
         }
@@ -136,7 +150,13 @@ impl LimitState {
         now: Timestamp,
         capacity_at: impl Fn(usize, Timestamp) -> u64,
     ) -> Option<Timestamp> {
-        let enough = |available: i64| if need == 0 { available > 0 } else { available >= signed(need) };
+        let enough = |available: i64| {
+            if need == 0 {
+                available > 0
+            } else {
+                available >= signed(need)
+            }
+        };
         if enough(self.available(capacities)) {
             return Some(now);
         }
@@ -207,11 +227,25 @@ mod tests {
     fn ready_at_walks_refills_in_time_order() {
         let caps = [100, 2600];
         let mut state = LimitState::fresh(2);
-        state.tiers_mut()[0] = TierState { start: Timestamp::from_secs(0), end: Timestamp::from_secs(60), used: 100 };
-        state.tiers_mut()[1] = TierState { start: Timestamp::from_secs(0), end: Timestamp::from_secs(3600), used: 2600 };
+        state.tiers_mut()[0] = TierState {
+            start: Timestamp::from_secs(0),
+            end: Timestamp::from_secs(60),
+            used: 100,
+        };
+        state.tiers_mut()[1] = TierState {
+            start: Timestamp::from_secs(0),
+            end: Timestamp::from_secs(3600),
+            used: 2600,
+        };
         let now = Timestamp::from_secs(30);
-        assert_eq!(state.ready_at(&caps, 1, now, |t, _| caps[t]), Some(Timestamp::from_secs(60)));
-        assert_eq!(state.ready_at(&caps, 101, now, |t, _| caps[t]), Some(Timestamp::from_secs(3600)));
+        assert_eq!(
+            state.ready_at(&caps, 1, now, |t, _| caps[t]),
+            Some(Timestamp::from_secs(60))
+        );
+        assert_eq!(
+            state.ready_at(&caps, 101, now, |t, _| caps[t]),
+            Some(Timestamp::from_secs(3600))
+        );
         assert_eq!(state.ready_at(&caps, 2701, now, |t, _| caps[t]), None);
     }
 }

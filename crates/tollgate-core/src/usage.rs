@@ -126,7 +126,14 @@ impl CallRecord {
 
 /// Masks an API key to its last four characters: `…abcd`.
 pub fn mask_key(key: &str) -> String {
-    let tail: String = key.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = key
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("…{tail}")
 }
 
@@ -232,7 +239,11 @@ impl UsageLedger {
             match self.days.iter_mut().rev().find(|(day, _)| *day == date) {
                 Some((_, count)) => *count += 1,
                 None => {
-                    let at = self.days.iter().position(|(day, _)| *day > date).unwrap_or(self.days.len());
+                    let at = self
+                        .days
+                        .iter()
+                        .position(|(day, _)| *day > date)
+                        .unwrap_or(self.days.len());
                     self.days.insert(at, (date, 1));
                     while self.days.len() > DAYS_KEPT {
                         self.days.pop_front();
@@ -256,13 +267,21 @@ impl UsageLedger {
     fn count_endpoint(&mut self, call: &CallRecord) {
         let route = call.route.clone().unwrap_or_else(|| call.path.clone());
         let key = (call.method.clone(), route);
-        let points = if call.outcome == Outcome::Admitted { call.cost } else { 0 };
+        let points = if call.outcome == Outcome::Admitted {
+            call.cost
+        } else {
+            0
+        };
         if let Some(entry) = self.endpoints.get_mut(&key) {
             entry.0 += 1;
             entry.1 += points;
             return;
         }
-        let key = if self.endpoints.len() >= MAX_ENDPOINTS - 1 { (Arc::from("*"), Arc::from("(other)")) } else { key };
+        let key = if self.endpoints.len() >= MAX_ENDPOINTS - 1 {
+            (Arc::from("*"), Arc::from("(other)"))
+        } else {
+            key
+        };
         let entry = self.endpoints.entry(key).or_insert((0, 0));
         entry.0 += 1;
         entry.1 += points;
@@ -287,7 +306,14 @@ impl UsageLedger {
                 return;
             }
         }
-        self.repeated.insert(key, Repeat { count: 1, first: call.at, last: call.at });
+        self.repeated.insert(
+            key,
+            Repeat {
+                count: 1,
+                first: call.at,
+                last: call.at,
+            },
+        );
     }
 
     /// Everything the usage routes show, as of `now` in `tz`, with `days` days of billing (at most 31).
@@ -298,7 +324,15 @@ impl UsageLedger {
         let billable_days: Vec<(NaiveDate, u64)> = (0..days)
             .rev()
             .filter_map(|back| date.checked_sub_days(Days::new(back as u64)))
-            .map(|day| (day, self.days.iter().find(|(d, _)| *d == day).map_or(0, |(_, count)| *count)))
+            .map(|day| {
+                (
+                    day,
+                    self.days
+                        .iter()
+                        .find(|(d, _)| *d == day)
+                        .map_or(0, |(_, count)| *count),
+                )
+            })
             .collect();
         let mut endpoints: Vec<EndpointUsage> = if current {
             self.endpoints
@@ -313,7 +347,12 @@ impl UsageLedger {
         } else {
             Vec::new()
         };
-        endpoints.sort_by(|a, b| b.calls.cmp(&a.calls).then(b.points.cmp(&a.points)).then(a.route.cmp(&b.route)));
+        endpoints.sort_by(|a, b| {
+            b.calls
+                .cmp(&a.calls)
+                .then(b.points.cmp(&a.points))
+                .then(a.route.cmp(&b.route))
+        });
         let mut repeated: Vec<RepeatedRequest> = if current {
             self.repeated
                 .iter()
@@ -322,7 +361,9 @@ impl UsageLedger {
                     method: method.clone(),
                     path: path.clone(),
                     count: repeat.count,
-                    mean_interval_s: repeat.last.millis_since(repeat.first) as f64 / 1000.0 / (repeat.count - 1) as f64,
+                    mean_interval_s: repeat.last.millis_since(repeat.first) as f64
+                        / 1000.0
+                        / (repeat.count - 1) as f64,
                 })
                 .collect()
         } else {
@@ -368,9 +409,16 @@ mod tests {
         let day = 86_400;
         usage.record(Tz::UTC, call(0, "/a"));
         usage.record(Tz::UTC, call(2 * day, "/a"));
-        usage.record(Tz::UTC, call(2 * day + 5, "/a").with_outcome(Outcome::Exempt));
+        usage.record(
+            Tz::UTC,
+            call(2 * day + 5, "/a").with_outcome(Outcome::Exempt),
+        );
         let snapshot = usage.snapshot(Tz::UTC, Timestamp::from_secs(2 * day + 10), 3);
-        let counts: Vec<u64> = snapshot.billable_days.iter().map(|(_, count)| *count).collect();
+        let counts: Vec<u64> = snapshot
+            .billable_days
+            .iter()
+            .map(|(_, count)| *count)
+            .collect();
         assert_eq!(counts, vec![1, 0, 2]);
         assert_eq!(snapshot.billable_today, 2);
         assert_eq!(snapshot.calls_today, 1);
