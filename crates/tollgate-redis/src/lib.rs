@@ -1,0 +1,1 @@
+//! tollgate-redis: the Redis store for tollgate.

@@ -1,0 +1,1 @@
+//! tollgate: per-organisation API metering and rate limiting for axum.

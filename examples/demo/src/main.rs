@@ -1,0 +1,2 @@
+//! tollgate-demo: a small API behind the tollgate layer.
+fn main() {}
