@@ -170,6 +170,17 @@ impl Verdict {
         matches!(self, Verdict::Admitted { .. })
     }
 
+    /// A rejection because the org has its maximum of requests in flight: nothing charged, and a
+    /// retry suggested a second after `now` (when a slot frees is not known in advance).
+    pub fn concurrency(statuses: Vec<LimitStatus>, now: Timestamp) -> Self {
+        Verdict::Rejected {
+            reason: RejectReason::Concurrency,
+            retry_at: Some(Timestamp::from_millis(now.as_millis().saturating_add(1000))),
+            violated: Vec::new(),
+            statuses,
+        }
+    }
+
     /// Every limit's numbers.
     pub fn statuses(&self) -> &[LimitStatus] {
         match self {
@@ -275,83 +286,7 @@ impl Ledger {
     pub fn admit(&mut self, org: &ResolvedOrg, charge: Charge, now: Timestamp) -> Verdict {
         self.conform(org);
         self.refresh(org, now);
-        let mut violated = Vec::new();
-        for (index, (limit, state)) in org.limits().iter().zip(&self.limits).enumerate() {
-            let caps = capacities(limit, now);
-            let caps = &caps[..limit.tiers().len()];
-            let available = state.available(caps);
-            let admits = match limit.dimension() {
-                Dimension::LatencyMs => available > 0,
-                dimension => {
-                    available >= i64::try_from(charge.amount(dimension)).unwrap_or(i64::MAX)
-                }
-            };
-            if !admits {
-                violated.push(index);
-            }
-        }
-        if violated.is_empty() {
-            let mut parts = Vec::new();
-            for (index, (limit, state)) in org.limits().iter().zip(&mut self.limits).enumerate() {
-                let amount = charge.amount(limit.dimension());
-                if amount == 0 {
-                    continue;
-                }
-                let caps = capacities(limit, now);
-                let split = state.charge(&caps[..limit.tiers().len()], amount);
-                if limit.dimension() == Dimension::Points {
-                    let mut starts = [Timestamp::default(); MAX_TIERS];
-                    for (start, tier) in starts.iter_mut().zip(state.tiers()) {
-                        *start = tier.start;
-                    }
-                    parts.push(ReceiptPart {
-                        limit: index,
-                        split,
-                        starts,
-                    });
-                }
-            }
-            return Verdict::Admitted {
-                statuses: self.statuses(org, now),
-                receipt: Receipt { parts },
-            };
-        }
-        let mut binding: Option<(usize, Option<Timestamp>)> = None;
-        for &index in &violated {
-            let retry = self.ready_at(org, index, charge, now);
-            let later = match (binding, retry) {
-                (None, _) => true,
-                (Some((_, Some(_))), None) => true,
-                (Some((_, Some(current))), Some(retry)) => retry > current,
-                (Some((_, None)), _) => false,
-            };
-            if later {
-                binding = Some((index, retry));
-            }
-        }
-        let (index, retry_at) = binding.unwrap_or((violated[0], None));
-        Verdict::Rejected {
-            reason: RejectReason::Limit(index),
-            retry_at,
-            violated,
-            statuses: self.statuses(org, now),
-        }
-    }
-
-    /// When limit `index` would admit `charge` if no one else charged.
-    fn ready_at(
-        &self,
-        org: &ResolvedOrg,
-        index: usize,
-        charge: Charge,
-        now: Timestamp,
-    ) -> Option<Timestamp> {
-        let limit = &org.limits()[index];
-        let caps = capacities(limit, now);
-        let need = charge.amount(limit.dimension());
-        self.limits[index].ready_at(&caps[..limit.tiers().len()], need, now, |tier, at| {
-            limit.capacity(tier, at)
-        })
+        decide(org, &mut self.limits, charge, now)
     }
 
     /// Debits latency and settles a cost correction for a request admitted earlier.
@@ -408,13 +343,107 @@ impl Ledger {
     }
 
     fn statuses(&self, org: &ResolvedOrg, now: Timestamp) -> Vec<LimitStatus> {
-        org.limits()
-            .iter()
-            .zip(&self.limits)
-            .enumerate()
-            .map(|(index, (limit, state))| status(index, limit, state, now))
-            .collect()
+        statuses(org, &self.limits, now)
     }
+}
+
+/// Checks every limit of `org` and charges all of them, or none: the arithmetic of
+/// [`Ledger::admit`], on `states` (one per limit, in plan order) that already count in the windows
+/// containing `now`.
+///
+/// Stores that keep counts elsewhere (the Redis store) rebuild the states from their counters and
+/// call this, so every store decides with the same arithmetic.
+pub fn decide(
+    org: &ResolvedOrg,
+    states: &mut [LimitState],
+    charge: Charge,
+    now: Timestamp,
+) -> Verdict {
+    let mut violated = Vec::new();
+    for (index, (limit, state)) in org.limits().iter().zip(states.iter()).enumerate() {
+        let caps = capacities(limit, now);
+        let caps = &caps[..limit.tiers().len()];
+        let available = state.available(caps);
+        let admits = match limit.dimension() {
+            Dimension::LatencyMs => available > 0,
+            dimension => available >= i64::try_from(charge.amount(dimension)).unwrap_or(i64::MAX),
+        };
+        if !admits {
+            violated.push(index);
+        }
+    }
+    if violated.is_empty() {
+        let mut parts = Vec::new();
+        for (index, (limit, state)) in org.limits().iter().zip(states.iter_mut()).enumerate() {
+            let amount = charge.amount(limit.dimension());
+            if amount == 0 {
+                continue;
+            }
+            let caps = capacities(limit, now);
+            let split = state.charge(&caps[..limit.tiers().len()], amount);
+            if limit.dimension() == Dimension::Points {
+                let mut starts = [Timestamp::default(); MAX_TIERS];
+                for (start, tier) in starts.iter_mut().zip(state.tiers()) {
+                    *start = tier.start;
+                }
+                parts.push(ReceiptPart {
+                    limit: index,
+                    split,
+                    starts,
+                });
+            }
+        }
+        return Verdict::Admitted {
+            statuses: statuses(org, states, now),
+            receipt: Receipt { parts },
+        };
+    }
+    let mut binding: Option<(usize, Option<Timestamp>)> = None;
+    for &index in &violated {
+        let retry = ready_at(org, states, index, charge, now);
+        let later = match (binding, retry) {
+            (None, _) => true,
+            (Some((_, Some(_))), None) => true,
+            (Some((_, Some(current))), Some(retry)) => retry > current,
+            (Some((_, None)), _) => false,
+        };
+        if later {
+            binding = Some((index, retry));
+        }
+    }
+    let (index, retry_at) = binding.unwrap_or((violated[0], None));
+    Verdict::Rejected {
+        reason: RejectReason::Limit(index),
+        retry_at,
+        violated,
+        statuses: statuses(org, states, now),
+    }
+}
+
+/// When limit `index` would admit `charge` if no one else charged.
+fn ready_at(
+    org: &ResolvedOrg,
+    states: &[LimitState],
+    index: usize,
+    charge: Charge,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let limit = &org.limits()[index];
+    let caps = capacities(limit, now);
+    let need = charge.amount(limit.dimension());
+    states[index].ready_at(&caps[..limit.tiers().len()], need, now, |tier, at| {
+        limit.capacity(tier, at)
+    })
+}
+
+/// Every limit's numbers from `states` (one per limit of `org`, in plan order) at `now`.
+pub fn statuses(org: &ResolvedOrg, states: &[LimitState], now: Timestamp) -> Vec<LimitStatus> {
+    org.limits()
+        .iter()
+        .zip(states)
+        .enumerate()
+        .map(|(index, (limit, state))| status(index, limit, state, now))
+        .collect()
 }
 
 fn windows_of(limit: &ResolvedLimit) -> [Option<Window>; MAX_TIERS] {

@@ -3,7 +3,7 @@
 //! counts. No HTTP types live here; the `tollgate` crate puts this engine behind a tower layer.
 //!
 //! - [`policy`] holds what an org may use: [`Plan`]s of [`Limit`]s of [`Tier`]s, [`Org`]s with their
-//!   zones, environments and [`Override`]s, and [`RouteRule`]s; [`file`] loads it all from TOML.
+//!   zones, environments and [`Override`]s, and [`RouteRule`]s; [`mod@file`] loads it all from TOML.
 //! - [`window`] computes calendar windows in any IANA zone, across DST changes.
 //! - [`tier`] and [`ledger`] are the pure arithmetic: admit all-or-nothing, spill over shortest
 //!   window first, settle latency and cost corrections, and say exactly when to retry.
@@ -37,6 +37,7 @@
 //! ```
 
 pub mod error;
+pub mod file;
 pub mod ledger;
 pub mod memory;
 pub mod org;
@@ -58,7 +59,7 @@ pub use ledger::{
 pub use memory::MemoryStore;
 pub use org::{Adjustment, Environment, KeyDigest, Org, OrgId, Override};
 pub use permit::{Permit, ReleasePermit};
-pub use plan::{Concurrency, Dimension, Limit, LimitZone, Plan, Tier, parse_zone};
+pub use plan::{Concurrency, Dimension, Limit, LimitZone, MAX_CAPACITY, Plan, Tier, parse_zone};
 pub use policy::{
     OnStoreError, Policy, PolicyBuilder, ResetFormat, ResolvedLimit, ResolvedOrg, ResolvedTier,
     ServerSettings,
@@ -67,4 +68,4 @@ pub use route::{RoutePattern, RouteRule, Treatment};
 pub use store::{BoxFuture, Decision, DynStore, OrgUsage, Settlement, Store};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use usage::{CallRecord, Outcome, UsageSnapshot};
-pub use window::{Bounds, Window};
+pub use window::{Bounds, UnknownWindow, Window};

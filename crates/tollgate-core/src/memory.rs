@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::error::StoreError;
-use crate::ledger::{Charge, Ledger, LimitStatus, RejectReason, Verdict};
+use crate::ledger::{Charge, Ledger, LimitStatus, Verdict};
 use crate::org::OrgId;
 use crate::permit::{Permit, ReleasePermit};
 use crate::policy::ResolvedOrg;
@@ -168,25 +168,20 @@ impl MemoryStore {
         self.maybe_sweep(now);
         self.with_state(org.id(), |slot, state| {
             let ledger = state.ledger.get_or_insert_with(|| Ledger::new(org));
-            if let Some(concurrency) = org.concurrency() {
-                if state.in_flight >= concurrency.max() {
-                    let statuses = ledger.peek(org, now);
-                    return Decision {
-                        verdict: Verdict::Rejected {
-                            reason: RejectReason::Concurrency,
-                            retry_at: Some(Timestamp::from_millis(now.as_millis() + 1000)),
-                            violated: Vec::new(),
-                            statuses,
-                        },
-                        permit: None,
-                    };
-                }
+            if let Some(concurrency) = org.concurrency()
+                && state.in_flight >= concurrency.max()
+            {
+                let statuses = ledger.peek(org, now);
+                return Decision {
+                    verdict: Verdict::concurrency(statuses, now),
+                    permit: None,
+                };
             }
             let verdict = ledger.admit(org, charge, now);
             let permit = if verdict.is_admitted() && org.concurrency().is_some() {
                 state.in_flight += 1;
                 let owner: Arc<dyn ReleasePermit> = Arc::clone(slot) as Arc<dyn ReleasePermit>;
-                Some(Permit::new(owner, 0))
+                Some(Permit::new(owner, 0).with_in_flight(state.in_flight))
             } else {
                 None
             };

@@ -38,6 +38,11 @@ impl OrgId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id as a shared string (cheap to clone into log records and metric labels).
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.0
+    }
 }
 
 impl fmt::Debug for OrgId {
@@ -175,7 +180,7 @@ impl Override {
                         ),
                     ));
                 }
-                positive(*capacity).map(|capacity| vec![capacity])
+                positive("capacity", *capacity).map(|capacity| vec![capacity])
             }
             Adjustment::Capacities(capacities) => {
                 if capacities.len() != base.len() {
@@ -192,7 +197,7 @@ impl Override {
                 }
                 capacities
                     .iter()
-                    .map(|capacity| positive(*capacity))
+                    .map(|capacity| positive("capacities", *capacity))
                     .collect()
             }
             Adjustment::Scale(factor) => {
@@ -213,12 +218,18 @@ impl Override {
     }
 }
 
-fn positive(capacity: u64) -> Result<u64, PolicyError> {
+fn positive(place: &str, capacity: u64) -> Result<u64, PolicyError> {
     if capacity == 0 {
         Err(PolicyError::invalid(
-            "capacity",
+            place,
             "a capacity of 0 admits nothing",
             "set a capacity of at least 1",
+        ))
+    } else if capacity > crate::plan::MAX_CAPACITY {
+        Err(PolicyError::invalid(
+            place,
+            format!("a capacity of {capacity} is more than tollgate counts"),
+            format!("set a capacity of at most {}", crate::plan::MAX_CAPACITY),
         ))
     } else {
         Ok(capacity)

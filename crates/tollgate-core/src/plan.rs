@@ -116,6 +116,9 @@ pub fn parse_zone(name: &str) -> Result<Tz, PolicyError> {
     })
 }
 
+/// The largest capacity a tier may have (2^50): sums of four tiers, and debts, stay far inside `i64`.
+pub const MAX_CAPACITY: u64 = 1 << 50;
+
 /// One bucket of a limit: a calendar window and what it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tier {
@@ -131,6 +134,13 @@ impl Tier {
                 "capacity",
                 "a capacity of 0 admits nothing",
                 "set a capacity of at least 1, or remove the tier",
+            ));
+        }
+        if capacity > MAX_CAPACITY {
+            return Err(PolicyError::invalid(
+                "capacity",
+                format!("a capacity of {capacity} is more than tollgate counts ({MAX_CAPACITY})"),
+                format!("set a capacity of at most {MAX_CAPACITY}"),
             ));
         }
         Ok(Self { window, capacity })

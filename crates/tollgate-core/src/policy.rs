@@ -53,7 +53,6 @@ pub enum OnStoreError {
 
 /// Settings that apply to every org.
 #[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
 pub struct ServerSettings {
     /// Zone of limits with `zone = "server"`, and of orgs without a zone of their own.
     pub time_zone: Tz,
@@ -430,10 +429,15 @@ impl PolicyBuilder {
             let resolved = policy.resolve(&org).map_err(|error| error.within(&place))?;
             for (key_index, key) in org.keys().iter().enumerate() {
                 if let Some(owner) = policy.keys.insert(*key, org.id().clone()) {
+                    let problem = if owner == *org.id() {
+                        "this key is listed twice".to_owned()
+                    } else {
+                        format!("this key already belongs to org {:?}", owner.as_str())
+                    };
                     return Err(PolicyError::invalid(
                         format!("{place}.keys[{key_index}]"),
-                        format!("this key already belongs to org {:?}", owner.as_str()),
-                        "give every org keys of its own",
+                        problem,
+                        "give every org keys of its own, each once",
                     ));
                 }
             }

@@ -131,11 +131,8 @@ impl RoutePattern {
             return false;
         };
         let path = path.split(['?', '#']).next().unwrap_or(path);
-        let mut parts = if path.is_empty() {
-            "".split('/').skip(1)
-        } else {
-            path.split('/').skip(0)
-        };
+        // The root path has no segments at all; any other path has one per '/'.
+        let mut parts = path.split('/').skip(usize::from(path.is_empty()));
         for segment in &self.segments {
             match segment {
                 Segment::Rest => return true,
@@ -188,7 +185,7 @@ impl RouteRule {
             ));
         };
         let method = method.trim();
-        if method != "*" && !(method.chars().all(|c| c.is_ascii_alphabetic()) && !method.is_empty())
+        if method != "*" && (method.is_empty() || !method.chars().all(|c| c.is_ascii_alphabetic()))
         {
             return Err(PolicyError::invalid(
                 "match",

@@ -97,7 +97,7 @@ impl LimitState {
         let mut split = [0u64; MAX_TIERS];
         let mut left = amount;
         let last = usize::from(self.len).saturating_sub(1);
-        for tier in 0..usize::from(self.len) {
+        for (tier, taken) in split.iter_mut().enumerate().take(usize::from(self.len)) {
             if left == 0 {
                 break;
             }
@@ -107,7 +107,7 @@ impl LimitState {
                 left.min(u64::try_from(self.remaining(capacities, tier).max(0)).unwrap_or(0))
             };
             self.tiers[tier].used = self.tiers[tier].used.saturating_add(signed(take));
-            split[tier] = take;
+            *taken = take;
             left -= take;
         }
         split

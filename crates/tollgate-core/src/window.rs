@@ -10,7 +10,8 @@
 //!   first instant of that date. A month likewise starts at the first instant of its first day.
 //! - An hour (and a minute) is a local clock hour. When the clock is set back, the repeated hour is a
 //!   window of its own, so no hour lasts longer than 60 minutes; when it jumps forward, the hour that
-//!   straddles the jump is cut short.
+//!   straddles the jump is cut short. (Where a clock is set back by less than an hour, as on Lord
+//!   Howe Island, only the repeated minutes start again, and that clock hour lasts longer.)
 //! - Zones with offsets of :30 or :45 (Asia/Kolkata, Asia/Kathmandu) start their hours at those
 //!   minutes of UTC hours.
 //!
@@ -183,7 +184,16 @@ impl Window {
         let next = self.next(floor);
         let candidate = match tz.from_local_datetime(&next) {
             LocalResult::Single(t) => Timestamp::from_datetime(&t),
-            LocalResult::Ambiguous(first, _) => Timestamp::from_datetime(&first),
+            // In a repeated hour the next name's first occurrence may already be past: the window
+            // ends at the first occurrence after `at`.
+            LocalResult::Ambiguous(first, second) => {
+                let first = Timestamp::from_datetime(&first);
+                if first > at {
+                    first
+                } else {
+                    Timestamp::from_datetime(&second)
+                }
+            }
             LocalResult::None => {
                 let high = at.as_millis() + 2 * self.nominal_secs() as i64 * 1000 + 86_400_000;
                 first_instant_at_or_after(tz, next, at.as_millis(), high)
@@ -395,5 +405,57 @@ mod tests {
     fn parses_names() {
         assert_eq!("hour".parse::<Window>(), Ok(Window::Hour));
         assert!("week".parse::<Window>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod continuity {
+    use super::*;
+
+    /// Every window of every kind, walked across a zone's DST days: contiguous, containing, short.
+    fn walk(zone: &str, from: &str, hours: i64) {
+        let tz: Tz = zone.parse().expect("zone");
+        let start = Timestamp::from(chrono::DateTime::parse_from_rfc3339(from).expect("rfc3339"));
+        for window in Window::ALL {
+            let mut at = start;
+            let mut steps = 0;
+            while at.millis_since(start) < hours * 3_600_000 {
+                let bounds = window.bounds(tz, at);
+                assert!(
+                    bounds.contains(at),
+                    "{zone} {window}: {bounds:?} does not contain {at:?}"
+                );
+                assert!(
+                    bounds.len() <= Duration::from_secs(window.nominal_secs() + 86_400 * 3),
+                    "{zone} {window} {bounds:?}"
+                );
+                let next = window.bounds(tz, bounds.end);
+                assert_eq!(
+                    next.start, bounds.end,
+                    "{zone} {window}: windows must be contiguous at {at:?}"
+                );
+                // Lord Howe sets its clock back by 30 minutes: that clock hour lasts 90 minutes.
+                if window <= Window::Hour && zone != "Australia/Lord_Howe" {
+                    assert!(
+                        bounds.len() <= Duration::from_secs(window.nominal_secs()),
+                        "{zone} {window} {bounds:?}"
+                    );
+                }
+                at = bounds.end;
+                steps += 1;
+                assert!(steps < 100_000, "{zone} {window}: too many windows");
+            }
+        }
+    }
+
+    #[test]
+    fn windows_are_contiguous_across_dst_changes() {
+        walk("Europe/Amsterdam", "2026-10-24T12:00:00Z", 48);
+        walk("Europe/Amsterdam", "2026-03-28T12:00:00Z", 48);
+        walk("America/Santiago", "2026-09-05T00:00:00Z", 72);
+        walk("America/Santiago", "2026-04-04T00:00:00Z", 72);
+        walk("Pacific/Auckland", "2026-04-04T00:00:00Z", 48);
+        walk("Australia/Lord_Howe", "2026-04-04T00:00:00Z", 48);
+        walk("Asia/Kathmandu", "2026-01-01T00:00:00Z", 24);
     }
 }
