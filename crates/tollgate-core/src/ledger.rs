@@ -21,6 +21,8 @@
 //! # Ok::<(), tollgate_core::PolicyError>(())
 //! ```
 
+use smallvec::SmallVec;
+
 use crate::plan::Dimension;
 use crate::policy::{ResolvedLimit, ResolvedOrg};
 use crate::tier::{LimitState, MAX_TIERS};
@@ -106,7 +108,8 @@ impl LimitStatus {
 /// gives back.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Receipt {
-    parts: Vec<ReceiptPart>,
+    // One part per `points` limit; plans rarely have more than one, so no allocation.
+    parts: SmallVec<[ReceiptPart; 1]>,
 }
 
 /// One `points` limit's share of a [`Receipt`].
@@ -123,7 +126,9 @@ pub struct ReceiptPart {
 impl Receipt {
     /// A receipt from its parts (stores that keep state elsewhere rebuild receipts with this).
     pub fn from_parts(parts: Vec<ReceiptPart>) -> Self {
-        Self { parts }
+        Self {
+            parts: SmallVec::from_vec(parts),
+        }
     }
 
     /// The parts, one per `points` limit.
@@ -373,7 +378,7 @@ pub fn decide(
         }
     }
     if violated.is_empty() {
-        let mut parts = Vec::new();
+        let mut parts = SmallVec::new();
         for (index, (limit, state)) in org.limits().iter().zip(states.iter_mut()).enumerate() {
             let amount = charge.amount(limit.dimension());
             if amount == 0 {

@@ -12,7 +12,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -30,34 +30,31 @@ use crate::usage::{CallRecord, UsageLedger};
 /// How often (in the store's clock) idle ledgers are swept, in milliseconds.
 const SWEEP_EVERY_MS: i64 = 60_000;
 
+/// The org map's hasher: org ids come from the policy (unknown callers never reach the store), so a
+/// fast seeded hash is enough.
+type Hasher = foldhash::fast::RandomState;
+
 /// Counts in this process: exact, per-org locks, bounded memory.
 #[derive(Debug)]
 pub struct MemoryStore {
-    slots: DashMap<OrgId, Arc<Slot>>,
-    usage: DashMap<OrgId, Arc<Mutex<UsageLedger>>>,
+    slots: DashMap<OrgId, Arc<Slot>, Hasher>,
+    usage: DashMap<OrgId, Arc<Mutex<UsageLedger>>, Hasher>,
     calls_kept: usize,
     last_sweep: AtomicI64,
 }
 
-#[derive(Debug)]
-struct Slot {
-    state: Mutex<SlotState>,
-    freed: Notify,
-}
-
 #[derive(Debug, Default)]
-struct SlotState {
-    ledger: Option<Ledger>,
-    in_flight: u32,
-    retired: bool,
+struct Slot {
+    ledger: Mutex<Option<Ledger>>,
+    /// Permits held. Raised only under the `ledger` lock (after checking the maximum), lowered by
+    /// permits as they drop, without the lock.
+    in_flight: AtomicU32,
+    freed: Notify,
 }
 
 impl ReleasePermit for Slot {
     fn release(&self, _lease: u64) {
-        {
-            let mut state = self.state.lock();
-            state.in_flight = state.in_flight.saturating_sub(1);
-        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
         // `notify_one` keeps a wake-up for a waiter that has not started waiting yet: none is lost.
         self.freed.notify_one();
     }
@@ -78,8 +75,8 @@ impl MemoryStore {
     /// An empty store keeping the last `calls_kept` calls per org.
     pub fn with_calls_kept(calls_kept: usize) -> Self {
         Self {
-            slots: DashMap::new(),
-            usage: DashMap::new(),
+            slots: DashMap::with_hasher(Hasher::default()),
+            usage: DashMap::with_hasher(Hasher::default()),
             calls_kept: calls_kept.max(1),
             last_sweep: AtomicI64::new(i64::MIN),
         }
@@ -91,31 +88,25 @@ impl MemoryStore {
     }
 
     fn slot(&self, org: &OrgId) -> Arc<Slot> {
-        if let Some(slot) = self.slots.get(org) {
-            return Arc::clone(slot.value());
-        }
-        Arc::clone(
-            self.slots
-                .entry(org.clone())
-                .or_insert_with(|| {
-                    Arc::new(Slot {
-                        state: Mutex::new(SlotState::default()),
-                        freed: Notify::new(),
-                    })
-                })
-                .value(),
-        )
+        self.with_slot(org, Arc::clone)
     }
 
-    /// Runs `f` on the org's live state: a slot retired by a sweep in between is looked up again.
-    fn with_state<T>(&self, org: &OrgId, mut f: impl FnMut(&Arc<Slot>, &mut SlotState) -> T) -> T {
-        loop {
-            let slot = self.slot(org);
-            let mut state = slot.state.lock();
-            if !state.retired {
-                return f(&slot, &mut state);
-            }
+    /// Runs `f` on the org's slot while holding its map shard for reading, so a sweep (which takes
+    /// the shard for writing) cannot retire the slot in between.
+    fn with_slot<T>(&self, org: &OrgId, f: impl FnOnce(&Arc<Slot>) -> T) -> T {
+        if let Some(slot) = self.slots.get(org) {
+            return f(slot.value());
         }
+        let slot = self.slots.entry(org.clone()).or_default().downgrade();
+        f(slot.value())
+    }
+
+    /// Runs `f` on the org's ledger under its lock.
+    fn with_ledger<T>(&self, org: &Arc<ResolvedOrg>, f: impl FnOnce(&Slot, &mut Ledger) -> T) -> T {
+        self.with_slot(org.id(), |slot| {
+            let mut ledger = slot.ledger.lock();
+            f(slot, ledger.get_or_insert_with(|| Ledger::new(org)))
+        })
     }
 
     fn usage_ledger(&self, org: &OrgId) -> Arc<Mutex<UsageLedger>> {
@@ -150,27 +141,30 @@ impl MemoryStore {
     /// Drops the ledgers of every org whose windows have all passed at `now` and that holds no permit.
     pub fn sweep(&self, now: Timestamp) {
         self.slots.retain(|_, slot| {
-            let mut state = slot.state.lock();
-            let idle = state.in_flight == 0
-                && state
+            // Permits only ever lower `in_flight` without the shard; raising it needs the shard,
+            // which `retain` holds for writing: a zero seen here stays zero.
+            slot.in_flight.load(Ordering::Acquire) > 0
+                || slot
                     .ledger
+                    .lock()
                     .as_ref()
-                    .is_none_or(|ledger| ledger.is_idle(now));
-            if idle {
-                state.retired = true;
-            }
-            !idle
+                    .is_some_and(|ledger| !ledger.is_idle(now))
         });
     }
 
     /// Admits synchronously (what the async [`Store::admit`] does, without a future).
     pub fn admit_now(&self, org: &Arc<ResolvedOrg>, charge: Charge, now: Timestamp) -> Decision {
         self.maybe_sweep(now);
-        self.with_state(org.id(), |slot, state| {
-            let ledger = state.ledger.get_or_insert_with(|| Ledger::new(org));
-            if let Some(concurrency) = org.concurrency()
-                && state.in_flight >= concurrency.max()
-            {
+        self.with_slot(org.id(), |slot| {
+            let mut guard = slot.ledger.lock();
+            let ledger = guard.get_or_insert_with(|| Ledger::new(org));
+            let Some(concurrency) = org.concurrency() else {
+                return Decision {
+                    verdict: ledger.admit(org, charge, now),
+                    permit: None,
+                };
+            };
+            if slot.in_flight.load(Ordering::Acquire) >= concurrency.max() {
                 let statuses = ledger.peek(org, now);
                 return Decision {
                     verdict: Verdict::concurrency(statuses, now),
@@ -178,13 +172,11 @@ impl MemoryStore {
                 };
             }
             let verdict = ledger.admit(org, charge, now);
-            let permit = if verdict.is_admitted() && org.concurrency().is_some() {
-                state.in_flight += 1;
+            let permit = verdict.is_admitted().then(|| {
+                let in_flight = slot.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
                 let owner: Arc<dyn ReleasePermit> = Arc::clone(slot) as Arc<dyn ReleasePermit>;
-                Some(Permit::new(owner, 0).with_in_flight(state.in_flight))
-            } else {
-                None
-            };
+                Permit::new(owner, 0).with_in_flight(in_flight)
+            });
             Decision { verdict, permit }
         })
     }
@@ -198,11 +190,8 @@ impl MemoryStore {
             at,
         } = settlement;
         if correction.latency_ms > 0 || correction.cost_delta != 0 {
-            self.with_state(org.id(), |_, state| {
-                state
-                    .ledger
-                    .get_or_insert_with(|| Ledger::new(org))
-                    .settle(org, &receipt, correction, at);
+            self.with_ledger(org, |_, ledger| {
+                ledger.settle(org, &receipt, correction, at)
             });
         }
         if let Some(call) = call {
@@ -251,10 +240,7 @@ impl Store for MemoryStore {
         org: &Arc<ResolvedOrg>,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<LimitStatus>, StoreError>> + Send {
-        let statuses = self.with_state(org.id(), |_, state| match state.ledger.as_mut() {
-            Some(ledger) => ledger.peek(org, now),
-            None => Ledger::new(org).peek(org, now),
-        });
+        let statuses = self.with_ledger(org, |_, ledger| ledger.peek(org, now));
         std::future::ready(Ok(statuses))
     }
 
@@ -263,11 +249,7 @@ impl Store for MemoryStore {
         org: &Arc<ResolvedOrg>,
         limit: Option<&str>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.with_state(org.id(), |_, state| {
-            if let Some(ledger) = state.ledger.as_mut() {
-                ledger.reset(org, limit);
-            }
-        });
+        self.with_ledger(org, |_, ledger| ledger.reset(org, limit));
         std::future::ready(Ok(()))
     }
 
@@ -284,7 +266,7 @@ impl Store for MemoryStore {
         let in_flight = self
             .slots
             .get(org.id())
-            .map_or(0, |slot| slot.state.lock().in_flight);
+            .map_or(0, |slot| slot.in_flight.load(Ordering::Acquire));
         std::future::ready(Ok(OrgUsage { usage, in_flight }))
     }
 

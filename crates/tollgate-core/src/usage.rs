@@ -126,15 +126,12 @@ impl CallRecord {
 
 /// Masks an API key to its last four characters: `…abcd`.
 pub fn mask_key(key: &str) -> String {
-    let tail: String = key
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!("…{tail}")
+    // The byte offset of the fourth character from the end (or the start of a shorter key).
+    let start = key.char_indices().rev().nth(3).map_or(0, |(at, _)| at);
+    let mut masked = String::with_capacity('…'.len_utf8() + key.len() - start);
+    masked.push('…');
+    masked.push_str(&key[start..]);
+    masked
 }
 
 /// Calls and points of one endpoint today.
@@ -460,5 +457,7 @@ mod tests {
     fn masks_keys() {
         assert_eq!(mask_key("acme-key-1"), "…ey-1");
         assert_eq!(mask_key("ab"), "…ab");
+        assert_eq!(mask_key(""), "…");
+        assert_eq!(mask_key("clé-ünï"), "…-ünï");
     }
 }

@@ -1,0 +1,187 @@
+//! The engine's hot path: the pure decision, and MemoryStore admit + settle on one and two threads,
+//! for one hot org and for 10,000 orgs; and the bytes of state each tracked org costs.
+
+use std::alloc::System;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tollgate_core::{
+    Charge, Clock, Concurrency, Correction, Dimension, Ledger, Limit, LimitZone, ManualClock,
+    MemoryStore, Org, Plan, Policy, ResolvedOrg, Settlement, Tier, Timestamp, Verdict, Window,
+};
+
+/// Counts heap bytes, to report the state each org costs.
+#[global_allocator]
+static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const ORGS: usize = 10_000;
+
+/// Three limits, five tiers: points per minute, a count with minute/hour/day spill-over, latency per
+/// minute; capacities high enough that every request is admitted.
+fn policy(orgs: usize) -> Policy {
+    let tier = |w, c| Tier::new(w, c).expect("tier");
+    let points = Limit::new(
+        "points",
+        Dimension::Points,
+        LimitZone::Org,
+        vec![tier(Window::Minute, 1 << 40)],
+    )
+    .expect("l");
+    let count = Limit::new(
+        "count",
+        Dimension::Requests,
+        LimitZone::Server,
+        vec![
+            tier(Window::Minute, 1 << 40),
+            tier(Window::Hour, 1 << 40),
+            tier(Window::Day, 1 << 40),
+        ],
+    )
+    .expect("l");
+    let latency = Limit::new(
+        "latency",
+        Dimension::LatencyMs,
+        LimitZone::Org,
+        vec![tier(Window::Minute, 1 << 40)],
+    )
+    .expect("l");
+    let plan = Plan::new("bench", vec![points, count, latency])
+        .expect("plan")
+        .with_concurrency(Concurrency::new(1 << 20, Duration::ZERO).expect("c"));
+    let mut builder = Policy::builder().plan(plan);
+    for i in 0..orgs {
+        builder = builder.org(
+            Org::new(format!("org-{i}"), "bench").with_time_zone(chrono_tz::Europe::Amsterdam),
+        );
+    }
+    builder.build().expect("policy")
+}
+
+fn orgs(policy: &Policy, count: usize) -> Vec<Arc<ResolvedOrg>> {
+    (0..count)
+        .map(|i| Arc::clone(policy.org(&format!("org-{i}")).expect("org")))
+        .collect()
+}
+
+fn admit_settle(store: &MemoryStore, org: &Arc<ResolvedOrg>, now: Timestamp) {
+    let decision = store.admit_now(org, Charge::points(3), now);
+    let Verdict::Admitted { receipt, .. } = decision.verdict else {
+        panic!("the bench plan admits everything")
+    };
+    store.settle_now(
+        org,
+        Settlement {
+            receipt,
+            correction: Correction {
+                latency_ms: 12,
+                cost_delta: -1,
+            },
+            call: None,
+            at: now,
+        },
+    );
+    drop(black_box(decision.permit));
+}
+
+fn decision(c: &mut Criterion) {
+    let policy = policy(1);
+    let org = Arc::clone(policy.org("org-0").expect("org"));
+    let clock = ManualClock::new(Timestamp::from_secs(1_800_000_000));
+    let mut ledger = Ledger::new(&org);
+    let mut group = c.benchmark_group("decision");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("pure_admit_3_limits_5_tiers", |b| {
+        b.iter(|| black_box(ledger.admit(&org, Charge::points(3), clock.now())))
+    });
+    group.finish();
+}
+
+fn one_thread(c: &mut Criterion) {
+    let policy = policy(ORGS);
+    let all = orgs(&policy, ORGS);
+    let clock = ManualClock::new(Timestamp::from_secs(1_800_000_000));
+    let mut group = c.benchmark_group("memory_admit_settle_1_thread");
+    group.throughput(Throughput::Elements(1));
+    let store = MemoryStore::new();
+    group.bench_function(BenchmarkId::new("memory", "1_hot_org"), |b| {
+        b.iter(|| admit_settle(&store, &all[0], clock.now()))
+    });
+    let store = MemoryStore::new();
+    let mut i = 0usize;
+    group.bench_function(BenchmarkId::new("memory", "10000_orgs"), |b| {
+        b.iter(|| {
+            i = (i + 1) % ORGS;
+            admit_settle(&store, &all[i], clock.now())
+        })
+    });
+    group.finish();
+}
+
+/// `threads` threads each doing `iters` admit + settle; returns the wall time of the slowest.
+fn threaded(
+    store: &MemoryStore,
+    all: &[Arc<ResolvedOrg>],
+    spread: usize,
+    threads: usize,
+    iters: u64,
+    now: Timestamp,
+) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            scope.spawn(move || {
+                let mut i = t * 7_919;
+                for _ in 0..iters {
+                    i = (i + 1) % spread;
+                    admit_settle(store, &all[i], now);
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn two_threads(c: &mut Criterion) {
+    let policy = policy(ORGS);
+    let all = orgs(&policy, ORGS);
+    let now = Timestamp::from_secs(1_800_000_000);
+    for (name, spread) in [("1_hot_org", 1usize), ("10000_orgs", ORGS)] {
+        let mut group = c.benchmark_group(format!("memory_admit_settle_{name}"));
+        // Elements per iteration = threads: throughput shows how the total rate scales.
+        for threads in [1usize, 2] {
+            let store = MemoryStore::new();
+            group.throughput(Throughput::Elements(threads as u64));
+            group.bench_function(
+                BenchmarkId::new("memory", format!("{threads}_threads")),
+                |b| b.iter_custom(|iters| threaded(&store, &all, spread, threads, iters, now)),
+            );
+        }
+        group.finish();
+    }
+}
+
+fn bytes_per_org(_: &mut Criterion) {
+    let policy = policy(ORGS);
+    let all = orgs(&policy, ORGS);
+    let now = Timestamp::from_secs(1_800_000_000);
+    let store = MemoryStore::new();
+    // Warm the map's first shard allocations, then count what 10,000 orgs add.
+    admit_settle(&store, &all[0], now);
+    let region = Region::new(ALLOCATOR);
+    for org in &all[1..] {
+        admit_settle(&store, org, now);
+    }
+    let change = region.change();
+    let live = change.bytes_allocated as f64 - change.bytes_deallocated as f64;
+    let per_org = live / (ORGS - 1) as f64;
+    println!(
+        "state per tracked org (3 limits, 5 tiers, concurrency; no usage records): {per_org:.0} bytes"
+    );
+    assert_eq!(store.tracked_orgs(), ORGS);
+}
+
+criterion_group!(benches, decision, one_thread, two_threads, bytes_per_org);
+criterion_main!(benches);
