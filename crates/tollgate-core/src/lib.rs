@@ -65,7 +65,7 @@ pub use policy::{
     ServerSettings,
 };
 pub use route::{RoutePattern, RouteRule, Treatment};
-pub use store::{BoxFuture, Decision, DynStore, OrgUsage, Settlement, Store};
+pub use store::{BoxFuture, Decision, DynStore, OrgUsage, Settlement, Store, admit_waiting};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use usage::{CallRecord, Outcome, UsageSnapshot};
 pub use window::{Bounds, UnknownWindow, Window};

@@ -31,10 +31,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::error::StoreError;
-use crate::ledger::{Charge, Correction, LimitStatus, Receipt, Verdict};
+use crate::ledger::{Charge, Correction, LimitStatus, Receipt, RejectReason, Verdict};
 use crate::org::OrgId;
 use crate::permit::Permit;
 use crate::policy::ResolvedOrg;
+use crate::time::Clock;
 use crate::time::Timestamp;
 use crate::usage::{CallRecord, UsageSnapshot};
 
@@ -216,5 +217,41 @@ impl<S: Store> DynStore for S {
     }
     fn permit_freed<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, ()> {
         Box::pin(Store::permit_freed(self, org))
+    }
+}
+
+/// Admits like [`Store::admit`], but when the org's concurrency limit is full and its plan allows a
+/// wait (`concurrency_wait_ms`), waits up to that long for a permit to be freed, trying again each
+/// time one may have been. A rejection by a limit (not concurrency) comes back at once.
+///
+/// Cancel-safe: dropping the future while it waits holds nothing; a permit, once taken, is owned by
+/// the returned [`Decision`].
+pub async fn admit_waiting<S: DynStore + ?Sized>(
+    store: &S,
+    org: &Arc<ResolvedOrg>,
+    charge: Charge,
+    clock: &dyn Clock,
+) -> Result<Decision, StoreError> {
+    let wait = org.concurrency().map(|c| c.wait()).unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let decision = store.admit(org, charge, clock.now()).await?;
+        let full = matches!(
+            decision.verdict,
+            Verdict::Rejected {
+                reason: RejectReason::Concurrency,
+                ..
+            }
+        );
+        if !full || wait.is_zero() || tokio::time::Instant::now() >= deadline {
+            return Ok(decision);
+        }
+        if tokio::time::timeout_at(deadline, store.permit_freed(org.id()))
+            .await
+            .is_err()
+        {
+            // The wait is over: one last look, in case a permit came free at the very end.
+            return store.admit(org, charge, clock.now()).await;
+        }
     }
 }

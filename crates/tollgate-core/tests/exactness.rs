@@ -7,8 +7,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tollgate_core::tier::{LimitState, MAX_TIERS, TierState};
 use tollgate_core::{
-    Charge, Concurrency, Dimension, Ledger, Limit, LimitZone, MemoryStore, Org, Plan, Policy,
-    ResolvedOrg, Store, Tier, Timestamp, Verdict, Window,
+    Charge, Clock, Concurrency, Dimension, Ledger, Limit, LimitZone, MemoryStore, Org, Plan,
+    Policy, ResolvedOrg, Store, Tier, Timestamp, Verdict, Window,
 };
 
 fn org_with(limits: Vec<Limit>, concurrency: Option<u32>) -> Arc<ResolvedOrg> {
@@ -374,4 +374,92 @@ proptest! {
             Verdict::Rejected { retry_at: None, .. } => prop_assert!(cost > 120),
         }
     }
+}
+
+fn waiting_org(wait_ms: u64) -> Arc<ResolvedOrg> {
+    let plan = Plan::new(
+        "p",
+        vec![limit("count", Dimension::Requests, &[(Window::Day, 100)])],
+    )
+    .expect("plan")
+    .with_concurrency(Concurrency::new(1, Duration::from_millis(wait_ms)).expect("c"));
+    let policy = Policy::builder()
+        .plan(plan)
+        .org(Org::new("o", "p"))
+        .build()
+        .expect("policy");
+    Arc::clone(policy.org("o").expect("org"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_request_gets_the_permit_freed_within_its_wait() {
+    let org = waiting_org(500);
+    let store = Arc::new(MemoryStore::new());
+    let clock = tollgate_core::ManualClock::new(Timestamp::from_secs(1_800_000_000));
+    let held = tollgate_core::admit_waiting(&*store, &org, Charge::default(), &clock)
+        .await
+        .expect("memory")
+        .permit;
+    assert!(held.is_some());
+    let waiter = {
+        let (store, org, clock) = (store.clone(), org.clone(), clock.clone());
+        tokio::spawn(async move {
+            tollgate_core::admit_waiting(&*store, &org, Charge::default(), &clock).await
+        })
+    };
+    // Let the waiter try, find the slot taken, and start waiting.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !waiter.is_finished(),
+        "the waiter waits while the permit is held"
+    );
+    drop(held);
+    let decision = waiter.await.expect("task").expect("memory");
+    assert!(decision.is_admitted());
+    assert!(decision.permit.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_request_is_rejected_when_its_wait_ends() {
+    let org = waiting_org(500);
+    let store = MemoryStore::new();
+    let clock = tollgate_core::ManualClock::new(Timestamp::from_secs(1_800_000_000));
+    let _held = store
+        .admit(&org, Charge::default(), clock.now())
+        .await
+        .expect("memory")
+        .permit;
+    let started = tokio::time::Instant::now();
+    let decision = tollgate_core::admit_waiting(&store, &org, Charge::default(), &clock)
+        .await
+        .expect("memory");
+    assert!(matches!(
+        decision.verdict,
+        Verdict::Rejected {
+            reason: tollgate_core::RejectReason::Concurrency,
+            ..
+        }
+    ));
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(500),
+        "waited exactly the plan's wait"
+    );
+    // With no wait, the rejection is immediate.
+    let org = waiting_org(0);
+    let _held = store
+        .admit(&org, Charge::default(), clock.now())
+        .await
+        .expect("memory")
+        .permit;
+    let started = tokio::time::Instant::now();
+    assert!(
+        !tollgate_core::admit_waiting(&store, &org, Charge::default(), &clock)
+            .await
+            .expect("memory")
+            .is_admitted()
+    );
+    assert_eq!(started.elapsed(), Duration::ZERO);
 }
