@@ -1,1 +1,4 @@
 //! Shared helpers for the end-to-end tests.
+pub mod browser;
+pub mod http;
+pub mod redis_server;

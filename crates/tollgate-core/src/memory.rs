@@ -55,7 +55,9 @@ struct Slot {
 impl ReleasePermit for Slot {
     fn release(&self, _lease: u64) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        // `notify_one` keeps a wake-up for a waiter that has not started waiting yet: none is lost.
+        // Wake every waiter (one may be turned away by a limit and must not swallow the wake-up),
+        // and keep one wake-up for a waiter that is about to wait: none is lost.
+        self.freed.notify_waiters();
         self.freed.notify_one();
     }
 }

@@ -1,2 +1,241 @@
-//! tollgate-demo: a small API behind the tollgate layer.
-fn main() {}
+//! tollgate-demo: a small API behind the tollgate layer, configured by a policy file.
+//!
+//! ```text
+//! cargo run --release -p tollgate-demo -- --config FILE --listen ADDR [--redis URL]
+//! ```
+//!
+//! With no flags it loads the `policy.toml` shipped beside this crate and listens on
+//! 127.0.0.1:3000. A policy file that fails validation is refused before anything serves: the
+//! loader's message (file, line, column, what to change) goes to stderr and the exit code is 1.
+//! Once listening, it prints `tollgate-demo listening on http://ADDR` on stdout; logs go to stderr
+//! (`RUST_LOG` filters them).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use clap::Parser;
+use futures_util::stream;
+use serde::Deserialize;
+use serde_json::json;
+use tollgate::{DynStore, MemoryStore, Policy, RateLimitLayer, ReportCost};
+use tracing_subscriber::EnvFilter;
+
+/// The policy file shipped with the demo, relative to the workspace root.
+const SHIPPED_POLICY: &str = "examples/demo/policy.toml";
+
+/// A small API behind tollgate, configured by a policy file.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate-demo", version, about)]
+struct Args {
+    /// The policy file [default: the policy.toml shipped beside the demo]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// The address to listen on (port 0 picks a free port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+
+    /// Keep the counts in Redis, shared with every instance using the same URL
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let path = args.config.clone().unwrap_or_else(shipped_policy);
+    let policy = match Policy::from_toml_file(&path) {
+        Ok(policy) => policy,
+        Err(error) => {
+            eprintln!("tollgate-demo: refusing to start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    // ---- The store: where the counts live. -------------------------------------------------
+    let store: Arc<dyn DynStore> = match &args.redis {
+        Some(url) => {
+            let connecting = tollgate_redis::RedisStore::builder()
+                .calls_kept(policy.server().calls_kept)
+                .connect(url);
+            match connecting.await {
+                Ok(store) => Arc::new(store),
+                Err(error) => {
+                    eprintln!("tollgate-demo: cannot use Redis at {url}: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => Arc::new(MemoryStore::with_calls_kept(policy.server().calls_kept)),
+    };
+
+    let limits = RateLimitLayer::new(policy).with_store(store);
+    let app = app(limits.clone())
+        // ---- Usage and billing (SPEC §8): never limited or billed, so outside the layer. ----
+        .merge(tollgate::usage::usage_router(Arc::new(limits)));
+    // ---- /metrics (SPEC §9) is merged here. -------------------------------------------------
+
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("tollgate-demo: cannot listen on {}: {error}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let address = listener.local_addr().unwrap_or(args.listen);
+    println!("tollgate-demo listening on http://{address}");
+    tracing::info!(policy = %path.display(), %address, "tollgate-demo serving");
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
+    {
+        eprintln!("tollgate-demo: {error}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// The policy file shipped beside the demo: from the workspace root, or from wherever the crate
+/// was built.
+fn shipped_policy() -> PathBuf {
+    let relative = Path::new(SHIPPED_POLICY);
+    if relative.is_file() {
+        return relative.to_owned();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.toml")
+}
+
+async fn shutdown() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The demo's routes (SPEC §6): every `/v1` route behind the layer, `/healthz` outside it.
+fn app(limits: RateLimitLayer) -> Router {
+    Router::new()
+        .route("/v1/items", get(list_items).post(create_item))
+        .route("/v1/reports", get(report))
+        .route("/v1/slow", get(slow))
+        .route("/v1/stream", get(stream_chunks))
+        .route("/v1/search", get(search))
+        .route("/v1/files/{id}", get(file))
+        .route("/v1/connectors/{name}", post(connector))
+        .route_layer(limits)
+        .route("/healthz", get(|| async { "ok" }))
+}
+
+async fn list_items() -> Json<serde_json::Value> {
+    Json(json!([
+        { "id": 1, "name": "alpha" },
+        { "id": 2, "name": "beta" },
+        { "id": 3, "name": "gamma" },
+    ]))
+}
+
+async fn create_item() -> impl IntoResponse {
+    (StatusCode::CREATED, Json(json!({ "id": 4, "name": "new" })))
+}
+
+async fn report() -> Json<serde_json::Value> {
+    Json(json!({
+        "report": "monthly",
+        "rows": 1200,
+        "totals": { "calls": 52_113, "errors": 17 },
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct SlowQuery {
+    ms: Option<u64>,
+}
+
+/// Waits `ms` milliseconds (at most 10,000), then answers.
+async fn slow(Query(query): Query<SlowQuery>) -> Json<serde_json::Value> {
+    let ms = query.ms.unwrap_or(1_000).min(10_000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Json(json!({ "slept_ms": ms }))
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    chunks: Option<u32>,
+    interval_ms: Option<u64>,
+}
+
+/// Streams `chunks` lines (at most 1,000), `interval_ms` apart (at most 10,000 ms).
+async fn stream_chunks(Query(query): Query<StreamQuery>) -> impl IntoResponse {
+    let chunks = query.chunks.unwrap_or(5).min(1_000);
+    let interval = Duration::from_millis(query.interval_ms.unwrap_or(200).min(10_000));
+    let lines = stream::unfold(0u32, move |sent| async move {
+        if sent >= chunks {
+            return None;
+        }
+        if sent > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        let line = Bytes::from(format!("chunk {} of {chunks}\n", sent + 1));
+        Some((Ok::<_, std::io::Error>(line), sent + 1))
+    });
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(lines),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchQuery {
+    rows: Option<u64>,
+}
+
+/// Searches `rows` rows, then reports the real cost: 1 point per started 1,000 rows beyond the
+/// first, 1 + rows/1000, at most 10.
+async fn search(cost: ReportCost, Query(query): Query<SearchQuery>) -> Json<serde_json::Value> {
+    let rows = query.rows.unwrap_or(0);
+    let points = (1 + rows / 1_000).min(10);
+    cost.set(points);
+    Json(json!({ "rows": rows, "cost": points }))
+}
+
+/// Streams a file's bytes: 64 KiB in 8 KiB chunks.
+async fn file(UrlPath(id): UrlPath<String>) -> impl IntoResponse {
+    const CHUNK: usize = 8 * 1024;
+    const CHUNKS: usize = 8;
+    let seed = id.bytes().fold(0u8, u8::wrapping_add);
+    let chunks = stream::iter((0..CHUNKS).map(move |index| {
+        let byte = seed.wrapping_add(index as u8);
+        Ok::<_, std::io::Error>(Bytes::from(vec![byte; CHUNK]))
+    }));
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{id}.bin\""),
+            ),
+        ],
+        Body::from_stream(chunks),
+    )
+}
+
+async fn connector(UrlPath(name): UrlPath<String>) -> impl IntoResponse {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "connector": name, "status": "accepted" })),
+    )
+}

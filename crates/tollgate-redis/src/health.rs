@@ -1,0 +1,136 @@
+//! Whether Redis answers: one log line per transition, and two metrics.
+//!
+//! - `tollgate_store_up{store="redis"}` (gauge): 1 while calls succeed, 0 from the first failure
+//!   until the next success.
+//! - `tollgate_store_errors_total{store="redis", kind="unavailable"|"timeout"|"protocol"}`
+//!   (counter): every failed call.
+//!
+//! The first failure after a success logs a warning (once per burst of failures); the first
+//! success after a failure logs that the store is back and how long it was down.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use tollgate_core::StoreError;
+
+const UP: &str = "tollgate_store_up";
+const ERRORS: &str = "tollgate_store_errors_total";
+
+/// The store's health as the operator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// Whether the last call to Redis succeeded.
+    pub healthy: bool,
+    /// When the store last became healthy or unhealthy (its creation, if it never changed).
+    pub since: SystemTime,
+    /// Calls that failed (errors and timeouts) since the store was created.
+    pub errors: u64,
+}
+
+impl Health {
+    /// How long the store has been in its current state.
+    pub fn for_how_long(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(self.since)
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct HealthState {
+    up: AtomicBool,
+    since: Mutex<SystemTime>,
+    errors: AtomicU64,
+}
+
+impl HealthState {
+    pub(crate) fn new() -> Self {
+        metrics::gauge!(UP, "store" => "redis").set(1.0);
+        Self {
+            up: AtomicBool::new(true),
+            since: Mutex::new(SystemTime::now()),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Health {
+        Health {
+            healthy: self.up.load(Ordering::Acquire),
+            since: *self.since.lock(),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A call succeeded.
+    pub(crate) fn success(&self) {
+        // The common case is one relaxed load: nothing changes while healthy.
+        if self.up.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.up.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let down_for = {
+            let mut since = self.since.lock();
+            let down_for = SystemTime::now()
+                .duration_since(*since)
+                .unwrap_or(Duration::ZERO);
+            *since = SystemTime::now();
+            down_for
+        };
+        metrics::gauge!(UP, "store" => "redis").set(1.0);
+        tracing::info!(
+            down_for_ms = u64::try_from(down_for.as_millis()).unwrap_or(u64::MAX),
+            "redis store is answering again; limits are enforced again"
+        );
+    }
+
+    /// A call failed with `error`.
+    pub(crate) fn failure(&self, error: &StoreError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let kind = match error {
+            StoreError::Timeout(_) => "timeout",
+            StoreError::Protocol(_) => "protocol",
+            _ => "unavailable",
+        };
+        metrics::counter!(ERRORS, "store" => "redis", "kind" => kind).increment(1);
+        if !self.up.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        *self.since.lock() = SystemTime::now();
+        metrics::gauge!(UP, "store" => "redis").set(0.0);
+        let source = std::error::Error::source(error).map(ToString::to_string);
+        tracing::warn!(
+            %error,
+            source = source.as_deref().unwrap_or(""),
+            "redis store is failing; requests follow on_store_error until it answers again \
+             (logged once per burst)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_once_per_burst() {
+        let health = HealthState::new();
+        assert!(health.snapshot().healthy);
+        let before = health.snapshot().since;
+        health.failure(&StoreError::Timeout(Duration::from_millis(50)));
+        health.failure(&StoreError::Timeout(Duration::from_millis(50)));
+        let down = health.snapshot();
+        assert!(!down.healthy);
+        assert_eq!(down.errors, 2);
+        assert!(down.since >= before);
+        health.success();
+        health.success();
+        let up = health.snapshot();
+        assert!(up.healthy);
+        assert!(up.since >= down.since);
+        assert_eq!(up.errors, 2);
+    }
+}

@@ -1,0 +1,543 @@
+//! The rate-limit headers of a metered response (SPEC §4).
+//!
+//! - `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`: the most constraining limit
+//!   of the org's plan (the lowest remaining share, ties to the first in plan order); on a 429 the
+//!   limit that rejected, or the concurrency limit. Limit is the sum of the limit's tiers'
+//!   capacities, Remaining what can still be charged now, Reset when Remaining next goes up: epoch
+//!   seconds by default, an IMF-fixdate or a delta in seconds as the policy's `reset_format` says.
+//! - `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers, structured-field
+//!   lists of RFC 9651): one item per tier of every limit, named after the limit (`limit.window`
+//!   when it has several tiers), with `q` its capacity and `w` its window's nominal length, and
+//!   `r` what that tier still holds and `t` the seconds until it refills; plus an item
+//!   `"concurrency"` with `qu="concurrent-requests"` whose `r` is the free slots. Both lists are
+//!   written by the [`sfv`] serializer.
+//! - `Retry-After` on a 429: whole seconds until enough capacity is back, at least 1.
+//!
+//! Each family can be switched off with `legacy_headers` / `ietf_headers` in `[server]`. Exempt
+//! routes and 401 responses carry none of them.
+//!
+//! # Example
+//!
+//! Reading the headers back with a structured-field parser:
+//!
+//! ```
+//! use sfv::{List, ListEntry, Parser};
+//! use tollgate::headers::RATELIMIT_POLICY;
+//!
+//! let value = r#""points";q=100;w=60, "concurrency";q=3;qu="concurrent-requests""#;
+//! let list: List = Parser::new(value).parse()?;
+//! let ListEntry::Item(points) = &list[0] else { unreachable!() };
+//! assert_eq!(points.params.get("q").and_then(|q| q.as_integer()).map(i64::from), Some(100));
+//! assert_eq!(RATELIMIT_POLICY.as_str(), "ratelimit-policy");
+//! # Ok::<(), sfv::Error>(())
+//! ```
+
+use std::borrow::Cow;
+use std::time::{Duration, UNIX_EPOCH};
+
+use http::header::RETRY_AFTER as RETRY_AFTER_NAME;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sfv::{Integer, KeyRef, ListSerializer, StringRef};
+use tollgate_core::{LimitStatus, ResetFormat, ResolvedOrg, ServerSettings, TierStatus, Timestamp};
+
+/// `X-RateLimit-Limit`: the most constraining limit's total capacity.
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `X-RateLimit-Remaining`: what it can still be charged now.
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `X-RateLimit-Reset`: when Remaining next goes up.
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// `RateLimit-Policy`: every quota of the plan.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`: what each quota still holds and when it refills.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// `Retry-After`: whole seconds until a rejected request would be admitted.
+pub const RETRY_AFTER: HeaderName = RETRY_AFTER_NAME;
+
+/// The name of the concurrency item in `RateLimit-Policy` and `RateLimit`, and the `limit` of a
+/// concurrency rejection.
+pub const CONCURRENCY: &str = "concurrency";
+
+const Q: &KeyRef = KeyRef::constant("q");
+const W: &KeyRef = KeyRef::constant("w");
+const QU: &KeyRef = KeyRef::constant("qu");
+const R: &KeyRef = KeyRef::constant("r");
+const T: &KeyRef = KeyRef::constant("t");
+const CONCURRENT_REQUESTS: &StringRef = StringRef::constant("concurrent-requests");
+const CONCURRENCY_ITEM: &StringRef = StringRef::constant(CONCURRENCY);
+
+/// An org's concurrency limit and its free slots at the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slots {
+    /// Requests in flight at most.
+    pub(crate) max: u32,
+    /// Slots free after the decision.
+    pub(crate) free: u32,
+}
+
+/// What `X-RateLimit-*` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Legacy {
+    pub(crate) limit: u64,
+    pub(crate) remaining: u64,
+    pub(crate) reset: Timestamp,
+}
+
+impl Legacy {
+    /// The numbers of a limit.
+    pub(crate) fn of(status: &LimitStatus) -> Self {
+        Self {
+            limit: status.limit,
+            remaining: status.remaining,
+            reset: status.reset,
+        }
+    }
+}
+
+/// The most constraining limit: the lowest remaining share, ties to the first in plan order.
+pub(crate) fn most_constraining(statuses: &[LimitStatus]) -> Option<&LimitStatus> {
+    let mut best: Option<&LimitStatus> = None;
+    for status in statuses {
+        best = match best {
+            // remaining/limit < best.remaining/best.limit, exactly, without floats.
+            Some(current)
+                if u128::from(status.remaining) * u128::from(current.limit.max(1))
+                    >= u128::from(current.remaining) * u128::from(status.limit.max(1)) =>
+            {
+                Some(current)
+            }
+            _ => Some(status),
+        };
+    }
+    best
+}
+
+/// Seconds from `now` to `at`, rounded up, never negative.
+pub(crate) fn secs_until(at: Timestamp, now: Timestamp) -> u64 {
+    let millis = u64::try_from(at.millis_since(now).max(0)).unwrap_or(0);
+    millis.div_ceil(1000)
+}
+
+fn integer(value: u64) -> Integer {
+    Integer::try_from(value).unwrap_or(Integer::MAX)
+}
+
+/// The name of one tier's item: the limit's name, or `limit.window` when it has several tiers.
+fn item_name<'a>(name: &'a str, tiers: usize, tier: &TierStatus) -> Cow<'a, str> {
+    if tiers > 1 {
+        Cow::Owned(format!("{name}.{}", tier.window.as_str()))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+fn limit_name<'a>(org: &'a ResolvedOrg, status: &LimitStatus) -> &'a str {
+    org.limits()
+        .get(status.index)
+        .map_or("", |limit| limit.name())
+}
+
+/// The names of the `RateLimit-Policy` items of one limit (what `violated-policies` lists).
+pub(crate) fn item_names(org: &ResolvedOrg, status: &LimitStatus) -> Vec<String> {
+    let name = limit_name(org, status);
+    status
+        .tiers()
+        .iter()
+        .map(|tier| item_name(name, status.tiers().len(), tier).into_owned())
+        .collect()
+}
+
+fn header(value: Option<String>) -> Option<HeaderValue> {
+    value.and_then(|value| HeaderValue::try_from(value).ok())
+}
+
+/// What the headers of an org's responses share while its plan and capacities stay the same: the
+/// item names and the whole `RateLimit-Policy` value. The engine caches one per org.
+#[derive(Debug)]
+pub(crate) struct Quotas {
+    layout: u64,
+    capacities: Vec<u64>,
+    concurrency: Option<u32>,
+    /// One validated name per tier item, in header order.
+    names: Vec<sfv::String>,
+    policy: Option<HeaderValue>,
+}
+
+impl Quotas {
+    /// The quotas of `org` as `statuses` show them.
+    pub(crate) fn new(org: &ResolvedOrg, statuses: &[LimitStatus]) -> Self {
+        let mut names = Vec::new();
+        let mut capacities = Vec::new();
+        let mut list = ListSerializer::new();
+        for status in statuses {
+            let name = limit_name(org, status);
+            for tier in status.tiers() {
+                capacities.push(tier.capacity);
+                let item = item_name(name, status.tiers().len(), tier);
+                // Limit names are letters, digits, '_', '-' and '.': always valid sf-strings.
+                let Ok(item) = sfv::String::try_from(item.into_owned()) else {
+                    continue;
+                };
+                let _ = list
+                    .bare_item(&*item)
+                    .parameter(Q, integer(tier.capacity))
+                    .parameter(W, integer(tier.window.nominal_secs()));
+                names.push(item);
+            }
+        }
+        let concurrency = org.concurrency().map(|concurrency| concurrency.max());
+        if let Some(max) = concurrency {
+            let _ = list
+                .bare_item(CONCURRENCY_ITEM)
+                .parameter(Q, integer(u64::from(max)))
+                .parameter(QU, CONCURRENT_REQUESTS);
+        }
+        Self {
+            layout: org.layout(),
+            capacities,
+            concurrency,
+            names,
+            policy: header(list.finish()),
+        }
+    }
+
+    /// Whether these quotas still describe `org` as `statuses` show it.
+    pub(crate) fn fits(&self, org: &ResolvedOrg, statuses: &[LimitStatus]) -> bool {
+        self.layout == org.layout()
+            && self.concurrency == org.concurrency().map(|concurrency| concurrency.max())
+            && self.capacities.iter().copied().eq(statuses
+                .iter()
+                .flat_map(|status| status.tiers().iter().map(|tier| tier.capacity)))
+    }
+}
+
+/// `RateLimit` at `now`.
+fn ratelimit_value(
+    quotas: &Quotas,
+    statuses: &[LimitStatus],
+    slots: Option<Slots>,
+    slot_retry: Timestamp,
+    now: Timestamp,
+) -> Option<HeaderValue> {
+    let mut buffer = String::with_capacity(24 * (quotas.names.len() + 1));
+    let mut list = ListSerializer::with_buffer(&mut buffer);
+    let tiers = statuses.iter().flat_map(|status| status.tiers());
+    for (name, tier) in quotas.names.iter().zip(tiers) {
+        let _ = list
+            .bare_item(&**name)
+            .parameter(R, integer(tier.remaining))
+            .parameter(T, integer(secs_until(tier.reset, now)));
+    }
+    if let Some(slots) = slots {
+        // A slot frees when some request ends, which nobody knows in advance: 0 while one is free,
+        // otherwise the store's retry hint.
+        let t = if slots.free > 0 {
+            0
+        } else {
+            secs_until(slot_retry, now).max(1)
+        };
+        let _ = list
+            .bare_item(CONCURRENCY_ITEM)
+            .parameter(R, integer(u64::from(slots.free)))
+            .parameter(T, integer(t));
+    }
+    list.finish()?;
+    HeaderValue::try_from(buffer).ok()
+}
+
+/// `X-RateLimit-Reset` in the configured format.
+fn reset_value(format: ResetFormat, reset: Timestamp, now: Timestamp) -> HeaderValue {
+    match format {
+        ResetFormat::Epoch => HeaderValue::from(reset.as_secs_ceil()),
+        ResetFormat::Delta => HeaderValue::from(secs_until(reset, now)),
+        ResetFormat::HttpDate => {
+            let secs = u64::try_from(reset.as_secs_ceil()).unwrap_or(0);
+            let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
+            HeaderValue::try_from(date).unwrap_or(HeaderValue::from_static("0"))
+        }
+    }
+}
+
+/// The rate-limit headers of one response, computed at the decision.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HeaderSet {
+    legacy: Option<[HeaderValue; 3]>,
+    policy: Option<HeaderValue>,
+    ratelimit: Option<HeaderValue>,
+    retry_after: Option<HeaderValue>,
+}
+
+/// Everything a [`HeaderSet`] is computed from.
+#[derive(Debug)]
+pub(crate) struct Inputs<'a> {
+    pub(crate) server: &'a ServerSettings,
+    pub(crate) quotas: &'a Quotas,
+    pub(crate) statuses: &'a [LimitStatus],
+    /// What `X-RateLimit-*` shows (the most constraining or the rejecting limit).
+    pub(crate) legacy: Option<Legacy>,
+    pub(crate) slots: Option<Slots>,
+    /// When a concurrency slot may be free (the store's hint), for the concurrency item's `t`.
+    pub(crate) slot_retry: Timestamp,
+    /// Seconds for `Retry-After`, on a rejection.
+    pub(crate) retry_after: Option<u64>,
+    pub(crate) now: Timestamp,
+}
+
+impl HeaderSet {
+    /// Computes the headers the server settings ask for.
+    pub(crate) fn new(inputs: &Inputs<'_>) -> Self {
+        let server = inputs.server;
+        let legacy = if server.legacy_headers {
+            inputs.legacy.map(|legacy| {
+                [
+                    HeaderValue::from(legacy.limit),
+                    HeaderValue::from(legacy.remaining),
+                    reset_value(server.reset_format, legacy.reset, inputs.now),
+                ]
+            })
+        } else {
+            None
+        };
+        let (policy, ratelimit) = if server.ietf_headers {
+            (
+                inputs.quotas.policy.clone(),
+                ratelimit_value(
+                    inputs.quotas,
+                    inputs.statuses,
+                    inputs.slots,
+                    inputs.slot_retry,
+                    inputs.now,
+                ),
+            )
+        } else {
+            (None, None)
+        };
+        Self {
+            legacy,
+            policy,
+            ratelimit,
+            retry_after: inputs
+                .retry_after
+                .map(|secs| HeaderValue::from(secs.max(1))),
+        }
+    }
+
+    /// Writes the headers into `headers`, replacing any of the same names.
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        headers.reserve(6);
+        if let Some([limit, remaining, reset]) = self.legacy {
+            headers.insert(X_RATELIMIT_LIMIT, limit);
+            headers.insert(X_RATELIMIT_REMAINING, remaining);
+            headers.insert(X_RATELIMIT_RESET, reset);
+        }
+        if let Some(policy) = self.policy {
+            headers.insert(RATELIMIT_POLICY, policy);
+        }
+        if let Some(ratelimit) = self.ratelimit {
+            headers.insert(RATELIMIT, ratelimit);
+        }
+        if let Some(retry_after) = self.retry_after {
+            headers.insert(RETRY_AFTER, retry_after);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration as StdDuration;
+
+    use sfv::{BareItem, List, ListEntry, Parser};
+    use tollgate_core::{
+        Charge, Concurrency, Dimension, Ledger, Limit, LimitZone, Org, Plan, Policy, Tier, Window,
+    };
+
+    use super::*;
+
+    fn policy() -> Policy {
+        let points = Limit::new(
+            "points",
+            Dimension::Points,
+            LimitZone::Org,
+            vec![Tier::new(Window::Minute, 100).expect("tier")],
+        )
+        .expect("limit");
+        let count = Limit::new(
+            "count",
+            Dimension::Requests,
+            LimitZone::Server,
+            vec![
+                Tier::new(Window::Minute, 10).expect("tier"),
+                Tier::new(Window::Hour, 20).expect("tier"),
+            ],
+        )
+        .expect("limit");
+        let plan = Plan::new("build", vec![points, count])
+            .expect("plan")
+            .with_concurrency(Concurrency::new(3, StdDuration::ZERO).expect("concurrency"));
+        Policy::builder()
+            .plan(plan)
+            .org(Org::new("acme", "build"))
+            .build()
+            .expect("policy")
+    }
+
+    fn param(entry: &ListEntry, key: &str) -> Option<BareItem> {
+        match entry {
+            ListEntry::Item(item) => item.params.get(key).cloned(),
+            ListEntry::InnerList(_) => None,
+        }
+    }
+
+    fn name(entry: &ListEntry) -> String {
+        match entry {
+            ListEntry::Item(item) => item
+                .bare_item
+                .as_string()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            ListEntry::InnerList(_) => String::new(),
+        }
+    }
+
+    #[test]
+    fn structured_fields_list_every_tier_and_concurrency() {
+        let policy = policy();
+        let org = policy.org("acme").expect("org");
+        let now = Timestamp::from_millis(1_800_000_030_500);
+        let mut ledger = Ledger::new(org);
+        let verdict = ledger.admit(org, Charge::points(7), now);
+        let statuses = verdict.statuses();
+        let mut map = HeaderMap::new();
+        HeaderSet::new(&Inputs {
+            server: policy.server(),
+            quotas: &Quotas::new(org, statuses),
+            statuses,
+            legacy: most_constraining(statuses).map(Legacy::of),
+            slots: Some(Slots { max: 3, free: 2 }),
+            slot_retry: now,
+            retry_after: None,
+            now,
+        })
+        .apply(&mut map);
+
+        let policy_list: List = Parser::new(map[RATELIMIT_POLICY].to_str().expect("ascii"))
+            .parse()
+            .expect("a structured list");
+        let names: Vec<String> = policy_list.iter().map(name).collect();
+        assert_eq!(
+            names,
+            ["points", "count.minute", "count.hour", "concurrency"]
+        );
+        assert_eq!(
+            param(&policy_list[0], "q").and_then(|q| q.as_integer()),
+            Some(Integer::constant(100))
+        );
+        assert_eq!(
+            param(&policy_list[2], "w").and_then(|w| w.as_integer()),
+            Some(Integer::constant(3600))
+        );
+        assert_eq!(
+            param(&policy_list[3], "qu")
+                .and_then(|qu| qu.as_string().map(|s| s.as_str().to_owned())),
+            Some("concurrent-requests".to_owned())
+        );
+
+        let list: List = Parser::new(map[RATELIMIT].to_str().expect("ascii"))
+            .parse()
+            .expect("a structured list");
+        assert_eq!(
+            param(&list[0], "r").and_then(|r| r.as_integer()),
+            Some(Integer::constant(93))
+        );
+        // 30.5 s into the minute: 29.5 s left, rounded up.
+        assert_eq!(
+            param(&list[0], "t").and_then(|t| t.as_integer()),
+            Some(Integer::constant(30))
+        );
+        assert_eq!(
+            param(&list[1], "r").and_then(|r| r.as_integer()),
+            Some(Integer::constant(9))
+        );
+        assert_eq!(
+            param(&list[3], "r").and_then(|r| r.as_integer()),
+            Some(Integer::constant(2))
+        );
+
+        // The most constraining: count at 29/30 vs points at 93/100 -> points.
+        assert_eq!(map[X_RATELIMIT_LIMIT], "100");
+        assert_eq!(map[X_RATELIMIT_REMAINING], "93");
+        assert_eq!(map[X_RATELIMIT_RESET], "1800000060");
+        assert!(map.get(RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn ties_go_to_the_first_limit_and_ratios_compare_exactly() {
+        let policy = policy();
+        let org = policy.org("acme").expect("org");
+        let mut ledger = Ledger::new(org);
+        let now = Timestamp::from_secs(1_800_000_000);
+        let statuses = ledger.peek(org, now);
+        assert_eq!(most_constraining(&statuses).map(|s| s.index), Some(0));
+        let verdict = ledger.admit(org, Charge::points(1), now);
+        // points 99/100 = 0.99, count 29/30 = 0.9667 -> count.
+        assert_eq!(
+            most_constraining(verdict.statuses()).map(|s| s.index),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn quotas_fit_until_capacities_change() {
+        let policy = policy();
+        let org = policy.org("acme").expect("org");
+        let now = Timestamp::from_secs(0);
+        let statuses = Ledger::new(org).peek(org, now);
+        let quotas = Quotas::new(org, &statuses);
+        assert!(quotas.fits(org, &statuses));
+        let mut changed = statuses.clone();
+        changed.truncate(1);
+        assert!(!quotas.fits(org, &changed));
+    }
+
+    #[test]
+    fn reset_formats() {
+        let now = Timestamp::from_millis(1_000_500);
+        let reset = Timestamp::from_secs(1_060);
+        assert_eq!(reset_value(ResetFormat::Epoch, reset, now), "1060");
+        assert_eq!(reset_value(ResetFormat::Delta, reset, now), "60");
+        assert_eq!(
+            reset_value(
+                ResetFormat::HttpDate,
+                Timestamp::from_secs(784_111_777),
+                now
+            ),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+    }
+
+    #[test]
+    fn families_switch_off() {
+        let policy = policy();
+        let org = policy.org("acme").expect("org");
+        let server = ServerSettings {
+            legacy_headers: false,
+            ietf_headers: false,
+            ..ServerSettings::default()
+        };
+        let now = Timestamp::from_secs(0);
+        let statuses = Ledger::new(org).peek(org, now);
+        let mut map = HeaderMap::new();
+        HeaderSet::new(&Inputs {
+            server: &server,
+            quotas: &Quotas::new(org, &statuses),
+            statuses: &statuses,
+            legacy: most_constraining(&statuses).map(Legacy::of),
+            slots: None,
+            slot_retry: now,
+            retry_after: Some(0),
+            now,
+        })
+        .apply(&mut map);
+        assert_eq!(map.len(), 1, "{map:?}");
+        assert_eq!(map[RETRY_AFTER], "1");
+    }
+}

@@ -1,0 +1,361 @@
+//! Who is calling: the org a request belongs to.
+//!
+//! The layer asks an [`IdentifyOrg`] for the caller's org before anything else. The default,
+//! [`BearerKeys`], reads `Authorization: Bearer <key>` and looks the key up by its SHA-256 digest in
+//! the policy, so several keys of one org share its limits. Any closure works too, sync or async
+//! (a database lookup), through the blanket impls; an async one returns a future that owns what it
+//! needs (clone the header before `async move`).
+//!
+//! A caller that cannot be identified gets `401 Unauthorized` with `WWW-Authenticate: Bearer` and an
+//! `application/problem+json` body, no rate-limit headers, and nothing is charged or allocated
+//! for it.
+//!
+//! # Example
+//!
+//! An org looked up by a custom header, synchronously, and one resolved from a "database" on the
+//! fly, asynchronously:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use http::request::Parts;
+//! use tollgate::{Identity, Policy, RateLimitLayer, Unidentified};
+//! use tollgate_core::Org;
+//!
+//! # let policy = Policy::from_toml_str(r#"
+//! # [[plans.build.limits]]
+//! # name = "daily"
+//! # dimension = "requests"
+//! # tiers = [{ window = "day", capacity = 2500 }]
+//! # [[orgs]]
+//! # id = "acme"
+//! # plan = "build"
+//! # "#, "policy.toml".as_ref())?;
+//! // Sync: a tenant header names the org directly.
+//! let by_header = RateLimitLayer::new(policy.clone()).identify(
+//!     |parts: &Parts, policy: &Arc<Policy>| -> Result<Identity, Unidentified> {
+//!         let tenant = parts.headers.get("x-tenant").ok_or(Unidentified::Missing)?;
+//!         let tenant = tenant.to_str().map_err(|_| Unidentified::Malformed)?;
+//!         let org = policy.org(tenant).ok_or(Unidentified::Unknown)?;
+//!         Ok(Identity::new(Arc::clone(org), tenant))
+//!     },
+//! );
+//!
+//! // Async: the org comes from a lookup that awaits; the engine resolves it against the policy.
+//! async fn lookup(key: String) -> Option<Org> {
+//!     (key == "db-key").then(|| Org::new("from-db", "build"))
+//! }
+//! let from_db = RateLimitLayer::new(policy).identify(|parts: &Parts, _: &Arc<Policy>| {
+//!     let key = tollgate::identity::bearer_token(parts).map(str::to_owned);
+//!     async move {
+//!         let key = key?;
+//!         let org = lookup(key.clone()).await.ok_or(Unidentified::Unknown)?;
+//!         Ok(Identity::from_org(org, &key))
+//!     }
+//! });
+//! # let _ = (by_header, from_db);
+//! # Ok::<(), tollgate_core::PolicyError>(())
+//! ```
+
+use std::fmt;
+use std::future::{Future, Ready, ready};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::request::Parts;
+use tollgate_core::usage::mask_key;
+use tollgate_core::{KeyDigest, Org, Policy, PolicyError, ResolvedOrg};
+
+use crate::problem::Problem;
+
+/// The org a request belongs to, and the label its calls carry in the usage log.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    org: Who,
+    key: Arc<str>,
+}
+
+#[derive(Clone, Debug)]
+enum Who {
+    Resolved(Arc<ResolvedOrg>),
+    Defined(Box<Org>),
+}
+
+impl Identity {
+    /// An org of the policy (or one resolved already), with the API key used, which is kept only
+    /// masked to its last four characters (see [`mask_key`]).
+    pub fn new(org: Arc<ResolvedOrg>, key: &str) -> Self {
+        Self {
+            org: Who::Resolved(org),
+            key: mask_key(key).into(),
+        }
+    }
+
+    /// An org defined elsewhere (a database row, say), resolved against the current policy's plans
+    /// by the engine on every request; the key is kept masked. For many requests per second,
+    /// resolve once with [`Policy::resolve`] and cache the result in [`Identity::new`] instead.
+    pub fn from_org(org: Org, key: &str) -> Self {
+        Self {
+            org: Who::Defined(Box::new(org)),
+            key: mask_key(key).into(),
+        }
+    }
+
+    /// The same identity with `label` as the usage log's key column, verbatim (not masked).
+    pub fn with_label(mut self, label: impl Into<Arc<str>>) -> Self {
+        self.key = label.into();
+        self
+    }
+
+    /// The label calls carry in the usage log.
+    pub fn key_label(&self) -> &str {
+        &self.key
+    }
+
+    /// The org, resolved against `policy` if it was given as a definition.
+    pub fn resolve(self, policy: &Policy) -> Result<(Arc<ResolvedOrg>, Arc<str>), PolicyError> {
+        match self.org {
+            Who::Resolved(org) => Ok((org, self.key)),
+            Who::Defined(org) => Ok((Arc::new(policy.resolve(&org)?), self.key)),
+        }
+    }
+}
+
+/// Why a request could not be tied to an org; answered with `401 Unauthorized`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Unidentified {
+    /// No credentials at all.
+    Missing,
+    /// Credentials that are not of the expected form (`Authorization: Bearer <key>`).
+    Malformed,
+    /// Well-formed credentials that belong to no org.
+    Unknown,
+}
+
+impl Unidentified {
+    /// The `WWW-Authenticate` challenge for this case (RFC 6750: no error code when nothing was
+    /// sent).
+    pub const fn challenge(self) -> &'static str {
+        match self {
+            Unidentified::Missing => "Bearer",
+            Unidentified::Malformed => "Bearer error=\"invalid_request\"",
+            Unidentified::Unknown => "Bearer error=\"invalid_token\"",
+        }
+    }
+}
+
+impl fmt::Display for Unidentified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unidentified::Missing => "send your API key as `Authorization: Bearer <key>`",
+            Unidentified::Malformed => {
+                "the Authorization header must be `Bearer <key>`, with the key in plain text"
+            }
+            Unidentified::Unknown => "this API key belongs to no organisation",
+        })
+    }
+}
+
+impl std::error::Error for Unidentified {}
+
+impl IntoResponse for Unidentified {
+    fn into_response(self) -> Response {
+        let mut response = Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized", self.to_string())
+            .into_response();
+        response.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(self.challenge()),
+        );
+        response
+    }
+}
+
+/// Tells the layer which org a request belongs to.
+///
+/// Implement it for a type of your own, or pass a closure to
+/// [`RateLimitLayer::identify`](crate::RateLimitLayer::identify): a closure
+/// `|parts: &Parts, policy: &Arc<Policy>| -> Result<Identity, Unidentified>` (sync) or one
+/// returning a `Future` of that (async) both work, through the marker types [`Immediate`] and
+/// [`Deferred`]. Annotate the closure's parameter types so that it is general over their
+/// lifetimes. See the [module example](self#example).
+pub trait IdentifyOrg<M = ()>: Clone + Send + Sync + 'static {
+    /// The future of the answer; it must not borrow from the request.
+    type Future: Future<Output = Result<Identity, Unidentified>> + Send + 'static;
+
+    /// Identifies the org of the request whose head is `request`, under the current `policy`.
+    fn identify(&self, request: &Parts, policy: &Arc<Policy>) -> Self::Future;
+}
+
+/// Marks the blanket impl of [`IdentifyOrg`] for closures that answer at once.
+#[derive(Debug)]
+pub enum Immediate {}
+
+/// Marks the blanket impl of [`IdentifyOrg`] for closures that return a future.
+#[derive(Debug)]
+pub enum Deferred {}
+
+impl<F> IdentifyOrg<Immediate> for F
+where
+    F: Fn(&Parts, &Arc<Policy>) -> Result<Identity, Unidentified> + Clone + Send + Sync + 'static,
+{
+    type Future = Ready<Result<Identity, Unidentified>>;
+
+    fn identify(&self, request: &Parts, policy: &Arc<Policy>) -> Self::Future {
+        ready(self(request, policy))
+    }
+}
+
+impl<F, Fut> IdentifyOrg<Deferred> for F
+where
+    F: Fn(&Parts, &Arc<Policy>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Identity, Unidentified>> + Send + 'static,
+{
+    type Future = Fut;
+
+    fn identify(&self, request: &Parts, policy: &Arc<Policy>) -> Self::Future {
+        self(request, policy)
+    }
+}
+
+/// An [`IdentifyOrg<M>`] seen as an `IdentifyOrg`: what
+/// [`RateLimitLayer::identify`](crate::RateLimitLayer::identify) stores, so the layer's type has no
+/// marker parameter.
+pub struct IdentifyWith<F, M> {
+    inner: F,
+    _marker: PhantomData<fn() -> M>,
+}
+
+impl<F, M> IdentifyWith<F, M> {
+    /// Wraps `inner`.
+    pub const fn new(inner: F) -> Self {
+        Self {
+            inner,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<F: Clone, M> Clone for IdentifyWith<F, M> {
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone())
+    }
+}
+
+impl<F, M> fmt::Debug for IdentifyWith<F, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentifyWith")
+            .field("inner", &std::any::type_name::<F>())
+            .finish()
+    }
+}
+
+impl<F, M> IdentifyOrg for IdentifyWith<F, M>
+where
+    F: IdentifyOrg<M>,
+    M: 'static,
+{
+    type Future = F::Future;
+
+    fn identify(&self, request: &Parts, policy: &Arc<Policy>) -> Self::Future {
+        self.inner.identify(request, policy)
+    }
+}
+
+/// The default identification: `Authorization: Bearer <key>`, looked up by the key's SHA-256 digest
+/// among the keys of the policy's orgs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BearerKeys;
+
+impl BearerKeys {
+    /// Identifies the request synchronously (what [`IdentifyOrg::identify`] does).
+    pub fn identify_now(request: &Parts, policy: &Policy) -> Result<Identity, Unidentified> {
+        let key = bearer_token(request)?;
+        let org = policy
+            .org_by_digest(&KeyDigest::of(key))
+            .ok_or(Unidentified::Unknown)?;
+        Ok(Identity::new(Arc::clone(org), key))
+    }
+}
+
+impl IdentifyOrg for BearerKeys {
+    type Future = Ready<Result<Identity, Unidentified>>;
+
+    fn identify(&self, request: &Parts, policy: &Arc<Policy>) -> Self::Future {
+        ready(Self::identify_now(request, policy))
+    }
+}
+
+/// The key of an `Authorization: Bearer <key>` header: the scheme is case-insensitive, spaces
+/// around the key are ignored, and the key must be one non-empty token.
+///
+/// # Example
+///
+/// ```
+/// use tollgate::{Unidentified, identity::bearer_token};
+///
+/// let (parts, ()) = http::Request::builder()
+///     .header("authorization", "Bearer acme-key-1")
+///     .body(())
+///     .expect("a valid request")
+///     .into_parts();
+/// assert_eq!(bearer_token(&parts), Ok("acme-key-1"));
+/// let (parts, ()) = http::Request::new(()).into_parts();
+/// assert_eq!(bearer_token(&parts), Err(Unidentified::Missing));
+/// ```
+pub fn bearer_token(request: &Parts) -> Result<&str, Unidentified> {
+    let value = request
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or(Unidentified::Missing)?;
+    let value = value.to_str().map_err(|_| Unidentified::Malformed)?.trim();
+    let (scheme, key) = value.split_once(' ').ok_or(Unidentified::Malformed)?;
+    let key = key.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || key.is_empty() || key.contains([' ', '\t']) {
+        return Err(Unidentified::Malformed);
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(authorization: Option<&str>) -> Parts {
+        let mut request = http::Request::builder();
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        request.body(()).expect("valid request").into_parts().0
+    }
+
+    #[test]
+    fn reads_bearer_tokens() {
+        assert_eq!(bearer_token(&parts(Some("Bearer k-1"))), Ok("k-1"));
+        assert_eq!(bearer_token(&parts(Some("bearer   k-1  "))), Ok("k-1"));
+        assert_eq!(bearer_token(&parts(None)), Err(Unidentified::Missing));
+        for bad in ["Basic k-1", "Bearer", "Bearer ", "k-1", "Bearer a b"] {
+            assert_eq!(
+                bearer_token(&parts(Some(bad))),
+                Err(Unidentified::Malformed),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn unidentified_is_a_401_problem_with_a_challenge() {
+        let response = Unidentified::Unknown.into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        assert_eq!(
+            response.headers()[http::header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! tracing events and `metrics` for every decision.
+//!
+//! - a `debug` event per decision, with every limit's remaining count;
+//! - an `info` event when a request takes an org past 80% of a `requests` or `points` limit;
+//! - a `warn` event per rejection (and per request a shadow plan would have rejected);
+//! - `tollgate_decisions_total{outcome,limit}`, `tollgate_decision_seconds`,
+//!   `tollgate_in_flight{org}` and `tollgate_store_errors_total` through the `metrics` facade.
+
+use std::fmt;
+use std::time::Instant;
+
+use tollgate_core::{Charge, Dimension, LimitStatus, ResolvedOrg};
+
+/// Every limit's remaining count as `name=remaining` pairs, formatted only if an event is enabled.
+pub(crate) struct Remaining<'a> {
+    pub(crate) org: &'a ResolvedOrg,
+    pub(crate) statuses: &'a [LimitStatus],
+}
+
+impl fmt::Display for Remaining<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (position, status) in self.statuses.iter().enumerate() {
+            let name = self
+                .org
+                .limits()
+                .get(status.index)
+                .map_or("?", |limit| limit.name());
+            if position > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name}={}/{}", status.remaining, status.limit)?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts one decision and times it.
+pub(crate) fn decision(outcome: &'static str, limit: metrics::SharedString, started: Instant) {
+    metrics::counter!(
+        "tollgate_decisions_total",
+        "outcome" => outcome,
+        "limit" => limit
+    )
+    .increment(1);
+    metrics::histogram!("tollgate_decision_seconds").record(started.elapsed().as_secs_f64());
+}
+
+/// Moves the org's in-flight gauge.
+pub(crate) fn in_flight(org: &ResolvedOrg, delta: f64) {
+    metrics::gauge!("tollgate_in_flight", "org" => org.id().as_arc().clone()).increment(delta);
+}
+
+/// Logs an admission, and an org passing 80% of a limit with this charge.
+pub(crate) fn admitted(org: &ResolvedOrg, statuses: &[LimitStatus], charge: Charge) {
+    tracing::debug!(
+        org = org.id().as_str(),
+        cost = charge.points,
+        remaining = %Remaining { org, statuses },
+        "tollgate: admitted"
+    );
+    for status in statuses {
+        let Some(limit) = org.limits().get(status.index) else {
+            continue;
+        };
+        let amount = match limit.dimension() {
+            Dimension::Requests | Dimension::Points => charge.amount(limit.dimension()),
+            Dimension::LatencyMs => continue,
+        };
+        let capacity = u128::from(status.limit);
+        let used_after = capacity.saturating_sub(u128::from(status.remaining));
+        let used_before = used_after.saturating_sub(u128::from(amount));
+        if used_before * 5 < capacity * 4 && used_after * 5 >= capacity * 4 {
+            tracing::info!(
+                org = org.id().as_str(),
+                limit = limit.name(),
+                remaining = status.remaining,
+                capacity = status.limit,
+                reset = %status.reset,
+                "tollgate: org passed 80% of a limit"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use tower::{Layer, Service, ServiceExt};
+
+    use crate::test_support::{fixture, get, ok, policy};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn logs_decisions_the_80_percent_mark_and_rejections()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let f = fixture(policy(""));
+        let mut svc = f.layer.clone().layer(tower::service_fn(
+            |_request: http::Request<axum::body::Body>| async { ok(axum::body::Body::empty()) },
+        ));
+        // 20 points: three 5-point reports use 75%, one 1-point item takes the org to 80%, and a
+        // fifth report (5 points, 4 left) is rejected.
+        for path in ["/reports", "/reports", "/reports", "/items", "/reports"] {
+            let response = svc
+                .ready()
+                .await?
+                .call(get(path, Some("acme-key-1")))
+                .await?;
+            drop(response);
+        }
+        let logs = String::from_utf8(captured.0.lock().map_err(|_| "poisoned")?.clone())?;
+        assert_eq!(logs.matches("tollgate: admitted").count(), 4, "{logs}");
+        let passed: Vec<&str> = logs
+            .lines()
+            .filter(|line| line.contains("passed 80% of a limit"))
+            .collect();
+        assert_eq!(passed.len(), 1, "{logs}");
+        assert!(passed[0].contains("INFO"), "{}", passed[0]);
+        assert!(passed[0].contains("limit=\"points\"") && passed[0].contains("remaining=4"));
+        let rejected: Vec<&str> = logs
+            .lines()
+            .filter(|line| line.contains("tollgate: rejected"))
+            .collect();
+        assert_eq!(rejected.len(), 1, "{logs}");
+        assert!(rejected[0].contains("WARN"), "{}", rejected[0]);
+        assert!(
+            rejected[0].contains("remaining=points=4/20 daily=2496/2500"),
+            "{}",
+            rejected[0]
+        );
+        Ok(())
+    }
+}

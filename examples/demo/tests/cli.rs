@@ -1,0 +1,205 @@
+//! The demo binary: refuses a bad policy file with the loader's message, and serves the shipped
+//! policy when given no file.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+const DEMO: &str = env!("CARGO_BIN_EXE_tollgate-demo");
+
+fn temp_policy(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("the policy file is written");
+    path
+}
+
+#[test]
+fn refuses_a_bad_policy_file_naming_file_line_and_column() {
+    let text = r#"
+[plans.build]
+concurrency = 3
+
+[[plans.build.limits]]
+name = "daily"
+dimension = "requests"
+tiers = [{ window = "day", capacity = 0 }]
+"#;
+    let path = temp_policy("zero-capacity.toml", text);
+    let output = Command::new(DEMO)
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .output()
+        .expect("the demo runs");
+    assert!(
+        !output.status.success(),
+        "a bad file must not start the server"
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        output.stdout.is_empty(),
+        "nothing served: {:?}",
+        output.stdout
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let place = format!("{}:8:", path.display());
+    assert!(
+        stderr.contains(&place),
+        "the message names the file and line: {stderr}"
+    );
+    assert!(stderr.contains("capacity"), "{stderr}");
+    assert!(
+        stderr.contains("at least 1"),
+        "the message says the fix: {stderr}"
+    );
+}
+
+#[test]
+fn refuses_a_missing_policy_file_and_a_syntax_error() {
+    let output = Command::new(DEMO)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            "/nonexistent/policy.toml",
+        ])
+        .output()
+        .expect("the demo runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/policy.toml"));
+
+    let path = temp_policy("syntax.toml", "[server\ntime_zone = \"UTC\"\n");
+    let output = Command::new(DEMO)
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .output()
+        .expect("the demo runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}:1:", path.display())),
+        "{stderr}"
+    );
+}
+
+/// Kills the demo when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn serves_the_shipped_policy_with_headers_and_exemptions() {
+    let mut child = Command::new(DEMO)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the demo starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let _running = Running(child);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the demo prints its address");
+    let base = line
+        .trim()
+        .strip_prefix("tollgate-demo listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let client = reqwest::Client::new();
+
+    let health = client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    assert!(health.headers().get("x-ratelimit-limit").is_none());
+
+    let anonymous = client
+        .get(format!("{base}/v1/items"))
+        .send()
+        .await
+        .expect("items");
+    assert_eq!(anonymous.status(), 401);
+
+    let report = client
+        .get(format!("{base}/v1/reports"))
+        .bearer_auth("acme-key-1")
+        .send()
+        .await
+        .expect("reports");
+    assert_eq!(report.status(), 200);
+    assert_eq!(report.headers()["x-ratelimit-limit"], "100");
+    assert_eq!(report.headers()["x-ratelimit-remaining"], "90");
+    assert!(report.headers().contains_key("ratelimit-policy"));
+
+    let search = client
+        .get(format!("{base}/v1/search?rows=4500"))
+        .bearer_auth("acme-key-2")
+        .send()
+        .await
+        .expect("search");
+    assert_eq!(search.status(), 200);
+    let body: serde_json::Value = search.json().await.expect("JSON");
+    assert_eq!(body["cost"], 5);
+
+    let file = client
+        .get(format!("{base}/v1/files/7"))
+        .bearer_auth("acme-key-1")
+        .send()
+        .await
+        .expect("file");
+    assert_eq!(file.status(), 200);
+    assert!(file.headers().get("x-ratelimit-limit").is_none());
+    assert_eq!(file.bytes().await.expect("bytes").len(), 64 * 1024);
+
+    let connector = client
+        .post(format!("{base}/v1/connectors/forms"))
+        .bearer_auth("acme-key-1")
+        .send()
+        .await
+        .expect("connector");
+    assert_eq!(connector.status(), 202);
+
+    let created = client
+        .post(format!("{base}/v1/items"))
+        .bearer_auth("acme-key-1")
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 201);
+    // 100 - 10 (report) - 5 (search, corrected from 1) - 3 (create) = 82.
+    assert_eq!(created.headers()["x-ratelimit-remaining"], "82");
+}
+
+#[test]
+fn the_shipped_policy_expresses_the_seeds() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policy.toml");
+    let policy = tollgate::Policy::from_toml_file(&path).expect("the shipped policy loads");
+    let now = tollgate::Timestamp::from_secs(1_780_000_000);
+    let acme = policy.org_by_key("acme-key-2").expect("acme's second key");
+    assert_eq!(acme.id().as_str(), "acme");
+    assert_eq!(acme.concurrency().map(|c| c.max()), Some(3));
+    let globex = policy.org("globex").expect("globex");
+    let count = &globex.limits()[0];
+    assert_eq!(count.total_capacity(now), 100 + 2600 + 1150);
+    let sandbox = policy.org("globex-sandbox").expect("sandbox");
+    assert_eq!(sandbox.limits()[0].capacity(0, now), 50);
+    assert_eq!(
+        policy
+            .treatment("POST", "/v1/connectors/forms")
+            .map(|(_, t)| t),
+        Some(tollgate::Treatment::Exempt { billable: false })
+    );
+    assert_eq!(
+        policy.treatment("GET", "/v1/reports").map(|(_, t)| t),
+        Some(tollgate::Treatment::Cost(10))
+    );
+}

@@ -1,0 +1,215 @@
+//! Redis for tests: the one at `TOLLGATE_REDIS_URL`, else a `redis-server` of the test's own.
+//!
+//! With neither, a test prints a `SKIP:` notice and returns — except under `CI=true`, where a
+//! missing Redis fails the test. Tests share a Redis safely by giving every store its own key
+//! prefix ([`unique_prefix`]).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tollgate_tests::redis_server::{redis_for, unique_prefix};
+//!
+//! let Some(redis) = redis_for("my_test") else { return };
+//! let prefix = unique_prefix("my_test");
+//! println!("{} {prefix}", redis.url());
+//! ```
+
+use std::hash::{BuildHasher, RandomState};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The variable naming a Redis to test against (`redis://127.0.0.1:6379/`).
+pub const URL_VAR: &str = "TOLLGATE_REDIS_URL";
+
+/// How long a started server may take to answer `PING`.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `redis-server` process on a free loopback port, without persistence; killed when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` from `PATH` on a free port and waits until it answers `PING`.
+    pub fn start() -> io::Result<Self> {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        Self::start_on(port)
+    }
+
+    /// Starts `redis-server` on `port` and waits until it answers `PING`.
+    pub fn start_on(port: u16) -> io::Result<Self> {
+        let mut server = Self { port, child: None };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if ping(self.port) {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .map(Child::try_wait)
+                .transpose()?
+                .flatten()
+            {
+                self.child = None;
+                return Err(io::Error::other(format!(
+                    "redis-server on port {} exited at start: {status}",
+                    self.port
+                )));
+            }
+            if Instant::now() > deadline {
+                self.stop();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("redis-server on port {} did not answer PING", self.port),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server at once (like a crash) and waits until it is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (empty: nothing is persisted).
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether a Redis answers `PING` on `port` of the loopback address.
+pub fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+/// A Redis for one test: the URL, and the server when the test started one.
+#[derive(Debug)]
+pub struct TestRedis {
+    url: String,
+    server: Option<RedisServer>,
+}
+
+impl TestRedis {
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The server, when this test started its own.
+    pub fn server(&mut self) -> Option<&mut RedisServer> {
+        self.server.as_mut()
+    }
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+fn skip(test: &str, why: &str) {
+    let message = format!(
+        "SKIP: {test}: {why}. Set {URL_VAR}=redis://127.0.0.1:6379/ or put redis-server on PATH \
+         (Debian: apt-get install redis-server)."
+    );
+    assert!(
+        !in_ci(),
+        "{message} (CI=true: a missing Redis fails the tests)"
+    );
+    // Straight to the process's stderr: the test harness captures `eprintln!`, and a skip should
+    // be seen in a normal run.
+    let _ = writeln!(io::stderr(), "{message}");
+}
+
+/// Redis for `test`: `TOLLGATE_REDIS_URL` if set, else a fresh `redis-server` of its own. `None`
+/// (after printing a `SKIP:` notice) when there is neither; under `CI=true`, panics instead.
+pub fn redis_for(test: &str) -> Option<TestRedis> {
+    if let Ok(url) = std::env::var(URL_VAR)
+        && !url.is_empty()
+    {
+        return Some(TestRedis { url, server: None });
+    }
+    match RedisServer::start() {
+        Ok(server) => Some(TestRedis {
+            url: server.url(),
+            server: Some(server),
+        }),
+        Err(error) => {
+            skip(
+                test,
+                &format!("no {URL_VAR} and no redis-server to start ({error})"),
+            );
+            None
+        }
+    }
+}
+
+/// A `redis-server` of `test`'s own, for tests that stop it or count its commands. `None` (after
+/// printing a `SKIP:` notice) when `redis-server` cannot be started; under `CI=true`, panics.
+pub fn own_redis_server(test: &str) -> Option<RedisServer> {
+    match RedisServer::start() {
+        Ok(server) => Some(server),
+        Err(error) => {
+            skip(
+                test,
+                &format!("this test needs a redis-server of its own ({error})"),
+            );
+            None
+        }
+    }
+}
+
+/// A key prefix that no other test (or run) uses: `test:<name>:<random>:`.
+pub fn unique_prefix(test: &str) -> String {
+    let random = RandomState::new().hash_one((SystemTime::now(), std::process::id(), test));
+    format!("test:{test}:{random:016x}:")
+}

@@ -1,0 +1,142 @@
+//! Concurrency permits over real HTTP: held until the response body has ended or been dropped,
+//! released when a client hangs up or a handler panics.
+
+use bytes::Bytes;
+use tollgate_tests::http::{POLICY, Placement, TestApp, eventually, int_header};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_3_with_slow_handlers_rejects_a_4th_until_one_ends() {
+    let app = std::sync::Arc::new(TestApp::start(POLICY, Placement::Layer).await);
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let app = std::sync::Arc::clone(&app);
+        slow.push(tokio::spawn(async move {
+            let response = app.get("/v1/held", "acme-key-1").await;
+            let status = response.status().as_u16();
+            response.text().await.expect("the body");
+            status
+        }));
+    }
+    app.wait_in_flight("acme", 3).await;
+
+    let fourth = app.get("/v1/items", "acme-key-2").await;
+    assert_eq!(fourth.status(), 429);
+    assert_eq!(int_header(&fourth, "retry-after"), 1);
+    assert_eq!(int_header(&fourth, "x-ratelimit-limit"), 3);
+    assert_eq!(int_header(&fourth, "x-ratelimit-remaining"), 0);
+    let body: serde_json::Value = fourth.json().await.expect("a problem body");
+    assert_eq!(body["limit"], "concurrency");
+    assert_eq!(
+        body["violated-policies"],
+        serde_json::json!(["concurrency"])
+    );
+
+    app.release(1);
+    app.wait_in_flight("acme", 2).await;
+    let fifth = app.get("/v1/items", "acme-key-2").await;
+    assert_eq!(fifth.status(), 200);
+
+    app.release(2);
+    for handler in slow {
+        assert_eq!(handler.await.expect("the client task"), 200);
+    }
+    app.wait_in_flight("acme", 0).await;
+}
+
+#[tokio::test]
+async fn concurrency_3_with_streaming_bodies_holds_the_permit_until_the_body_ends() {
+    let app = TestApp::start(POLICY, Placement::Layer).await;
+    let mut responses = Vec::new();
+    let mut senders = Vec::new();
+    for _ in 0..3 {
+        // `send` returns once the headers arrived: the handlers have returned.
+        let response = app.get("/v1/stream", "acme-key-1").await;
+        assert_eq!(response.status(), 200);
+        responses.push(response);
+        senders.push(app.next_stream().await);
+    }
+    assert_eq!(app.in_flight("acme").await, 3);
+    assert_eq!(app.get("/v1/items", "acme-key-1").await.status(), 429);
+
+    // Mid-body the permit is still held.
+    senders[0]
+        .send(Bytes::from_static(b"part 1"))
+        .expect("the body is open");
+    let mut first = responses.remove(0);
+    assert_eq!(
+        first.chunk().await.expect("a chunk").as_deref(),
+        Some(&b"part 1"[..])
+    );
+    assert_eq!(app.get("/v1/items", "acme-key-1").await.status(), 429);
+
+    // The body ends: the permit is free.
+    drop(senders.remove(0));
+    assert_eq!(first.chunk().await.expect("the end"), None);
+    app.wait_in_flight("acme", 2).await;
+    assert_eq!(app.get("/v1/items", "acme-key-1").await.status(), 200);
+    drop(senders);
+    for response in responses {
+        response.bytes().await.expect("the rest of the body");
+    }
+    app.wait_in_flight("acme", 0).await;
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_body_frees_the_permit() {
+    let app = TestApp::start(POLICY, Placement::Layer).await;
+    let mut response = app.get("/v1/stream", "acme-key-1").await;
+    let sender = app.next_stream().await;
+    sender
+        .send(Bytes::from_static(b"first"))
+        .expect("the body is open");
+    assert_eq!(
+        response.chunk().await.expect("a chunk").as_deref(),
+        Some(&b"first"[..])
+    );
+    assert_eq!(app.in_flight("acme").await, 1);
+
+    drop(response); // the client goes away mid-body
+    // The server notices when it next writes (or reads EOF); keep the stream going until then.
+    eventually("the permit of the abandoned body is released", || {
+        let _ = sender.send(Bytes::from_static(b"more"));
+        async { app.in_flight("acme").await == 0 }
+    })
+    .await;
+    let last = &app.usage("acme").await.usage.calls[0];
+    assert_eq!(last.status, 200, "the status that was sent");
+    assert_eq!(app.get("/v1/items", "acme-key-1").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_panicking_handler_frees_the_permit() {
+    let app = TestApp::start(POLICY, Placement::Layer).await;
+    for _ in 0..5 {
+        // hyper drops the connection when the handler's task panics.
+        let outcome = app
+            .client
+            .get(format!("{}/v1/panic", app.base))
+            .bearer_auth("acme-key-1")
+            .send()
+            .await;
+        assert!(
+            outcome.is_err(),
+            "no response from a panicked handler: {outcome:?}"
+        );
+        app.wait_in_flight("acme", 0).await;
+    }
+    // Five panics later, all three slots are free.
+    assert_eq!(app.get("/v1/items", "acme-key-1").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_panicking_handler_behind_catch_panic_frees_the_permit() {
+    let app = TestApp::start(POLICY, Placement::LayerInsideCatchPanic).await;
+    for _ in 0..5 {
+        let response = app.get("/v1/panic", "acme-key-1").await;
+        assert_eq!(response.status(), 500);
+        app.wait_in_flight("acme", 0).await;
+    }
+    assert_eq!(app.get("/v1/items", "acme-key-1").await.status(), 200);
+    // The five panicked calls were charged (admitted) and are in the log.
+    assert_eq!(app.statuses("acme").await[0].remaining, 20 - 6);
+}

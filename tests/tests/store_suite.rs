@@ -1,0 +1,1575 @@
+//! One behavioural suite, run on every store: [`MemoryStore`] and [`RedisStore`] must agree.
+//!
+//! Every case below is a generic `async fn case<S: Store>(store: &S)` with exact expectations; the
+//! `suite!` macro runs each one on a fresh `MemoryStore` (`memory::case`) and on a `RedisStore`
+//! with a key prefix of its own (`redis::case`). A difference between the stores fails one of
+//! them. `redis::differential_random_ops` also replays one random sequence on both stores and
+//! compares every decision verbatim.
+//!
+//! The Redis-only tests (`redis_only::*`) check what the memory store has no counterpart for: one
+//! round trip per admission, several instances on one Redis, Redis stopped and started in the
+//! middle of a run, leases of a crashed instance, key slots and expiry, clock skew.
+//!
+//! Redis comes from `TOLLGATE_REDIS_URL`, else a `redis-server` started per test; with neither,
+//! Redis tests print `SKIP:` and pass (under `CI=true` they fail).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::TimeZone;
+use tollgate_core::{
+    CallRecord, Charge, Correction, Decision, LimitStatus, Outcome, Policy, RejectReason,
+    ResolvedOrg, Settlement, Store, Timestamp, Verdict,
+};
+use tollgate_redis::RedisStore;
+use tollgate_tests::redis_server::{TestRedis, own_redis_server, redis_for, unique_prefix};
+
+// ------------------------------------------------------------------------------------------------
+// Helpers
+
+/// An instant given in UTC.
+fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Timestamp {
+    Timestamp::from(
+        chrono::Utc
+            .with_ymd_and_hms(y, mo, d, h, mi, s)
+            .single()
+            .expect("a valid UTC date"),
+    )
+}
+
+/// An instant given in the local time of `zone`.
+fn local(zone: &str, y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Timestamp {
+    let tz: chrono_tz::Tz = zone.parse().expect("a known zone");
+    Timestamp::from(
+        tz.with_ymd_and_hms(y, mo, d, h, mi, s)
+            .single()
+            .expect("an unambiguous local time"),
+    )
+}
+
+/// Tuesday 10 March 2026, 12:00:00 UTC: the start of a minute, an hour and a UTC day.
+fn t0() -> Timestamp {
+    utc(2026, 3, 10, 12, 0, 0)
+}
+
+fn plus(at: Timestamp, millis: i64) -> Timestamp {
+    Timestamp::from_millis(at.as_millis() + millis)
+}
+
+fn secs(at: Timestamp, secs: i64) -> Timestamp {
+    plus(at, secs * 1000)
+}
+
+/// The org `acme` of a policy whose plan `p` has the given body (its limits and concurrency).
+fn acme(plan: &str, org: &str) -> Arc<ResolvedOrg> {
+    let toml = format!(
+        "[plans.p]\n{plan}\n\n[[orgs]]\nid = \"acme\"\nplan = \"p\"\nkeys = [\"acme-key\"]\n{org}\n"
+    );
+    let policy = Policy::from_toml_str(&toml, "suite.toml".as_ref()).expect("a valid policy");
+    Arc::clone(policy.org("acme").expect("acme is defined"))
+}
+
+async fn admit<S: Store>(
+    store: &S,
+    org: &Arc<ResolvedOrg>,
+    points: u64,
+    at: Timestamp,
+) -> Decision {
+    store
+        .admit(org, Charge::points(points), at)
+        .await
+        .expect("the store answers")
+}
+
+async fn peek<S: Store>(store: &S, org: &Arc<ResolvedOrg>, at: Timestamp) -> Vec<LimitStatus> {
+    store.peek(org, at).await.expect("the store answers")
+}
+
+fn remaining(statuses: &[LimitStatus]) -> Vec<u64> {
+    statuses.iter().map(|s| s.remaining).collect()
+}
+
+fn used(status: &LimitStatus) -> Vec<i64> {
+    status.tiers().iter().map(|t| t.used).collect()
+}
+
+fn receipt(decision: &Decision) -> tollgate_core::Receipt {
+    match &decision.verdict {
+        Verdict::Admitted { receipt, .. } => receipt.clone(),
+        Verdict::Rejected { .. } => panic!("expected an admission, got {decision:?}"),
+    }
+}
+
+/// (reason, retry_at, violated) of a rejection.
+fn rejection(decision: &Decision) -> (RejectReason, Option<Timestamp>, Vec<usize>) {
+    match &decision.verdict {
+        Verdict::Rejected {
+            reason,
+            retry_at,
+            violated,
+            ..
+        } => (*reason, *retry_at, violated.clone()),
+        Verdict::Admitted { .. } => panic!("expected a rejection, got {decision:?}"),
+    }
+}
+
+async fn settle<S: Store>(
+    store: &S,
+    org: &Arc<ResolvedOrg>,
+    receipt: tollgate_core::Receipt,
+    correction: Correction,
+    at: Timestamp,
+) {
+    store
+        .settle(
+            org,
+            Settlement {
+                receipt,
+                correction,
+                call: None,
+                at,
+            },
+        )
+        .await
+        .expect("the store answers");
+}
+
+fn call(at: Timestamp, path: &str) -> CallRecord {
+    CallRecord::new(at, "GET", path)
+        .with_route("/v1/items")
+        .with_key("…-key")
+}
+
+async fn record<S: Store>(store: &S, org: &Arc<ResolvedOrg>, call: CallRecord) {
+    store.record(org, call).await.expect("the store answers");
+}
+
+/// Admits once a slot is free: `permit_freed` says when to try again (bounded, never a sleep).
+async fn admit_when_free<S: Store>(store: &S, org: &Arc<ResolvedOrg>, at: Timestamp) -> Decision {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let decision = admit(store, org, 1, at).await;
+        if decision.is_admitted() {
+            return decision;
+        }
+        assert!(Instant::now() < deadline, "no slot was freed within 5 s");
+        let _ =
+            tokio::time::timeout(Duration::from_millis(100), store.permit_freed(org.id())).await;
+    }
+}
+
+/// Waits until the org's in-flight count is `expected` (a released lease reaches Redis a moment
+/// after its permit is dropped).
+async fn in_flight_becomes<S: Store>(store: &S, org: &Arc<ResolvedOrg>, expected: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let usage = store.usage(org, t0(), 1).await.expect("the store answers");
+        if usage.in_flight == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "in flight stayed {} (expected {expected})",
+            usage.in_flight
+        );
+        let _ =
+            tokio::time::timeout(Duration::from_millis(100), store.permit_freed(org.id())).await;
+    }
+}
+
+async fn redis_store(redis: &TestRedis, test: &str) -> RedisStore {
+    RedisStore::builder()
+        .prefix(unique_prefix(test))
+        // Generous: debug builds of many tests share two cores. The failure tests use 50 ms.
+        .timeout(Duration::from_secs(2))
+        .connect(redis.url())
+        .await
+        .expect("connect to the test Redis")
+}
+
+// ------------------------------------------------------------------------------------------------
+// The cases, once, for every store
+
+const PER_MINUTE_5: &str = r#"
+[[plans.p.limits]]
+name = "per_minute"
+dimension = "requests"
+tiers = [{ window = "minute", capacity = 5 }]
+"#;
+
+async fn admits_until_capacity<S: Store>(store: &S) {
+    let org = acme(PER_MINUTE_5, "");
+    let now = secs(t0(), 10);
+    for left in (0..5).rev() {
+        let decision = admit(store, &org, 1, now).await;
+        assert!(decision.is_admitted());
+        assert_eq!(remaining(decision.verdict.statuses()), vec![left]);
+        assert!(decision.permit.is_none(), "no concurrency limit, no permit");
+    }
+    let rejected = admit(store, &org, 1, now).await;
+    assert_eq!(
+        rejection(&rejected),
+        (RejectReason::Limit(0), Some(secs(t0(), 60)), vec![0])
+    );
+    let status = rejected.verdict.statuses()[0];
+    assert_eq!((status.limit, status.remaining), (5, 0));
+    assert_eq!(status.reset, secs(t0(), 60));
+    let next = admit(store, &org, 1, secs(t0(), 60)).await;
+    assert!(next.is_admitted());
+    assert_eq!(remaining(next.verdict.statuses()), vec![4]);
+}
+
+async fn all_or_nothing_across_limits<S: Store>(store: &S) {
+    let org = acme(
+        r#"
+[[plans.p.limits]]
+name = "count"
+dimension = "requests"
+tiers = [{ window = "minute", capacity = 10 }]
+
+[[plans.p.limits]]
+name = "points"
+dimension = "points"
+tiers = [{ window = "minute", capacity = 5 }]
+"#,
+        "",
+    );
+    let now = secs(t0(), 1);
+    let first = admit(store, &org, 3, now).await;
+    assert_eq!(remaining(first.verdict.statuses()), vec![9, 2]);
+    let second = admit(store, &org, 3, now).await;
+    assert_eq!(
+        rejection(&second),
+        (RejectReason::Limit(1), Some(secs(t0(), 60)), vec![1])
+    );
+    assert_eq!(
+        remaining(second.verdict.statuses()),
+        vec![9, 2],
+        "a rejection charges no limit"
+    );
+    assert_eq!(remaining(&peek(store, &org, now).await), vec![9, 2]);
+    let third = admit(store, &org, 2, now).await;
+    assert_eq!(remaining(third.verdict.statuses()), vec![8, 0]);
+    let fourth = admit(store, &org, 1, now).await;
+    assert_eq!(rejection(&fourth).2, vec![1]);
+    assert_eq!(remaining(&peek(store, &org, now).await), vec![8, 0]);
+}
+
+async fn spill_over_minute_hour_day<S: Store>(store: &S) {
+    let org = acme(
+        r#"
+[[plans.p.limits]]
+name = "count"
+dimension = "requests"
+tiers = [
+  { window = "minute", capacity = 3 },
+  { window = "hour", capacity = 5 },
+  { window = "day", capacity = 4 },
+]
+"#,
+        "",
+    );
+    let now = secs(t0(), 5);
+    let expected = [
+        [1, 0, 0],
+        [2, 0, 0],
+        [3, 0, 0],
+        [3, 1, 0],
+        [3, 2, 0],
+        [3, 3, 0],
+        [3, 4, 0],
+        [3, 5, 0],
+        [3, 5, 1],
+        [3, 5, 2],
+        [3, 5, 3],
+        [3, 5, 4],
+    ];
+    for tiers in expected {
+        let decision = admit(store, &org, 1, now).await;
+        assert!(decision.is_admitted());
+        assert_eq!(used(&decision.verdict.statuses()[0]), tiers.to_vec());
+    }
+    let full = admit(store, &org, 1, now).await;
+    assert_eq!(rejection(&full).1, Some(secs(t0(), 60)));
+    let status = full.verdict.statuses()[0];
+    assert_eq!((status.limit, status.remaining), (12, 0));
+    // The next minute refills the minute tier only.
+    let next_minute = secs(t0(), 60);
+    for _ in 0..3 {
+        assert!(admit(store, &org, 1, next_minute).await.is_admitted());
+    }
+    let full = admit(store, &org, 1, next_minute).await;
+    assert_eq!(rejection(&full).1, Some(secs(t0(), 120)));
+    assert_eq!(used(&full.verdict.statuses()[0]), vec![3, 5, 4]);
+    // The next hour refills minute and hour; the day stays spent.
+    let next_hour = secs(t0(), 3600);
+    for _ in 0..8 {
+        assert!(admit(store, &org, 1, next_hour).await.is_admitted());
+    }
+    let full = admit(store, &org, 1, next_hour).await;
+    assert_eq!(rejection(&full).1, Some(secs(t0(), 3660)));
+    let status = full.verdict.statuses()[0];
+    assert_eq!(used(&status), vec![3, 5, 4]);
+    assert_eq!(status.reset, secs(t0(), 3660));
+}
+
+const POINTS_MINUTE_HOUR: &str = r#"
+[[plans.p.limits]]
+name = "points"
+dimension = "points"
+tiers = [{ window = "minute", capacity = 100 }, { window = "hour", capacity = 1000 }]
+"#;
+
+async fn points_costs_and_corrections<S: Store>(store: &S) {
+    let org = acme(POINTS_MINUTE_HOUR, "");
+    let first = admit(store, &org, 90, secs(t0(), 1)).await;
+    assert_eq!(used(&first.verdict.statuses()[0]), vec![90, 0]);
+    let second = admit(store, &org, 30, secs(t0(), 1)).await;
+    let part = receipt(&second).parts()[0];
+    assert_eq!(&part.split[..2], &[10, 20]);
+    // The real cost was 5: 25 back, longest window first.
+    let back = Correction {
+        latency_ms: 0,
+        cost_delta: -25,
+    };
+    settle(store, &org, receipt(&second), back, secs(t0(), 2)).await;
+    assert_eq!(
+        used(&peek(store, &org, secs(t0(), 2)).await[0]),
+        vec![95, 0]
+    );
+    // A higher real cost is charged like an admission, spilling over.
+    let more = Correction {
+        latency_ms: 0,
+        cost_delta: 10,
+    };
+    settle(store, &org, receipt(&first), more, secs(t0(), 3)).await;
+    assert_eq!(
+        used(&peek(store, &org, secs(t0(), 3)).await[0]),
+        vec![100, 5]
+    );
+    // A refund after the minute changed goes back only to the hour.
+    let minute = secs(t0(), 180);
+    assert!(admit(store, &org, 95, minute).await.is_admitted());
+    let split = admit(store, &org, 10, minute).await;
+    assert_eq!(&receipt(&split).parts()[0].split[..2], &[5, 5]);
+    assert_eq!(used(&split.verdict.statuses()[0]), vec![100, 10]);
+    let back = Correction {
+        latency_ms: 0,
+        cost_delta: -10,
+    };
+    settle(store, &org, receipt(&split), back, secs(t0(), 240)).await;
+    let later = peek(store, &org, secs(t0(), 240)).await;
+    assert_eq!(used(&later[0]), vec![0, 5]);
+    assert_eq!(later[0].remaining, 100 + 995);
+}
+
+async fn latency_debit_overdraft_until_window_end<S: Store>(store: &S) {
+    let org = acme(
+        r#"
+[[plans.p.limits]]
+name = "latency"
+dimension = "latency_ms"
+tiers = [{ window = "minute", capacity = 1000 }, { window = "hour", capacity = 2000 }]
+"#,
+        "",
+    );
+    let first = admit(store, &org, 1, secs(t0(), 1)).await;
+    assert_eq!(
+        remaining(first.verdict.statuses()),
+        vec![3000],
+        "latency is charged after the response"
+    );
+    let slow = Correction {
+        latency_ms: 3500,
+        cost_delta: 0,
+    };
+    settle(store, &org, receipt(&first), slow, secs(t0(), 2)).await;
+    let status = peek(store, &org, secs(t0(), 2)).await[0];
+    assert_eq!(used(&status), vec![1000, 2500]);
+    assert_eq!(status.remaining, 0);
+    assert_eq!(status.tiers()[1].remaining, 0);
+    let rejected = admit(store, &org, 1, secs(t0(), 3)).await;
+    assert_eq!(
+        rejection(&rejected),
+        (RejectReason::Limit(0), Some(secs(t0(), 60)), vec![0])
+    );
+    // The minute refills, but the hour's debt stays until the hour ends.
+    let refilled = peek(store, &org, secs(t0(), 60)).await[0];
+    assert_eq!(refilled.remaining, 500);
+    let again = admit(store, &org, 1, secs(t0(), 60)).await;
+    assert!(again.is_admitted());
+    let medium = Correction {
+        latency_ms: 600,
+        cost_delta: 0,
+    };
+    settle(store, &org, receipt(&again), medium, secs(t0(), 61)).await;
+    let rejected = admit(store, &org, 1, secs(t0(), 62)).await;
+    assert_eq!(rejection(&rejected).1, Some(secs(t0(), 120)));
+    assert_eq!(peek(store, &org, secs(t0(), 3600)).await[0].remaining, 3000);
+    // Spent to exactly zero: a latency limit admits only while something is left.
+    let hour = secs(t0(), 3600);
+    let last = admit(store, &org, 1, hour).await;
+    let exact = Correction {
+        latency_ms: 3000,
+        cost_delta: 0,
+    };
+    settle(store, &org, receipt(&last), exact, hour).await;
+    assert_eq!(used(&peek(store, &org, hour).await[0]), vec![1000, 2000]);
+    assert_eq!(
+        rejection(&admit(store, &org, 1, hour).await).1,
+        Some(secs(hour, 60))
+    );
+}
+
+async fn retry_time_is_exact<S: Store>(store: &S) {
+    let org = acme(
+        r#"
+[[plans.p.limits]]
+name = "points"
+dimension = "points"
+tiers = [{ window = "minute", capacity = 10 }, { window = "hour", capacity = 15 }]
+"#,
+        "",
+    );
+    let now = secs(t0(), 30);
+    for _ in 0..3 {
+        assert!(admit(store, &org, 7, now).await.is_admitted());
+    }
+    let minute_end = secs(t0(), 60);
+    assert_eq!(
+        rejection(&admit(store, &org, 7, now).await).1,
+        Some(minute_end)
+    );
+    let just_before = admit(store, &org, 7, plus(minute_end, -1)).await;
+    assert_eq!(rejection(&just_before).1, Some(minute_end));
+    assert!(admit(store, &org, 7, minute_end).await.is_admitted());
+    // More than every tier together can ever hold: no retry time.
+    assert_eq!(
+        rejection(&admit(store, &org, 30, minute_end).await),
+        (RejectReason::Limit(0), None, vec![0])
+    );
+}
+
+async fn reset_forgets_current_windows<S: Store>(store: &S) {
+    let org = acme(
+        r#"
+[[plans.p.limits]]
+name = "a"
+dimension = "requests"
+tiers = [{ window = "minute", capacity = 2 }, { window = "hour", capacity = 1 }]
+
+[[plans.p.limits]]
+name = "b"
+dimension = "requests"
+tiers = [{ window = "minute", capacity = 3 }]
+"#,
+        "",
+    );
+    let now = secs(t0(), 10);
+    for _ in 0..3 {
+        assert!(admit(store, &org, 1, now).await.is_admitted());
+    }
+    assert_eq!(rejection(&admit(store, &org, 1, now).await).2, vec![0, 1]);
+    store.reset(&org, Some("nope")).await.expect("reset");
+    assert_eq!(remaining(&peek(store, &org, now).await), vec![0, 0]);
+    store.reset(&org, Some("a")).await.expect("reset");
+    assert_eq!(remaining(&peek(store, &org, now).await), vec![3, 0]);
+    assert_eq!(rejection(&admit(store, &org, 1, now).await).2, vec![1]);
+    store.reset(&org, None).await.expect("reset");
+    assert_eq!(remaining(&peek(store, &org, now).await), vec![3, 3]);
+    assert_eq!(
+        remaining(admit(store, &org, 1, now).await.verdict.statuses()),
+        vec![2, 2]
+    );
+}
+
+async fn peek_charges_nothing<S: Store>(store: &S) {
+    let org = acme(POINTS_MINUTE_HOUR, "");
+    let now = secs(t0(), 10);
+    let fresh = peek(store, &org, now).await;
+    assert_eq!(fresh[0].remaining, 1100);
+    assert_eq!(fresh[0].reset, secs(t0(), 60));
+    assert_eq!(used(&fresh[0]), vec![0, 0]);
+    assert_eq!(fresh[0].tiers()[1].reset, secs(t0(), 3600));
+    admit(store, &org, 30, now).await;
+    let once = peek(store, &org, now).await;
+    assert_eq!(peek(store, &org, now).await, once);
+    assert_eq!(once[0].remaining, 1070);
+    let after = admit(store, &org, 1, now).await;
+    assert_eq!(after.verdict.statuses()[0].remaining, 1069);
+}
+
+async fn concurrency_permits<S: Store>(store: &S) {
+    let org = acme(
+        &format!("concurrency = 2\n{PER_MINUTE_5}").replace("capacity = 5", "capacity = 100"),
+        "",
+    );
+    let now = secs(t0(), 1);
+    let first = admit(store, &org, 1, now).await;
+    let p1 = first.permit.expect("a permit");
+    assert_eq!(p1.in_flight(), Some(1));
+    let p2 = admit(store, &org, 1, now)
+        .await
+        .permit
+        .expect("a second permit");
+    assert_eq!(p2.in_flight(), Some(2));
+    let third = admit(store, &org, 1, now).await;
+    assert_eq!(
+        rejection(&third),
+        (RejectReason::Concurrency, Some(secs(now, 1)), vec![])
+    );
+    assert!(third.permit.is_none());
+    assert_eq!(
+        remaining(third.verdict.statuses()),
+        vec![98],
+        "a rejection charges nothing"
+    );
+    in_flight_becomes(store, &org, 2).await;
+    // Released on drop.
+    drop(p1);
+    let p3 = admit_when_free(store, &org, now)
+        .await
+        .permit
+        .expect("a permit");
+    // A forgotten permit keeps its slot for as long as the store lives.
+    std::mem::forget(p2);
+    assert_eq!(
+        rejection(&admit(store, &org, 1, now).await).0,
+        RejectReason::Concurrency
+    );
+    drop(p3);
+    let p4 = admit_when_free(store, &org, now).await.permit;
+    assert_eq!(p4.as_ref().and_then(|p| p.in_flight()), Some(2));
+    drop(p4);
+    in_flight_becomes(store, &org, 1).await;
+}
+
+async fn usage_counts_calls_today<S: Store>(store: &S) {
+    let org = acme(PER_MINUTE_5, "");
+    let now = secs(t0(), 30);
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        let mut admitted = call(secs(t0(), i), &format!("/v1/items?page={i}"));
+        admitted.cost = 2;
+        calls.push(admitted.clone());
+        store
+            .settle(
+                &org,
+                Settlement {
+                    call: Some(admitted),
+                    at: secs(t0(), i),
+                    ..Settlement::default()
+                },
+            )
+            .await
+            .expect("settle");
+    }
+    for i in 3..5 {
+        let rejected = call(secs(t0(), i), "/v1/items").with_outcome(Outcome::Rejected {
+            limit: "per_minute".into(),
+        });
+        calls.push(rejected.clone());
+        record(store, &org, rejected).await;
+    }
+    let exempt = call(secs(t0(), 5), "/v1/files/1").with_outcome(Outcome::Exempt);
+    calls.push(exempt.clone());
+    record(store, &org, exempt).await;
+    let mut free = call(secs(t0(), 6), "/v1/connectors/x").with_outcome(Outcome::Exempt);
+    free.billable = false;
+    calls.push(free.clone());
+    record(store, &org, free).await;
+
+    let usage = store.usage(&org, now, 31).await.expect("usage");
+    assert_eq!(usage.in_flight, 0);
+    let usage = usage.usage;
+    assert_eq!(
+        usage.date,
+        chrono::NaiveDate::from_ymd_opt(2026, 3, 10).expect("date")
+    );
+    assert_eq!(usage.calls_today, 3, "admitted calls today");
+    assert_eq!(usage.billable_today, 6, "every billable call");
+    calls.reverse();
+    assert_eq!(usage.calls, calls, "every call, newest first, intact");
+    assert_eq!(usage.endpoints.len(), 1);
+    assert_eq!(usage.endpoints[0].calls, 7);
+    assert_eq!(
+        usage.endpoints[0].points, 6,
+        "points of admitted calls only"
+    );
+    assert_eq!(&*usage.endpoints[0].route, "/v1/items");
+}
+
+async fn call_log_keeps_the_newest<S: Store>(store: &S) {
+    let org = acme(PER_MINUTE_5, "");
+    let mut calls = Vec::new();
+    for i in 0..101 {
+        let call = call(secs(t0(), i), &format!("/v1/items?i={i}"));
+        calls.push(call.clone());
+        record(store, &org, call).await;
+    }
+    let usage = store
+        .usage(&org, secs(t0(), 200), 31)
+        .await
+        .expect("usage")
+        .usage;
+    assert_eq!(usage.calls.len(), 100);
+    assert_eq!(&*usage.calls[0].path, "/v1/items?i=100");
+    assert_eq!(&*usage.calls[99].path, "/v1/items?i=1");
+    calls.reverse();
+    assert_eq!(usage.calls, calls[..100]);
+    assert_eq!(usage.calls_today, 101);
+}
+
+async fn billable_days<S: Store>(store: &S) {
+    let org = acme(PER_MINUTE_5, "");
+    let day = |d: u32| utc(2026, 3, d, 12, 0, 0);
+    let date = |d: u32| chrono::NaiveDate::from_ymd_opt(2026, 3, d).expect("date");
+    record(store, &org, call(day(8), "/a")).await;
+    record(store, &org, call(day(10), "/a")).await;
+    record(store, &org, call(secs(day(10), 1), "/a")).await;
+    let mut free = call(secs(day(10), 2), "/a");
+    free.billable = false;
+    record(store, &org, free).await;
+    let now = secs(day(10), 60);
+    let usage = store.usage(&org, now, 3).await.expect("usage").usage;
+    assert_eq!(
+        usage.billable_days,
+        vec![(date(8), 1), (date(9), 0), (date(10), 2)]
+    );
+    assert_eq!(usage.billable_today, 2);
+    // A late call counts on its own date, not in today's report.
+    record(store, &org, call(day(9), "/late")).await;
+    let usage = store.usage(&org, now, 3).await.expect("usage").usage;
+    assert_eq!(
+        usage.billable_days,
+        vec![(date(8), 1), (date(9), 1), (date(10), 2)]
+    );
+    assert_eq!(usage.calls_today, 3);
+    assert!(usage.endpoints.iter().all(|e| e.calls == 3));
+    let month = store.usage(&org, now, 31).await.expect("usage").usage;
+    assert_eq!(month.billable_days.len(), 31);
+    assert_eq!(month.billable_days[0].0, date(10) - chrono::Days::new(30));
+    assert_eq!(month.billable_days[30], (date(10), 2));
+    assert_eq!(
+        store
+            .usage(&org, now, 100)
+            .await
+            .expect("usage")
+            .usage
+            .billable_days
+            .len(),
+        31
+    );
+    assert_eq!(
+        store
+            .usage(&org, now, 0)
+            .await
+            .expect("usage")
+            .usage
+            .billable_days
+            .len(),
+        1
+    );
+    // The next day starts empty.
+    let tomorrow = store.usage(&org, day(11), 2).await.expect("usage").usage;
+    assert_eq!((tomorrow.calls_today, tomorrow.billable_today), (0, 0));
+    assert!(tomorrow.endpoints.is_empty() && tomorrow.repeated.is_empty());
+    assert_eq!(tomorrow.billable_days, vec![(date(10), 2), (date(11), 0)]);
+}
+
+async fn repeated_requests_report<S: Store>(store: &S) {
+    let org = acme(PER_MINUTE_5, "");
+    for i in 0..12 {
+        record(
+            store,
+            &org,
+            call(secs(t0(), i * 30), "/v1/items?status=open"),
+        )
+        .await;
+    }
+    for i in 0..9 {
+        record(store, &org, call(secs(t0(), i), "/v1/items?status=closed")).await;
+    }
+    for i in 0..2 {
+        let mut report = CallRecord::new(secs(t0(), 400 + i), "GET", "/v1/reports?id=7")
+            .with_route("/v1/reports");
+        report.cost = 10;
+        record(store, &org, report).await;
+    }
+    let usage = store
+        .usage(&org, secs(t0(), 500), 31)
+        .await
+        .expect("usage")
+        .usage;
+    assert_eq!(usage.repeated.len(), 1, "{:?}", usage.repeated);
+    let repeated = &usage.repeated[0];
+    assert_eq!(
+        (&*repeated.method, &*repeated.path, repeated.count),
+        ("GET", "/v1/items?status=open", 12)
+    );
+    assert!((repeated.mean_interval_s - 30.0).abs() < 1e-9);
+    let endpoints: Vec<(&str, u64, u64)> = usage
+        .endpoints
+        .iter()
+        .map(|e| (&*e.route, e.calls, e.points))
+        .collect();
+    assert_eq!(
+        endpoints,
+        vec![("/v1/items", 21, 21), ("/v1/reports", 2, 20)]
+    );
+}
+
+async fn windows_roll_at_the_orgs_local_midnight<S: Store>(store: &S) {
+    let org = acme(
+        r#"
+[[plans.p.limits]]
+name = "daily"
+dimension = "requests"
+tiers = [{ window = "day", capacity = 2 }]
+"#,
+        "time_zone = \"America/Los_Angeles\"",
+    );
+    let zone = "America/Los_Angeles";
+    let late = local(zone, 2026, 3, 10, 23, 59, 59);
+    let midnight = local(zone, 2026, 3, 11, 0, 0, 0);
+    assert_eq!(midnight, utc(2026, 3, 11, 7, 0, 0), "PDT is UTC-7");
+    assert!(
+        admit(store, &org, 1, local(zone, 2026, 3, 10, 0, 0, 0))
+            .await
+            .is_admitted()
+    );
+    assert!(admit(store, &org, 1, late).await.is_admitted());
+    assert_eq!(
+        rejection(&admit(store, &org, 1, late).await).1,
+        Some(midnight)
+    );
+    assert_eq!(
+        rejection(&admit(store, &org, 1, plus(midnight, -1)).await).1,
+        Some(midnight)
+    );
+    let fresh = admit(store, &org, 1, midnight).await;
+    assert_eq!(remaining(fresh.verdict.statuses()), vec![1]);
+    assert_eq!(
+        fresh.verdict.statuses()[0].reset,
+        local(zone, 2026, 3, 12, 0, 0, 0)
+    );
+    // Usage follows the org's date too.
+    record(store, &org, call(late, "/a")).await;
+    record(store, &org, call(secs(midnight, 1), "/a")).await;
+    let usage = store
+        .usage(&org, secs(midnight, 2), 2)
+        .await
+        .expect("usage")
+        .usage;
+    let date = |d: u32| chrono::NaiveDate::from_ymd_opt(2026, 3, d).expect("date");
+    assert_eq!(usage.date, date(11));
+    assert_eq!(usage.calls_today, 1);
+    assert_eq!(usage.billable_days, vec![(date(10), 1), (date(11), 1)]);
+}
+
+async fn a_day_across_a_dst_change<S: Store>(store: &S) {
+    let org = acme(
+        r#"
+[[plans.p.limits]]
+name = "daily"
+dimension = "requests"
+tiers = [{ window = "day", capacity = 1 }]
+"#,
+        "time_zone = \"America/Los_Angeles\"",
+    );
+    let zone = "America/Los_Angeles";
+    // 8 March 2026: clocks spring forward; the day has 23 hours.
+    let noon = local(zone, 2026, 3, 8, 12, 0, 0);
+    let next_midnight = local(zone, 2026, 3, 9, 0, 0, 0);
+    assert_eq!(
+        next_midnight.millis_since(local(zone, 2026, 3, 8, 0, 0, 0)),
+        23 * 3_600_000
+    );
+    assert!(admit(store, &org, 1, noon).await.is_admitted());
+    let rejected = admit(store, &org, 1, noon).await;
+    assert_eq!(rejection(&rejected).1, Some(next_midnight));
+    assert!(admit(store, &org, 1, next_midnight).await.is_admitted());
+}
+
+async fn sandbox_and_override_capacities<S: Store>(store: &S) {
+    let org = acme(
+        r#"
+[[plans.p.limits]]
+name = "count"
+dimension = "requests"
+tiers = [{ window = "minute", capacity = 6 }]
+"#,
+        "environment = \"sandbox\"\noverrides = [{ limit = \"count\", capacity = 10, until = \"2026-03-10T12:00:30Z\" }]",
+    );
+    // Override 10, halved for the sandbox: 5, until 12:00:30; then 6 halved: 3.
+    let now = secs(t0(), 1);
+    assert_eq!(peek(store, &org, now).await[0].limit, 5);
+    for _ in 0..4 {
+        assert!(admit(store, &org, 1, now).await.is_admitted());
+    }
+    let after = secs(t0(), 30);
+    let status = peek(store, &org, after).await[0];
+    assert_eq!((status.limit, status.remaining), (3, 0));
+    assert_eq!(
+        rejection(&admit(store, &org, 1, after).await).1,
+        Some(secs(t0(), 60))
+    );
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        /// Every case on a fresh [`MemoryStore`].
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(&tollgate_core::MemoryStore::new()).await;
+                }
+            )*
+        }
+
+        /// Every case on a [`RedisStore`] with a key prefix of its own.
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(redis) = super::redis_for(stringify!($case)) else { return };
+                    let store = super::redis_store(&redis, stringify!($case)).await;
+                    super::$case(&store).await;
+                }
+            )*
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn differential_random_ops() {
+                let Some(redis) = super::redis_for("differential_random_ops") else { return };
+                let store = super::redis_store(&redis, "differential_random_ops").await;
+                super::differential(&tollgate_core::MemoryStore::new(), &store).await;
+            }
+        }
+    };
+}
+
+suite!(
+    admits_until_capacity,
+    all_or_nothing_across_limits,
+    spill_over_minute_hour_day,
+    points_costs_and_corrections,
+    latency_debit_overdraft_until_window_end,
+    retry_time_is_exact,
+    reset_forgets_current_windows,
+    peek_charges_nothing,
+    concurrency_permits,
+    usage_counts_calls_today,
+    call_log_keeps_the_newest,
+    billable_days,
+    repeated_requests_report,
+    windows_roll_at_the_orgs_local_midnight,
+    a_day_across_a_dst_change,
+    sandbox_and_override_capacities,
+);
+
+/// A small deterministic generator, so a failing sequence can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Replays one random sequence of admissions, settlements, peeks, resets and clock moves on two
+/// stores and requires identical decisions, byte for byte (their `Debug` output).
+async fn differential<A: Store, B: Store>(a: &A, b: &B) {
+    let org = acme(
+        r#"
+[[plans.p.limits]]
+name = "points"
+dimension = "points"
+zone = "Asia/Kolkata"
+tiers = [
+  { window = "minute", capacity = 40 },
+  { window = "hour", capacity = 300 },
+  { window = "day", capacity = 1000 },
+]
+
+[[plans.p.limits]]
+name = "count"
+dimension = "requests"
+tiers = [{ window = "minute", capacity = 15 }, { window = "day", capacity = 400 }]
+
+[[plans.p.limits]]
+name = "latency"
+dimension = "latency_ms"
+zone = "server"
+tiers = [{ window = "minute", capacity = 3000 }, { window = "hour", capacity = 20000 }]
+"#,
+        "time_zone = \"America/New_York\"",
+    );
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    // Just before US clocks spring forward (07:00 UTC), so the org's day has 23 hours.
+    let mut now = utc(2026, 3, 8, 6, 50, 0);
+    let mut receipts = Vec::new();
+    for step in 0..400 {
+        let roll = rng.below(100);
+        if roll < 55 {
+            let cost = 1 + rng.below(12);
+            let x = admit(a, &org, cost, now).await;
+            let y = admit(b, &org, cost, now).await;
+            assert_eq!(
+                format!("{:?}", x.verdict),
+                format!("{:?}", y.verdict),
+                "step {step}: admit {cost} at {now}"
+            );
+            if x.is_admitted() && receipts.len() < 20 {
+                receipts.push(receipt(&x));
+            }
+        } else if roll < 75 && !receipts.is_empty() {
+            let index = usize::try_from(rng.below(receipts.len() as u64)).expect("small");
+            let receipt = receipts.swap_remove(index);
+            let correction = Correction {
+                latency_ms: rng.below(1500),
+                cost_delta: i64::try_from(rng.below(13)).expect("small") - 6,
+            };
+            settle(a, &org, receipt.clone(), correction, now).await;
+            settle(b, &org, receipt, correction, now).await;
+        } else if roll < 85 {
+            assert_eq!(
+                peek(a, &org, now).await,
+                peek(b, &org, now).await,
+                "step {step}: peek at {now}"
+            );
+        } else if roll < 88 {
+            let limit = ["points", "count", "latency"]
+                .get(usize::try_from(rng.below(4)).expect("small"))
+                .copied();
+            a.reset(&org, limit).await.expect("reset");
+            b.reset(&org, limit).await.expect("reset");
+        } else if roll < 98 {
+            now = secs(now, i64::try_from(1 + rng.below(70)).expect("small"));
+        } else {
+            now = secs(
+                now,
+                i64::try_from(3600 + rng.below(3 * 3600)).expect("small"),
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Redis only
+
+mod redis_only {
+    use super::*;
+    use futures_util::future::join_all;
+    use tollgate_redis::cluster_slot;
+
+    async fn raw(url: &str) -> ::redis::aio::MultiplexedConnection {
+        ::redis::Client::open(url)
+            .expect("a valid URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect")
+    }
+
+    /// The commands Redis receives from clients, as `MONITOR` shows them (commands that scripts
+    /// run are told apart: they come from `lua`).
+    struct Monitor {
+        stream: std::net::TcpStream,
+        reader: std::thread::JoinHandle<Vec<String>>,
+    }
+
+    impl Monitor {
+        fn start(port: u16) -> Self {
+            use std::io::{BufRead, Write};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            stream.write_all(b"MONITOR\r\n").expect("MONITOR");
+            let mut lines = std::io::BufReader::new(stream.try_clone().expect("clone"));
+            let mut ok = String::new();
+            lines.read_line(&mut ok).expect("+OK");
+            assert_eq!(ok.trim_end(), "+OK");
+            let reader = std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                for line in lines.lines() {
+                    let Ok(line) = line else { break };
+                    let done = line.contains("\"end-of-count\"");
+                    seen.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                seen
+            });
+            Self { stream, reader }
+        }
+
+        /// Every command clients sent until now, in order (the marker excluded).
+        async fn client_commands(
+            self,
+            conn: &mut ::redis::aio::MultiplexedConnection,
+        ) -> Vec<String> {
+            let _: String = ::redis::cmd("ECHO")
+                .arg("end-of-count")
+                .query_async(conn)
+                .await
+                .expect("ECHO");
+            let seen = self.reader.join().expect("the monitor thread");
+            drop(self.stream);
+            seen.into_iter()
+                .filter(|line| !line.contains(" lua]") && !line.contains("\"end-of-count\""))
+                .map(|line| {
+                    // +1700000000.123456 [0 127.0.0.1:5000] "EVALSHA" "..." ...
+                    line.split_once("] ")
+                        .map(|(_, command)| command.split(' ').next().unwrap_or("").to_owned())
+                        .unwrap_or(line)
+                })
+                .collect()
+        }
+    }
+
+    /// (evalsha calls, calls of every command) from `INFO commandstats`.
+    async fn command_counts(conn: &mut ::redis::aio::MultiplexedConnection) -> (u64, u64) {
+        let info: String = ::redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(conn)
+            .await
+            .expect("INFO");
+        let mut evalsha = 0;
+        let mut all = 0;
+        for line in info.lines() {
+            let Some((name, stats)) = line.split_once(':') else {
+                continue;
+            };
+            let calls: u64 = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if name == "cmdstat_evalsha" {
+                evalsha = calls;
+            }
+            if name.starts_with("cmdstat_") {
+                all += calls;
+            }
+        }
+        (evalsha, all)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_round_trip_per_admission() {
+        let Some(server) = own_redis_server("one_round_trip_per_admission") else {
+            return;
+        };
+        let store = RedisStore::builder()
+            .prefix(unique_prefix("round_trips"))
+            .timeout(Duration::from_secs(2))
+            .lease_ttl(Duration::from_secs(120))
+            .connect(&server.url())
+            .await
+            .expect("connect");
+        let org = acme(
+            &format!("concurrency = 1000\n{POINTS_MINUTE_HOUR}\n{PER_MINUTE_5}")
+                .replace("capacity = 5 }", "capacity = 5000 }"),
+            "",
+        );
+        let mut info = raw(&server.url()).await;
+        let (evalsha_before, _) = command_counts(&mut info).await;
+        let monitor = Monitor::start(server.port());
+        let mut permits = Vec::new();
+        const N: usize = 40;
+        for i in 0..N {
+            let decision = admit(&store, &org, 1 + i as u64 % 3, secs(t0(), 1)).await;
+            assert!(decision.is_admitted());
+            // A concurrency lease is taken in the same round trip.
+            permits.push(decision.permit.expect("a permit"));
+        }
+        let commands = monitor.client_commands(&mut info).await;
+        let (evalsha_after, _) = command_counts(&mut info).await;
+        assert_eq!(
+            evalsha_after - evalsha_before,
+            N as u64,
+            "INFO commandstats: one EVALSHA per admission"
+        );
+        assert_eq!(
+            commands.len(),
+            N,
+            "MONITOR: one command per admission: {commands:?}"
+        );
+        assert!(
+            commands
+                .iter()
+                .all(|c| c == "\"EVALSHA\"" || c == "\"evalsha\""),
+            "{commands:?}"
+        );
+
+        // Settling (correction, call log, billing) is one more round trip.
+        let decision = admit(&store, &org, 2, secs(t0(), 2)).await;
+        let monitor = Monitor::start(server.port());
+        store
+            .settle(
+                &org,
+                Settlement {
+                    receipt: receipt(&decision),
+                    correction: Correction {
+                        latency_ms: 0,
+                        cost_delta: -1,
+                    },
+                    call: Some(call(secs(t0(), 2), "/v1/items")),
+                    at: secs(t0(), 2),
+                },
+            )
+            .await
+            .expect("settle");
+        assert_eq!(monitor.client_commands(&mut info).await.len(), 1);
+        drop(decision);
+        drop(permits);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_instances_share_capacity_exactly() {
+        let Some(redis) = redis_for("three_instances_share_capacity_exactly") else {
+            return;
+        };
+        let prefix = unique_prefix("three_instances");
+        let mut stores = Vec::new();
+        for _ in 0..3 {
+            stores.push(
+                RedisStore::builder()
+                    .prefix(prefix.clone())
+                    .timeout(Duration::from_secs(5))
+                    .connect(redis.url())
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let org = acme(
+            r#"
+[[plans.p.limits]]
+name = "count"
+dimension = "requests"
+tiers = [{ window = "minute", capacity = 100 }, { window = "hour", capacity = 50 }]
+
+[[plans.p.limits]]
+name = "points"
+dimension = "points"
+tiers = [{ window = "minute", capacity = 1000 }]
+"#,
+            "",
+        );
+        let now = secs(t0(), 5);
+        let tasks = (0..400).map(|i| {
+            let store = stores[i % 3].clone();
+            let org = Arc::clone(&org);
+            tokio::spawn(async move {
+                let cost = 1 + (i as u64 % 5);
+                let decision = admit(&store, &org, cost, now).await;
+                decision.is_admitted().then_some(cost)
+            })
+        });
+        let admitted: Vec<u64> = join_all(tasks)
+            .await
+            .into_iter()
+            .filter_map(|r| r.expect("task"))
+            .collect();
+        let points: u64 = admitted.iter().sum();
+        let statuses = peek(&stores[0], &org, now).await;
+        assert!(admitted.len() <= 150 && points <= 1000);
+        assert_eq!(statuses[0].remaining, 150 - admitted.len() as u64);
+        assert_eq!(statuses[1].remaining, 1000 - points);
+        // Requests are cheaper than points here: the request limit is the one that ran out.
+        assert_eq!(admitted.len(), 150, "exactly the capacity, together");
+
+        // The concurrency limit is shared too.
+        let org = acme(
+            &format!("concurrency = 5\n{PER_MINUTE_5}").replace("= 5 }", "= 500 }"),
+            "",
+        );
+        let tasks = (0..60).map(|i| {
+            let store = stores[i % 3].clone();
+            let org = Arc::clone(&org);
+            tokio::spawn(async move { admit(&store, &org, 1, now).await.permit })
+        });
+        let permits: Vec<_> = join_all(tasks)
+            .await
+            .into_iter()
+            .filter_map(|r| r.expect("task"))
+            .collect();
+        assert_eq!(permits.len(), 5, "5 in flight across 3 instances");
+        drop(permits);
+        in_flight_becomes(&stores[1], &org, 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_stopped_mid_run_fails_fast_then_recovers() {
+        let Some(mut server) = own_redis_server("redis_stopped_mid_run") else {
+            return;
+        };
+        let timeout = Duration::from_millis(50);
+        let store = RedisStore::builder()
+            .prefix(unique_prefix("stopped"))
+            .timeout(timeout)
+            .connect(&server.url())
+            .await
+            .expect("connect");
+        let org = acme(&format!("concurrency = 10\n{PER_MINUTE_5}"), "");
+        let now = secs(t0(), 1);
+        assert!(admit(&store, &org, 1, now).await.is_admitted());
+        assert!(store.health().healthy);
+
+        server.stop();
+        let slack = Duration::from_millis(400);
+        for _ in 0..10 {
+            let started = Instant::now();
+            let result = store.admit(&org, Charge::default(), now).await;
+            assert!(result.is_err(), "Redis is down: {result:?}");
+            assert!(
+                started.elapsed() < timeout + slack,
+                "took {:?}",
+                started.elapsed()
+            );
+        }
+        let started = Instant::now();
+        assert!(store.peek(&org, now).await.is_err());
+        assert!(store.usage(&org, now, 31).await.is_err());
+        assert!(store.record(&org, call(now, "/a")).await.is_err());
+        assert!(started.elapsed() < 3 * (timeout + slack));
+        let health = store.health();
+        assert!(!health.healthy);
+        assert!(health.errors >= 13, "{health:?}");
+
+        server.restart().expect("restart redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let first = loop {
+            if let Ok(decision) = store.admit(&org, Charge::default(), now).await {
+                break decision;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the store did not recover within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(store.health().healthy);
+        // Enforcement resumes (the restarted Redis is empty: the minute starts over).
+        assert!(first.is_admitted());
+        let mut admitted = 1;
+        let mut permits = vec![first.permit];
+        while admitted < 10 {
+            let decision = admit(&store, &org, 1, now).await;
+            if !decision.is_admitted() {
+                break;
+            }
+            admitted += 1;
+            permits.push(decision.permit);
+        }
+        assert_eq!(admitted, 5, "the limit is enforced again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crashed_instances_leases_expire() {
+        let Some(redis) = redis_for("a_crashed_instances_leases_expire") else {
+            return;
+        };
+        let prefix = unique_prefix("crashed");
+        let ttl = Duration::from_millis(300);
+        let org = acme(
+            &format!("concurrency = 2\n{PER_MINUTE_5}").replace("= 5 }", "= 100 }"),
+            "",
+        );
+        let now = secs(t0(), 1);
+        let connect = |ttl: Duration| {
+            RedisStore::builder()
+                .prefix(prefix.clone())
+                .timeout(Duration::from_secs(2))
+                .lease_ttl(ttl)
+                .connect(redis.url())
+        };
+        let crashing = connect(ttl).await.expect("connect");
+        for _ in 0..2 {
+            let permit = admit(&crashing, &org, 1, now)
+                .await
+                .permit
+                .expect("a permit");
+            // The instance dies with the request in flight: nothing is ever released.
+            std::mem::forget(permit);
+        }
+        drop(crashing);
+        let survivor = connect(Duration::from_secs(15)).await.expect("connect");
+        let started = Instant::now();
+        assert_eq!(
+            rejection(&admit(&survivor, &org, 1, now).await).0,
+            RejectReason::Concurrency
+        );
+        let deadline = started + Duration::from_secs(5);
+        let freed = loop {
+            let decision = admit(&survivor, &org, 1, now).await;
+            if decision.is_admitted() {
+                break started.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the dead instance's leases never expired"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            freed <= ttl + Duration::from_secs(2),
+            "freed after {freed:?}"
+        );
+
+        // A live instance renews its leases: a long request keeps its slot past the time to live.
+        let org = acme(&format!("concurrency = 1\n{PER_MINUTE_5}"), "");
+        let other = unique_prefix("renewed");
+        let connect = |ttl: Duration| {
+            RedisStore::builder()
+                .prefix(other.clone())
+                .timeout(Duration::from_secs(2))
+                .lease_ttl(ttl)
+                .connect(redis.url())
+        };
+        let survivor = connect(Duration::from_secs(15)).await.expect("connect");
+        let live = connect(ttl).await.expect("connect");
+        let permit = admit(&live, &org, 1, now).await.permit.expect("a permit");
+        tokio::time::sleep(ttl * 4).await;
+        assert_eq!(
+            rejection(&admit(&survivor, &org, 1, now).await).0,
+            RejectReason::Concurrency,
+            "the lease was renewed"
+        );
+        drop(permit);
+        in_flight_becomes(&survivor, &org, 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_share_a_slot_expire_and_stay_bounded() {
+        let Some(redis) = redis_for("keys_share_a_slot") else {
+            return;
+        };
+        let prefix = unique_prefix("slots");
+        let store = RedisStore::builder()
+            .prefix(prefix.clone())
+            .calls_kept(5)
+            .timeout(Duration::from_secs(2))
+            .connect(redis.url())
+            .await
+            .expect("connect");
+        let plan = format!("concurrency = 3\n{POINTS_MINUTE_HOUR}\n{PER_MINUTE_5}");
+        let ids = ["acme", "globex:eu", "{weird}"];
+        let mut toml = format!("[plans.p]\n{plan}\n");
+        for id in ids {
+            toml.push_str(&format!(
+                "[[orgs]]\nid = \"{id}\"\nplan = \"p\"\ntime_zone = \"Europe/Amsterdam\"\n"
+            ));
+        }
+        let policy = Policy::from_toml_str(&toml, "slots.toml".as_ref()).expect("policy");
+        let mut permits = Vec::new();
+        for id in ids {
+            let org = policy.org(id).expect("defined above");
+            for i in 0..8 {
+                let decision = admit(&store, org, 2, secs(t0(), i)).await;
+                let settlement = Settlement {
+                    receipt: if decision.is_admitted() {
+                        receipt(&decision)
+                    } else {
+                        tollgate_core::Receipt::default()
+                    },
+                    correction: Correction {
+                        latency_ms: 10,
+                        cost_delta: 1,
+                    },
+                    call: Some(call(secs(t0(), i), "/v1/items?x=1")),
+                    at: secs(t0(), i),
+                };
+                store.settle(org, settlement).await.expect("settle");
+                permits.extend(decision.permit);
+            }
+            store.usage(org, secs(t0(), 10), 31).await.expect("usage");
+        }
+        let mut conn = raw(redis.url()).await;
+        let keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        assert!(keys.len() >= 3 * 8, "{keys:?}");
+        let mut slots: std::collections::HashMap<String, u16> = std::collections::HashMap::new();
+        for key in &keys {
+            let tag_end = key.find('}').expect("every key has a hash tag");
+            let org_part = key[..=tag_end].to_owned();
+            // Redis Cluster's own answer when this Redis has cluster support; else the same CRC16.
+            let slot = match ::redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query_async::<u16>(&mut conn)
+                .await
+            {
+                Ok(slot) => slot,
+                Err(_) => cluster_slot(key.as_bytes()),
+            };
+            let first = *slots.entry(org_part.clone()).or_insert(slot);
+            assert_eq!(first, slot, "{key} is not in the slot of {org_part}");
+            let ttl: i64 = ::redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .expect("PTTL");
+            assert!(ttl > 0, "{key} never expires");
+        }
+        assert_eq!(slots.len(), 3, "{slots:?}");
+        let logs: Vec<&String> = keys.iter().filter(|k| k.ends_with(":u:log")).collect();
+        assert_eq!(logs.len(), 3);
+        for log in logs {
+            let len: u64 = ::redis::cmd("LLEN")
+                .arg(log)
+                .query_async(&mut conn)
+                .await
+                .expect("LLEN");
+            assert_eq!(len, 5, "the call log is capped");
+        }
+        drop(permits);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clock_skew_of_one_second() {
+        let Some(redis) = redis_for("clock_skew_of_one_second") else {
+            return;
+        };
+        let prefix = unique_prefix("skew");
+        let connect = || {
+            RedisStore::builder()
+                .prefix(prefix.clone())
+                .timeout(Duration::from_secs(2))
+                .connect(redis.url())
+        };
+        let (ahead, behind) = (
+            connect().await.expect("connect"),
+            connect().await.expect("connect"),
+        );
+        let ahead_clock = tollgate_core::ManualClock::new(plus(secs(t0(), 60), 500));
+        let behind_clock = tollgate_core::ManualClock::new(plus(secs(t0(), 60), -500));
+        use tollgate_core::Clock;
+        let org = acme(&PER_MINUTE_5.replace("capacity = 5", "capacity = 3"), "");
+        // The lagging instance used 1 of the previous minute (12:00) before the boundary.
+        assert!(
+            admit(&behind, &org, 1, plus(behind_clock.now(), -1000))
+                .await
+                .is_admitted()
+        );
+        // The instance ahead is in 12:01 already and fills it.
+        for _ in 0..3 {
+            assert!(
+                admit(&ahead, &org, 1, ahead_clock.now())
+                    .await
+                    .is_admitted()
+            );
+        }
+        assert!(
+            !admit(&ahead, &org, 1, ahead_clock.now())
+                .await
+                .is_admitted()
+        );
+        // Still in 12:00 by its clock, the lagging instance keeps charging 12:00's counter.
+        for _ in 0..2 {
+            assert!(
+                admit(&behind, &org, 1, behind_clock.now())
+                    .await
+                    .is_admitted()
+            );
+        }
+        let full = admit(&behind, &org, 1, behind_clock.now()).await;
+        assert_eq!(rejection(&full).1, Some(secs(t0(), 60)));
+        // One second later its clock passes the boundary: it joins 12:01, already full.
+        ahead_clock.advance(Duration::from_secs(1));
+        behind_clock.advance(Duration::from_secs(1));
+        let joined = admit(&behind, &org, 1, behind_clock.now()).await;
+        assert_eq!(rejection(&joined).1, Some(secs(t0(), 120)));
+        let tiers = |statuses: Vec<LimitStatus>| statuses[0].tiers().to_vec();
+        assert_eq!(
+            tiers(peek(&behind, &org, behind_clock.now()).await),
+            tiers(peek(&ahead, &org, ahead_clock.now()).await),
+            "both instances count in 12:01 now"
+        );
+        assert_eq!(
+            remaining(&peek(&ahead, &org, ahead_clock.now()).await),
+            vec![0]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_settlement_is_not_lost() {
+        let Some(redis) = redis_for("a_dropped_settlement_is_not_lost") else {
+            return;
+        };
+        let store = redis_store(&redis, "dropped_settlement").await;
+        let org = acme(&format!("concurrency = 1\n{POINTS_MINUTE_HOUR}"), "");
+        let now = secs(t0(), 1);
+        let decision = admit(&store, &org, 50, now).await;
+        let started = Instant::now();
+        let future = store.settle(
+            &org,
+            Settlement {
+                receipt: receipt(&decision),
+                correction: Correction {
+                    latency_ms: 0,
+                    cost_delta: -40,
+                },
+                call: Some(call(now, "/v1/items")),
+                at: now,
+            },
+        );
+        // The response finished first: the future is never polled.
+        drop(future);
+        drop(decision);
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "settle returns at once"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let usage = store.usage(&org, now, 1).await.expect("usage");
+            let statuses = peek(&store, &org, now).await;
+            if usage.usage.calls.len() == 1
+                && statuses[0].remaining == 1100 - 10
+                && usage.in_flight == 0
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the settlement was lost: {usage:?} {statuses:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lazy_store_starts_while_redis_is_down() {
+        let Some(mut server) = own_redis_server("a_lazy_store_starts_while_redis_is_down") else {
+            return;
+        };
+        let url = server.url();
+        server.stop();
+        let store = RedisStore::builder()
+            .prefix(unique_prefix("lazy"))
+            .timeout(Duration::from_millis(50))
+            .connect_lazy(&url)
+            .expect("no I/O yet");
+        let org = acme(PER_MINUTE_5, "");
+        assert!(store.admit(&org, Charge::default(), t0()).await.is_err());
+        assert!(!store.health().healthy);
+        server.restart().expect("restart");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.admit(&org, Charge::default(), t0()).await.is_err() {
+            assert!(Instant::now() < deadline, "never recovered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(store.health().healthy);
+        assert_eq!(remaining(&peek(&store, &org, t0()).await), vec![4]);
+    }
+}
