@@ -469,12 +469,13 @@ pub fn status(
     let caps = capacities(limit, now);
     let len = limit.tiers().len();
     let caps = &caps[..len];
+    // Unused slots stay all zero, so equal statuses compare equal whenever they were taken.
     let mut tiers = [TierStatus {
         window: Window::Minute,
         capacity: 0,
         used: 0,
         remaining: 0,
-        reset: now,
+        reset: Timestamp::default(),
     }; MAX_TIERS];
     let mut reset: Option<Timestamp> = None;
     for (tier, (slot, tier_state)) in tiers.iter_mut().zip(state.tiers()).enumerate() {
