@@ -1,7 +1,7 @@
 //! tollgate-demo: a small API behind the tollgate layer, configured by a policy file.
 //!
 //! ```text
-//! cargo run --release -p tollgate-demo -- --config FILE --listen ADDR [--redis URL]
+//! cargo run --release -p tollgate-demo -- --config FILE --listen ADDR [--redis URL] [--redis-timeout-ms MS]
 //! ```
 //!
 //! With no flags it loads the `policy.toml` shipped beside this crate and listens on
@@ -25,6 +25,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use clap::Parser;
 use futures_util::stream;
+use metrics_exporter_prometheus::PrometheusBuilder;
 use serde::Deserialize;
 use serde_json::json;
 use tollgate::{DynStore, MemoryStore, Policy, RateLimitLayer, ReportCost};
@@ -48,6 +49,10 @@ struct Args {
     /// Keep the counts in Redis, shared with every instance using the same URL
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+
+    /// With --redis: how long one store call may take before `on_store_error` applies
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    redis_timeout_ms: u64,
 }
 
 #[tokio::main]
@@ -74,6 +79,7 @@ async fn main() -> ExitCode {
         Some(url) => {
             let connecting = tollgate_redis::RedisStore::builder()
                 .calls_kept(policy.server().calls_kept)
+                .timeout(Duration::from_millis(args.redis_timeout_ms))
                 .connect(url);
             match connecting.await {
                 Ok(store) => Arc::new(store),
@@ -86,11 +92,37 @@ async fn main() -> ExitCode {
         None => Arc::new(MemoryStore::with_calls_kept(policy.server().calls_kept)),
     };
 
+    // ---- Metrics: the layer and the store report through the `metrics` facade. -------------
+    let metrics = match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        Err(error) => {
+            eprintln!("tollgate-demo: cannot install the metrics recorder: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
     let limits = RateLimitLayer::new(policy).with_store(store);
     let app = app(limits.clone())
         // ---- Usage and billing (SPEC §8): never limited or billed, so outside the layer. ----
-        .merge(tollgate::usage::usage_router(Arc::new(limits)));
-    // ---- /metrics (SPEC §9) is merged here. -------------------------------------------------
+        .merge(tollgate::usage::usage_router(Arc::new(limits)))
+        // ---- Prometheus text format, outside the layer. ----
+        .route(
+            "/metrics",
+            get(move || {
+                std::future::ready((
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                ))
+            }),
+        );
 
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,

@@ -1,19 +1,12 @@
 //! The demo binary: refuses a bad policy file with the loader's message, and serves the shipped
 //! policy when given no file.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-const DEMO: &str = env!("CARGO_BIN_EXE_tollgate-demo");
+mod common;
 
-fn temp_policy(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tollgate-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temporary directory");
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("the policy file is written");
-    path
-}
+use common::{DEMO, Demo, temp_policy};
 
 #[test]
 fn refuses_a_bad_policy_file_naming_file_line_and_column() {
@@ -83,35 +76,10 @@ fn refuses_a_missing_policy_file_and_a_syntax_error() {
     );
 }
 
-/// Kills the demo when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn serves_the_shipped_policy_with_headers_and_exemptions() {
-    let mut child = Command::new(DEMO)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the demo starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let _running = Running(child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("the demo prints its address");
-    let base = line
-        .trim()
-        .strip_prefix("tollgate-demo listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+    let demo = Demo::start(&[]);
+    let base = demo.base.clone();
     let client = reqwest::Client::new();
 
     let health = client
@@ -202,4 +170,37 @@ fn the_shipped_policy_expresses_the_seeds() {
         policy.treatment("GET", "/v1/reports").map(|(_, t)| t),
         Some(tollgate::Treatment::Cost(10))
     );
+}
+
+#[tokio::test]
+async fn serves_metrics_in_prometheus_text_format() {
+    let demo = Demo::start(&[]);
+    let client = reqwest::Client::new();
+    for key in ["acme-key-1", "acme-key-1", "nobody"] {
+        client
+            .get(demo.url("/v1/items"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("items");
+    }
+    let metrics = client
+        .get(demo.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics.headers().get("x-ratelimit-limit").is_none(),
+        "/metrics is outside the layer"
+    );
+    let text = metrics.text().await.expect("text");
+    let admitted = text
+        .lines()
+        .find(|line| {
+            line.starts_with("tollgate_decisions_total{") && line.contains("outcome=\"admitted\"")
+        })
+        .unwrap_or_else(|| panic!("no admitted decisions counted in:\n{text}"));
+    assert!(admitted.ends_with(" 2"), "{admitted}");
+    assert!(text.contains("# TYPE tollgate_decision_seconds"), "{text}");
 }

@@ -1,0 +1,63 @@
+//! Starting and stopping the demo binary in tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// The demo binary cargo built for these tests.
+pub const DEMO: &str = env!("CARGO_BIN_EXE_tollgate-demo");
+
+/// Writes `text` to a policy file of this test process and returns its path.
+pub fn temp_policy(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("the policy file is written");
+    path
+}
+
+/// A running demo, killed when dropped however the test ends.
+pub struct Demo {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+}
+
+impl Demo {
+    /// Starts the demo with `args` (plus `--listen 127.0.0.1:0`) and waits for the line that says
+    /// where it listens.
+    pub fn start(args: &[&str]) -> Demo {
+        let mut child = Command::new(DEMO)
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the demo starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the demo prints its address");
+        let base = line
+            .trim()
+            .strip_prefix("tollgate-demo listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Demo { child, base }
+    }
+
+    /// The URL of `path` on this instance.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

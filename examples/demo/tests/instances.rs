@@ -1,0 +1,245 @@
+//! Three demo instances sharing one Redis: together they admit exactly the capacity, hold the
+//! concurrency limit across instances, keep answering when Redis stops, and enforce again when it
+//! is back. Each test starts its own `redis-server` (see `tollgate_tests::redis_server`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Demo, temp_policy};
+use futures_util::future::join_all;
+use tollgate_core::{Clock, SystemClock, Timestamp, Window, parse_zone};
+use tollgate_tests::redis_server::{RedisServer, own_redis_server};
+
+/// `monthly` counts in UTC months, so a run only crosses a window boundary at a month's end; the
+/// tests that count exact capacity check they did not.
+const POLICY: &str = r#"
+[server]
+on_store_error = "allow"
+
+[[plans.shared.limits]]
+name = "monthly"
+dimension = "requests"
+zone = "UTC"
+tiers = [{ window = "month", capacity = 150 }]
+
+[plans.slots]
+concurrency = 3
+[[plans.slots.limits]]
+name = "monthly"
+dimension = "requests"
+zone = "UTC"
+tiers = [{ window = "month", capacity = 100000 }]
+
+[[orgs]]
+id = "acme"
+plan = "shared"
+keys = ["acme-key"]
+
+[[orgs]]
+id = "busy"
+plan = "slots"
+keys = ["busy-key"]
+"#;
+
+/// Three demos on one fresh Redis. Store calls may take up to `timeout_ms` before the policy's
+/// `on_store_error = "allow"` lets a request through unmetered.
+fn three_instances(test: &str, timeout_ms: &str) -> Option<(RedisServer, Vec<Demo>)> {
+    let redis = own_redis_server(test)?;
+    let policy = temp_policy(&format!("{test}.toml"), POLICY);
+    let policy = policy.to_str().expect("a UTF-8 path").to_owned();
+    let url = redis.url();
+    let demos = (0..3)
+        .map(|_| {
+            Demo::start(&[
+                "--config",
+                &policy,
+                "--redis",
+                &url,
+                "--redis-timeout-ms",
+                timeout_ms,
+            ])
+        })
+        .collect();
+    Some((redis, demos))
+}
+
+/// The start of the current UTC month, by the engine's own calendar.
+fn this_month() -> Timestamp {
+    let utc = parse_zone("UTC").expect("UTC is a zone");
+    Window::Month.bounds(utc, SystemClock.now()).start
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_admit_exactly_the_capacity_together() {
+    let Some((_redis, demos)) = three_instances("three_instances_admit_exactly", "2000") else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let month = this_month();
+    let requests = (0..400).map(|i| {
+        let url = demos[i % 3].url("/v1/items");
+        let client = client.clone();
+        async move {
+            let response = client
+                .get(url)
+                .bearer_auth("acme-key")
+                .send()
+                .await
+                .expect("a response");
+            let metered = response.headers().contains_key("x-ratelimit-remaining");
+            (response.status().as_u16(), metered)
+        }
+    });
+    let statuses = join_all(requests).await;
+    if this_month() != month {
+        eprintln!("SKIP: the run crossed a month boundary, so the monthly window refilled");
+        return;
+    }
+    // A store call past its timeout would let a request through unmetered (fail open) and hide in
+    // the count: with a generous timeout there must be none.
+    let unmetered = statuses.iter().filter(|(_, metered)| !*metered).count();
+    assert_eq!(unmetered, 0, "every answer was decided by the shared store");
+    let admitted = statuses.iter().filter(|(s, _)| *s == 200).count();
+    let rejected = statuses.iter().filter(|(s, _)| *s == 429).count();
+    assert_eq!(
+        admitted, 150,
+        "exactly the capacity, across three instances"
+    );
+    assert_eq!(rejected, 250);
+    // Every instance sees the same, shared count.
+    for demo in &demos {
+        let usage: serde_json::Value = client
+            .get(demo.url("/v1/usage"))
+            .bearer_auth("acme-key")
+            .send()
+            .await
+            .expect("usage")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(usage["limits"][0]["remaining"], 0, "{usage}");
+    }
+}
+
+async fn in_flight(client: &reqwest::Client, demo: &Demo) -> u64 {
+    let usage: serde_json::Value = client
+        .get(demo.url("/v1/usage"))
+        .bearer_auth("busy-key")
+        .send()
+        .await
+        .expect("usage")
+        .json()
+        .await
+        .expect("json");
+    usage["in_flight"].as_u64().expect("in_flight is a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_concurrency_limit_holds_across_instances() {
+    let Some((_redis, demos)) = three_instances("concurrency_across_instances", "2000") else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    // Three streams, one per instance, each holding its permit until its last chunk (5 s away).
+    let mut held = Vec::new();
+    for demo in &demos {
+        let response = client
+            .get(demo.url("/v1/stream?chunks=2&interval_ms=5000"))
+            .bearer_auth("busy-key")
+            .send()
+            .await
+            .expect("a streaming response");
+        assert_eq!(response.status(), 200);
+        held.push(response);
+    }
+    assert_eq!(in_flight(&client, &demos[0]).await, 3);
+    for demo in &demos {
+        let fourth = client
+            .get(demo.url("/v1/items"))
+            .bearer_auth("busy-key")
+            .send()
+            .await
+            .expect("a response");
+        assert_eq!(fourth.status(), 429);
+        let problem: serde_json::Value = fourth.json().await.expect("problem+json");
+        assert_eq!(problem["limit"], "concurrency");
+    }
+    // One client hangs up: its instance releases the lease, and any instance admits again.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while in_flight(&client, &demos[1]).await != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped stream's lease was never released"
+        );
+        tokio::task::yield_now().await;
+    }
+    let admitted = client
+        .get(demos[1].url("/v1/items"))
+        .bearer_auth("busy-key")
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(admitted.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_stopping_and_coming_back() {
+    let Some((mut redis, demos)) = three_instances("redis_stopping_and_coming_back", "50") else {
+        return;
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let admitted = client
+        .get(demos[0].url("/v1/items"))
+        .bearer_auth("acme-key")
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(admitted.status(), 200);
+    assert_eq!(admitted.headers()["x-ratelimit-remaining"], "149");
+
+    redis.stop();
+    // on_store_error = "allow": every request is still answered, quickly, without rate-limit headers.
+    for demo in &demos {
+        let started = Instant::now();
+        let response = client
+            .get(demo.url("/v1/items"))
+            .bearer_auth("acme-key")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().get("x-ratelimit-remaining").is_none());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a request waited {:?}",
+            started.elapsed()
+        );
+    }
+
+    redis.restart().expect("redis starts again on its port");
+    // Enforcement resumes by itself: the first answered decision comes back with headers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = client
+            .get(demos[2].url("/v1/items"))
+            .bearer_auth("acme-key")
+            .send()
+            .await
+            .expect("answered");
+        if let Some(remaining) = response.headers().get("x-ratelimit-remaining") {
+            // The restarted Redis kept nothing, so the month starts over from 150.
+            assert_eq!(remaining, "149");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "enforcement did not resume after Redis came back"
+        );
+        tokio::task::yield_now().await;
+    }
+}
