@@ -109,30 +109,26 @@ async fn three_instances_admit_exactly_the_capacity_together() {
     assert_eq!(rejected, 250);
     // Every instance sees the same, shared count.
     for demo in &demos {
-        let usage: serde_json::Value = client
-            .get(demo.url("/v1/usage"))
-            .bearer_auth("acme-key")
-            .send()
-            .await
-            .expect("usage")
-            .json()
-            .await
-            .expect("json");
+        let usage = usage(&client, demo, "acme-key").await;
         assert_eq!(usage["limits"][0]["remaining"], 0, "{usage}");
     }
 }
 
-async fn in_flight(client: &reqwest::Client, demo: &Demo) -> u64 {
-    let usage: serde_json::Value = client
+/// The org's `/v1/usage` as one instance reports it.
+async fn usage(client: &reqwest::Client, demo: &Demo, key: &str) -> serde_json::Value {
+    let response = client
         .get(demo.url("/v1/usage"))
-        .bearer_auth("busy-key")
+        .bearer_auth(key)
         .send()
         .await
-        .expect("usage")
-        .json()
-        .await
-        .expect("json");
-    usage["in_flight"].as_u64().expect("in_flight is a number")
+        .expect("usage");
+    response.json().await.expect("json")
+}
+
+async fn in_flight(client: &reqwest::Client, demo: &Demo) -> u64 {
+    usage(client, demo, "busy-key").await["in_flight"]
+        .as_u64()
+        .expect("in_flight is a number")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
