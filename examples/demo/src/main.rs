@@ -8,7 +8,9 @@
 //! 127.0.0.1:3000. A policy file that fails validation is refused before anything serves: the
 //! loader's message (file, line, column, what to change) goes to stderr and the exit code is 1.
 //! Once listening, it prints `tollgate-demo listening on http://ADDR` on stdout; logs go to stderr
-//! (`RUST_LOG` filters them).
+//! (`RUST_LOG` filters them). The policy file is read again on SIGHUP and when it changes; counts
+//! already made are kept, and a file that fails validation is refused with its error logged while
+//! the running policy stays.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tollgate::{DynStore, MemoryStore, Policy, RateLimitLayer, ReportCost};
 use tracing_subscriber::EnvFilter;
+
+mod reload;
 
 /// The policy file shipped with the demo, relative to the workspace root.
 const SHIPPED_POLICY: &str = "examples/demo/policy.toml";
@@ -110,6 +114,7 @@ async fn main() -> ExitCode {
     });
 
     let limits = RateLimitLayer::new(policy).with_store(store);
+    tokio::spawn(reload::watch(path.clone(), limits.clone()));
     let app = app(limits.clone())
         // ---- Usage and billing (SPEC §8): never limited or billed, so outside the layer. ----
         .merge(tollgate::usage::usage_router(Arc::new(limits)))

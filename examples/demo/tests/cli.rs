@@ -204,3 +204,119 @@ async fn serves_metrics_in_prometheus_text_format() {
     assert!(admitted.ends_with(" 2"), "{admitted}");
     assert!(text.contains("# TYPE tollgate_decision_seconds"), "{text}");
 }
+
+fn daily_policy(capacity: u64) -> String {
+    format!(
+        r#"
+[[plans.p.limits]]
+name = "daily"
+dimension = "requests"
+tiers = [{{ window = "day", capacity = {capacity} }}]
+
+[[orgs]]
+id = "acme"
+plan = "p"
+keys = ["k"]
+"#
+    )
+}
+
+/// Sends one request and returns its status and `X-RateLimit-Limit` / `-Remaining`.
+async fn call(client: &reqwest::Client, demo: &Demo) -> (u16, String, String) {
+    let response = client
+        .get(demo.url("/v1/items"))
+        .bearer_auth("k")
+        .send()
+        .await
+        .expect("a response");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (
+        response.status().as_u16(),
+        header("x-ratelimit-limit"),
+        header("x-ratelimit-remaining"),
+    )
+}
+
+#[tokio::test]
+async fn reloads_the_policy_on_sighup_and_on_change_keeping_counts() {
+    let path = temp_policy("reload.toml", &daily_policy(2));
+    let demo = Demo::start(&["--config", path.to_str().expect("utf-8 path")]);
+    let client = reqwest::Client::new();
+    assert_eq!(call(&client, &demo).await.0, 200);
+    assert_eq!(call(&client, &demo).await.0, 200);
+    assert_eq!(call(&client, &demo).await.0, 429);
+
+    // Raise the capacity and say so with SIGHUP: the two calls already made still count.
+    std::fs::write(&path, daily_policy(5)).expect("rewrite");
+    let hup = Command::new("kill")
+        .args(["-HUP", &demo.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, limit, remaining) = call(&client, &demo).await;
+        if status == 200 {
+            assert_eq!(
+                (limit.as_str(), remaining.as_str()),
+                ("5", "2"),
+                "2 + this call used of 5"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new policy never came into force"
+        );
+    }
+
+    // A broken file is refused with its error logged, and the running policy stays.
+    std::fs::write(&path, "[plans.p\n").expect("rewrite");
+    let hup = Command::new("kill")
+        .args(["-HUP", &demo.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !demo.logged("policy file refused") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broken file was never reported"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        call(&client, &demo).await,
+        (200, "5".to_owned(), "1".to_owned())
+    );
+
+    // Editing the file is enough, without a signal.
+    std::fs::write(&path, daily_policy(10)).expect("rewrite");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut used = 4;
+    loop {
+        let (status, limit, _) = call(&client, &demo).await;
+        used += u64::from(status == 200);
+        if limit == "10" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edited file was never picked up"
+        );
+    }
+    let (_, limit, remaining) = call(&client, &demo).await;
+    assert_eq!(limit, "10");
+    assert_eq!(
+        remaining,
+        (10 - used - 1).to_string(),
+        "counts kept across every reload"
+    );
+}

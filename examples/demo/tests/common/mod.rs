@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 /// The demo binary cargo built for these tests.
 pub const DEMO: &str = env!("CARGO_BIN_EXE_tollgate-demo");
@@ -23,6 +24,7 @@ pub struct Demo {
     child: Child,
     /// `http://127.0.0.1:PORT`
     pub base: String,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Demo {
@@ -33,9 +35,17 @@ impl Demo {
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("the demo starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().expect("log lock").push(line);
+            }
+        });
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -46,7 +56,21 @@ impl Demo {
             .strip_prefix("tollgate-demo listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
-        Demo { child, base }
+        Demo { child, base, log }
+    }
+
+    /// The demo's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the demo has logged a line containing `text` (on stderr).
+    pub fn logged(&self, text: &str) -> bool {
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .any(|line| line.contains(text))
     }
 
     /// The URL of `path` on this instance.
