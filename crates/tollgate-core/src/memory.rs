@@ -276,4 +276,23 @@ impl Store for MemoryStore {
         let slot = self.slot(org);
         async move { slot.freed.notified().await }
     }
+
+    fn try_admit(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+    ) -> Option<Result<Decision, StoreError>> {
+        Some(Ok(self.admit_now(org, charge, now)))
+    }
+
+    fn try_settle(&self, org: &Arc<ResolvedOrg>, settlement: Settlement) -> Option<Settlement> {
+        self.settle_now(org, settlement);
+        None
+    }
+
+    fn try_record(&self, org: &Arc<ResolvedOrg>, call: CallRecord) -> Option<CallRecord> {
+        self.record_now(org, call);
+        None
+    }
 }

@@ -127,6 +127,33 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Resolves when a permit of `org` may have been freed (a waiting request then tries again).
     /// May resolve early; callers bound the wait.
     fn permit_freed(&self, org: &OrgId) -> impl Future<Output = ()> + Send;
+
+    /// Admits at once, without a future, if this store can answer without waiting (it keeps its
+    /// counts in this process); `None`, the default, if the caller must await [`Store::admit`].
+    /// A store that overrides it answers exactly as [`Store::admit`] would.
+    fn try_admit(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+    ) -> Option<Result<Decision, StoreError>> {
+        let _ = (org, charge, now);
+        None
+    }
+
+    /// Settles at once, without a future, if this store can without waiting and without failing;
+    /// otherwise (the default) hands `settlement` back, for [`Store::settle`].
+    fn try_settle(&self, org: &Arc<ResolvedOrg>, settlement: Settlement) -> Option<Settlement> {
+        let _ = org;
+        Some(settlement)
+    }
+
+    /// Records a call at once, without a future, if this store can without waiting and without
+    /// failing; otherwise (the default) hands `call` back, for [`Store::record`].
+    fn try_record(&self, org: &Arc<ResolvedOrg>, call: CallRecord) -> Option<CallRecord> {
+        let _ = org;
+        Some(call)
+    }
 }
 
 /// A boxed future, for [`DynStore`].
@@ -168,6 +195,14 @@ pub trait DynStore: Send + Sync + fmt::Debug + 'static {
         days: usize,
     ) -> BoxFuture<'a, Result<OrgUsage, StoreError>>;
     fn permit_freed<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, ()>;
+    fn try_admit(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+    ) -> Option<Result<Decision, StoreError>>;
+    fn try_settle(&self, org: &Arc<ResolvedOrg>, settlement: Settlement) -> Option<Settlement>;
+    fn try_record(&self, org: &Arc<ResolvedOrg>, call: CallRecord) -> Option<CallRecord>;
 }
 
 impl<S: Store> DynStore for S {
@@ -217,6 +252,20 @@ impl<S: Store> DynStore for S {
     }
     fn permit_freed<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, ()> {
         Box::pin(Store::permit_freed(self, org))
+    }
+    fn try_admit(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+    ) -> Option<Result<Decision, StoreError>> {
+        Store::try_admit(self, org, charge, now)
+    }
+    fn try_settle(&self, org: &Arc<ResolvedOrg>, settlement: Settlement) -> Option<Settlement> {
+        Store::try_settle(self, org, settlement)
+    }
+    fn try_record(&self, org: &Arc<ResolvedOrg>, call: CallRecord) -> Option<CallRecord> {
+        Store::try_record(self, org, call)
     }
 }
 

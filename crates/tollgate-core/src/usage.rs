@@ -29,6 +29,13 @@ use chrono_tz::Tz;
 
 use crate::time::Timestamp;
 
+/// The hasher of the per-day maps: their keys are hashed on every call, and their size is bounded
+/// ([`MAX_ENDPOINTS`], [`MAX_REPEATED`]), so a fast seeded hash is enough.
+type Hasher = foldhash::fast::RandomState;
+
+/// A method and a route (or a path).
+type Endpoint = (Arc<str>, Arc<str>);
+
 /// Days of billable counts kept per org.
 pub const DAYS_KEPT: usize = 31;
 /// Distinct endpoints (method + route) counted per org per day; more fall into one `(other)` row.
@@ -194,8 +201,8 @@ pub struct UsageLedger {
     days: VecDeque<(NaiveDate, u64)>,
     today: Option<NaiveDate>,
     admitted_today: u64,
-    endpoints: HashMap<(Arc<str>, Arc<str>), (u64, u64)>,
-    repeated: HashMap<(Arc<str>, Arc<str>), Repeat>,
+    endpoints: HashMap<Endpoint, (u64, u64), Hasher>,
+    repeated: HashMap<Endpoint, Repeat, Hasher>,
 }
 
 /// The local date of `at` in `tz`.
@@ -212,8 +219,8 @@ impl UsageLedger {
             days: VecDeque::with_capacity(DAYS_KEPT),
             today: None,
             admitted_today: 0,
-            endpoints: HashMap::new(),
-            repeated: HashMap::new(),
+            endpoints: HashMap::default(),
+            repeated: HashMap::default(),
         }
     }
 

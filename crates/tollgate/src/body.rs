@@ -55,7 +55,7 @@ pin_project! {
         Inner {
             #[pin]
             body: B,
-            finish: Option<Finish>,
+            finish: Option<Box<Finish>>,
         },
         Full {
             data: Option<Bytes>,
@@ -65,7 +65,7 @@ pin_project! {
 
 impl<B> ResponseBody<B> {
     /// The inner service's body; `finish` runs when it ends or is dropped.
-    pub(crate) fn new(body: B, finish: Option<Finish>) -> Self {
+    pub(crate) fn new(body: B, finish: Option<Box<Finish>>) -> Self {
         Self {
             kind: Kind::Inner { body, finish },
         }

@@ -37,6 +37,10 @@ pub(crate) fn run_detached(future: impl Future<Output = ()> + Send + 'static) {
 
 /// Records `call` in the store without blocking.
 pub(crate) fn record(engine: &Arc<Engine>, org: Arc<ResolvedOrg>, call: CallRecord) {
+    // A store that records at once needs no task.
+    let Some(call) = engine.store().try_record(&org, call) else {
+        return;
+    };
     let engine = Arc::clone(engine);
     run_detached(async move {
         if let Err(error) = engine.store().record(&org, call).await {
@@ -46,6 +50,9 @@ pub(crate) fn record(engine: &Arc<Engine>, org: Arc<ResolvedOrg>, call: CallReco
 }
 
 fn settle(engine: &Arc<Engine>, org: Arc<ResolvedOrg>, settlement: Settlement) {
+    let Some(settlement) = engine.store().try_settle(&org, settlement) else {
+        return;
+    };
     let engine = Arc::clone(engine);
     run_detached(async move {
         let result: Result<(), StoreError> = engine.store().settle(&org, settlement).await;
@@ -62,6 +69,8 @@ enum Kind {
         declared: u64,
         report: ReportCost,
         permit: Option<Permit>,
+        /// The key of the org's in-flight gauge.
+        gauge: Arc<metrics::Key>,
     },
     /// Exempt (or let through by a shadow plan): record the call only.
     Recorded,
@@ -115,13 +124,15 @@ impl Finish {
         declared: u64,
         report: ReportCost,
         permit: Option<Permit>,
+        gauge: Arc<metrics::Key>,
     ) -> Self {
-        telemetry::in_flight(&self.org, 1.0);
+        telemetry::in_flight(&gauge, 1.0);
         self.kind = Kind::Metered {
             receipt,
             declared,
             report,
             permit,
+            gauge,
         };
         self
     }
@@ -158,6 +169,7 @@ impl Drop for Finish {
                 declared,
                 report,
                 permit,
+                gauge,
             } => {
                 let actual = report.get();
                 let cost_delta = actual.map_or(0, |actual| {
@@ -187,7 +199,7 @@ impl Drop for Finish {
                         at: end,
                     },
                 );
-                telemetry::in_flight(&self.org, -1.0);
+                telemetry::in_flight(&gauge, -1.0);
                 // Released after the settlement, so a request waiting for the slot sees the
                 // latency debited.
                 drop(permit);

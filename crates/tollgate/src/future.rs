@@ -121,7 +121,8 @@ struct Ctx {
     policy: Arc<Policy>,
     started: Instant,
     admission: Option<Admission>,
-    finish: Option<Finish>,
+    /// Boxed: it travels with the response through every wrapping future and into the body.
+    finish: Option<Box<Finish>>,
     headers: Option<HeaderSet>,
 }
 
@@ -308,7 +309,7 @@ fn identified<S, B>(
                 billable,
                 "tollgate: exempt"
             );
-            telemetry::decision("exempt", "".into(), ctx.started);
+            telemetry::decision("exempt", None, ctx.started);
             request.extensions_mut().insert(Metered::new(
                 Arc::clone(&org),
                 key,
@@ -317,27 +318,52 @@ fn identified<S, B>(
                 ReportCost::default(),
                 false,
             ));
-            ctx.finish = Some(Finish::recorded(
+            ctx.finish = Some(Box::new(Finish::recorded(
                 Arc::clone(&ctx.engine),
                 org,
                 arrived,
                 call,
-            ));
+            )));
             Step::Call
         }
         Treatment::Cost(points) => {
             let charge = Charge::points(points);
-            let future = admit(Arc::clone(&ctx.engine), Arc::clone(&org), charge);
+            // A store that answers at once (the memory store) needs no boxed future, unless the
+            // org is full and its plan says to wait for a slot.
+            let immediate = ctx
+                .engine
+                .store()
+                .try_admit(&org, charge, arrived)
+                .filter(|decision| !must_wait(&org, decision));
             ctx.admission = Some(Admission {
-                org,
+                org: Arc::clone(&org),
                 key,
                 treatment: classified.treatment,
                 charge,
                 call,
             });
-            Step::Admit(future)
+            match immediate {
+                Some(decision) => decided(ctx, pending, decision),
+                None => Step::Admit(admit(Arc::clone(&ctx.engine), org, charge)),
+            }
         }
     }
+}
+
+/// Whether an immediate answer is a concurrency rejection that [`admit_waiting`] would wait out.
+fn must_wait(org: &ResolvedOrg, decision: &Result<Decision, StoreError>) -> bool {
+    matches!(
+        decision,
+        Ok(Decision {
+            verdict: Verdict::Rejected {
+                reason: RejectReason::Concurrency,
+                ..
+            },
+            ..
+        })
+    ) && org
+        .concurrency()
+        .is_some_and(|concurrency| !concurrency.wait().is_zero())
 }
 
 /// Asks the store, waiting up to the plan's `concurrency_wait_ms` for a slot.
@@ -370,7 +396,7 @@ fn decided<S, B>(
         Ok(decision) => decision,
         Err(error) => {
             ctx.engine.store_failed("admit", &error);
-            telemetry::decision("store_error", "".into(), ctx.started);
+            telemetry::decision("store_error", None, ctx.started);
             return match server.on_store_error {
                 OnStoreError::Allow => Step::Call,
                 OnStoreError::Deny => {
@@ -410,7 +436,7 @@ fn decided<S, B>(
                 now,
             }));
             telemetry::admitted(&org, &statuses, charge);
-            telemetry::decision("admitted", "".into(), ctx.started);
+            telemetry::decision("admitted", None, ctx.started);
             let report = ReportCost::attached();
             let request = request_of(pending);
             // `ReportCost` is extracted from the `Metered` extension.
@@ -422,14 +448,15 @@ fn decided<S, B>(
                 report.clone(),
                 false,
             ));
-            ctx.finish = Some(
+            ctx.finish = Some(Box::new(
                 Finish::recorded(Arc::clone(&ctx.engine), org, now, call).charged(
                     receipt,
                     charge.points,
                     report,
                     permit,
+                    Arc::clone(&quotas.in_flight),
                 ),
-            );
+            ));
             Step::Call
         }
         Verdict::Rejected {
@@ -457,11 +484,7 @@ fn decided<S, B>(
                     remaining = %Remaining { org: &org, statuses: &statuses },
                     "tollgate: shadow plan would have rejected this request; letting it through"
                 );
-                telemetry::decision(
-                    "shadow_rejected",
-                    Arc::clone(&rejection.limit).into(),
-                    ctx.started,
-                );
+                telemetry::decision("shadow_rejected", Some(&rejection.limit), ctx.started);
                 ctx.headers = Some(HeaderSet::new(&inputs));
                 let request = request_of(pending);
                 request.extensions_mut().insert(Metered::new(
@@ -473,7 +496,12 @@ fn decided<S, B>(
                     true,
                 ));
                 call.cost = 0;
-                ctx.finish = Some(Finish::recorded(Arc::clone(&ctx.engine), org, now, call));
+                ctx.finish = Some(Box::new(Finish::recorded(
+                    Arc::clone(&ctx.engine),
+                    org,
+                    now,
+                    call,
+                )));
                 return Step::Call;
             }
             tracing::warn!(
@@ -484,7 +512,7 @@ fn decided<S, B>(
                 remaining = %Remaining { org: &org, statuses: &statuses },
                 "tollgate: rejected"
             );
-            telemetry::decision("rejected", Arc::clone(&rejection.limit).into(), ctx.started);
+            telemetry::decision("rejected", Some(&rejection.limit), ctx.started);
             let mut response = Problem::quota_exceeded(
                 rejection.detail(&org, charge),
                 rejection.limit.to_string(),

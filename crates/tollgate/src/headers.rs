@@ -9,8 +9,10 @@
 //!   lists of RFC 9651): one item per tier of every limit, named after the limit (`limit.window`
 //!   when it has several tiers), with `q` its capacity and `w` its window's nominal length, and
 //!   `r` what that tier still holds and `t` the seconds until it refills; plus an item
-//!   `"concurrency"` with `qu="concurrent-requests"` whose `r` is the free slots. Both lists are
-//!   written by the [`sfv`] serializer.
+//!   `"concurrency"` with `qu="concurrent-requests"` whose `r` is the free slots.
+//!   `RateLimit-Policy` is written by the [`sfv`] serializer once per org and plan; `RateLimit`,
+//!   which changes on every response, by hand from the items' serialized names and integers (the
+//!   unit tests parse it back with `sfv` and compare it with the serializer's output).
 //! - `Retry-After` on a 429: whole seconds until enough capacity is back, at least 1.
 //!
 //! Each family can be switched off with `legacy_headers` / `ietf_headers` in `[server]`. Exempt
@@ -33,8 +35,10 @@
 //! ```
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::RETRY_AFTER as RETRY_AFTER_NAME;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sfv::{Integer, KeyRef, ListSerializer, StringRef};
@@ -60,8 +64,6 @@ pub const CONCURRENCY: &str = "concurrency";
 const Q: &KeyRef = KeyRef::constant("q");
 const W: &KeyRef = KeyRef::constant("w");
 const QU: &KeyRef = KeyRef::constant("qu");
-const R: &KeyRef = KeyRef::constant("r");
-const T: &KeyRef = KeyRef::constant("t");
 const CONCURRENT_REQUESTS: &StringRef = StringRef::constant("concurrent-requests");
 const CONCURRENCY_ITEM: &StringRef = StringRef::constant(CONCURRENCY);
 
@@ -121,6 +123,20 @@ fn integer(value: u64) -> Integer {
     Integer::try_from(value).unwrap_or(Integer::MAX)
 }
 
+/// The largest sf-integer (RFC 9651: at most 15 digits); larger values are written as it, as
+/// [`integer`] does.
+const SF_INTEGER_MAX: u64 = 999_999_999_999_999;
+
+/// Appends `value` in decimal.
+fn put_u64(buffer: &mut Vec<u8>, value: u64) {
+    buffer.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Appends `value` as an sf-integer (clamped like [`integer`]).
+fn put_sf_integer(buffer: &mut Vec<u8>, value: u64) {
+    put_u64(buffer, value.min(SF_INTEGER_MAX));
+}
+
 /// The name of one tier's item: the limit's name, or `limit.window` when it has several tiers.
 fn item_name<'a>(name: &'a str, tiers: usize, tier: &TierStatus) -> Cow<'a, str> {
     if tiers > 1 {
@@ -157,15 +173,22 @@ pub(crate) struct Quotas {
     layout: u64,
     capacities: Vec<u64>,
     concurrency: Option<u32>,
-    /// One validated name per tier item, in header order.
-    names: Vec<sfv::String>,
+    /// One `RateLimit` item start per tier item, in header order: the name as the `sfv` serializer
+    /// writes it, then `;r=`.
+    prefixes: Vec<Box<str>>,
     policy: Option<HeaderValue>,
+    /// The key of the org's `tollgate_in_flight` gauge (kept here, with the org's other per-request
+    /// constants, so that moving the gauge does not build its labels).
+    pub(crate) in_flight: Arc<metrics::Key>,
 }
+
+/// The start of the concurrency item of `RateLimit`.
+const CONCURRENCY_PREFIX: &str = "\"concurrency\";r=";
 
 impl Quotas {
     /// The quotas of `org` as `statuses` show them.
     pub(crate) fn new(org: &ResolvedOrg, statuses: &[LimitStatus]) -> Self {
-        let mut names = Vec::new();
+        let mut prefixes = Vec::new();
         let mut capacities = Vec::new();
         let mut list = ListSerializer::new();
         for status in statuses {
@@ -181,7 +204,11 @@ impl Quotas {
                     .bare_item(&*item)
                     .parameter(Q, integer(tier.capacity))
                     .parameter(W, integer(tier.window.nominal_secs()));
-                names.push(item);
+                let mut name = ListSerializer::new();
+                let _ = name.bare_item(&*item);
+                let mut prefix = name.finish().unwrap_or_default();
+                prefix.push_str(";r=");
+                prefixes.push(prefix.into_boxed_str());
             }
         }
         let concurrency = org.concurrency().map(|concurrency| concurrency.max());
@@ -195,8 +222,9 @@ impl Quotas {
             layout: org.layout(),
             capacities,
             concurrency,
-            names,
+            prefixes,
             policy: header(list.finish()),
+            in_flight: Arc::new(crate::telemetry::in_flight_key(org)),
         }
     }
 
@@ -210,22 +238,25 @@ impl Quotas {
     }
 }
 
-/// `RateLimit` at `now`.
-fn ratelimit_value(
+/// Appends `RateLimit` at `now` to `buffer`; `false` if it has no item (no header then).
+fn put_ratelimit(
+    buffer: &mut Vec<u8>,
     quotas: &Quotas,
     statuses: &[LimitStatus],
     slots: Option<Slots>,
     slot_retry: Timestamp,
     now: Timestamp,
-) -> Option<HeaderValue> {
-    let mut buffer = String::with_capacity(24 * (quotas.names.len() + 1));
-    let mut list = ListSerializer::with_buffer(&mut buffer);
+) -> bool {
+    let start = buffer.len();
     let tiers = statuses.iter().flat_map(|status| status.tiers());
-    for (name, tier) in quotas.names.iter().zip(tiers) {
-        let _ = list
-            .bare_item(&**name)
-            .parameter(R, integer(tier.remaining))
-            .parameter(T, integer(secs_until(tier.reset, now)));
+    for (prefix, tier) in quotas.prefixes.iter().zip(tiers) {
+        if buffer.len() > start {
+            buffer.extend_from_slice(b", ");
+        }
+        buffer.extend_from_slice(prefix.as_bytes());
+        put_sf_integer(buffer, tier.remaining);
+        buffer.extend_from_slice(b";t=");
+        put_sf_integer(buffer, secs_until(tier.reset, now));
     }
     if let Some(slots) = slots {
         // A slot frees when some request ends, which nobody knows in advance: 0 while one is free,
@@ -235,13 +266,15 @@ fn ratelimit_value(
         } else {
             secs_until(slot_retry, now).max(1)
         };
-        let _ = list
-            .bare_item(CONCURRENCY_ITEM)
-            .parameter(R, integer(u64::from(slots.free)))
-            .parameter(T, integer(t));
+        if buffer.len() > start {
+            buffer.extend_from_slice(b", ");
+        }
+        buffer.extend_from_slice(CONCURRENCY_PREFIX.as_bytes());
+        put_sf_integer(buffer, u64::from(slots.free));
+        buffer.extend_from_slice(b";t=");
+        put_sf_integer(buffer, t);
     }
-    list.finish()?;
-    HeaderValue::try_from(buffer).ok()
+    buffer.len() > start
 }
 
 /// `X-RateLimit-Reset` in the configured format.
@@ -284,29 +317,70 @@ pub(crate) struct Inputs<'a> {
 
 impl HeaderSet {
     /// Computes the headers the server settings ask for.
+    ///
+    /// The numeric values are written into one buffer that every header value then shares, so a
+    /// response costs one allocation for all of them.
     pub(crate) fn new(inputs: &Inputs<'_>) -> Self {
         let server = inputs.server;
-        let legacy = if server.legacy_headers {
-            inputs.legacy.map(|legacy| {
-                [
-                    HeaderValue::from(legacy.limit),
-                    HeaderValue::from(legacy.remaining),
-                    reset_value(server.reset_format, legacy.reset, inputs.now),
-                ]
-            })
-        } else {
-            None
-        };
+        let legacy = inputs.legacy.filter(|_| server.legacy_headers);
+        let mut buffer = Vec::with_capacity(
+            legacy.map_or(0, |_| 48)
+                + if server.ietf_headers {
+                    32 * (inputs.quotas.prefixes.len() + 1)
+                } else {
+                    0
+                },
+        );
+        // Where each value ends in `buffer`.
+        let mut limit_end = 0;
+        let mut remaining_end = 0;
+        let mut reset_end = 0;
+        let mut date = None;
+        if let Some(legacy) = legacy {
+            put_u64(&mut buffer, legacy.limit);
+            limit_end = buffer.len();
+            put_u64(&mut buffer, legacy.remaining);
+            remaining_end = buffer.len();
+            match server.reset_format {
+                ResetFormat::Epoch => buffer.extend_from_slice(
+                    itoa::Buffer::new()
+                        .format(legacy.reset.as_secs_ceil())
+                        .as_bytes(),
+                ),
+                ResetFormat::Delta => put_u64(&mut buffer, secs_until(legacy.reset, inputs.now)),
+                format @ ResetFormat::HttpDate => {
+                    date = Some(reset_value(format, legacy.reset, inputs.now));
+                }
+            }
+            reset_end = buffer.len();
+        }
+        let ratelimit = server.ietf_headers
+            && put_ratelimit(
+                &mut buffer,
+                inputs.quotas,
+                inputs.statuses,
+                inputs.slots,
+                inputs.slot_retry,
+                inputs.now,
+            );
+        let shared = Bytes::from(buffer);
+        let value =
+            |from: usize, to: usize| HeaderValue::from_maybe_shared(shared.slice(from..to)).ok();
+        let legacy = legacy.and_then(|_| {
+            let reset = match date {
+                Some(date) => date,
+                None => value(remaining_end, reset_end)?,
+            };
+            Some([
+                value(0, limit_end)?,
+                value(limit_end, remaining_end)?,
+                reset,
+            ])
+        });
         let (policy, ratelimit) = if server.ietf_headers {
             (
                 inputs.quotas.policy.clone(),
-                ratelimit_value(
-                    inputs.quotas,
-                    inputs.statuses,
-                    inputs.slots,
-                    inputs.slot_retry,
-                    inputs.now,
-                ),
+                ratelimit.then(|| value(reset_end, shared.len())).flatten(),
             )
         } else {
             (None, None)
@@ -345,7 +419,7 @@ impl HeaderSet {
 mod tests {
     use std::time::Duration as StdDuration;
 
-    use sfv::{BareItem, List, ListEntry, Parser};
+    use sfv::{BareItem, KeyRef, List, ListEntry, Parser};
     use tollgate_core::{
         Charge, Concurrency, Dimension, Ledger, Limit, LimitZone, Org, Plan, Policy, Tier, Window,
     };
@@ -378,6 +452,43 @@ mod tests {
             .org(Org::new("acme", "build"))
             .build()
             .expect("policy")
+    }
+
+    const R: &KeyRef = KeyRef::constant("r");
+    const T: &KeyRef = KeyRef::constant("t");
+
+    /// `RateLimit` as the `sfv` serializer writes it: what the hand-written encoder must match.
+    fn reference_ratelimit(
+        org: &ResolvedOrg,
+        statuses: &[LimitStatus],
+        slots: Option<Slots>,
+        slot_retry: Timestamp,
+        now: Timestamp,
+    ) -> Option<String> {
+        let mut list = ListSerializer::new();
+        for status in statuses {
+            let name = limit_name(org, status);
+            for tier in status.tiers() {
+                let item = item_name(name, status.tiers().len(), tier);
+                let item = sfv::String::try_from(item.into_owned()).expect("a valid sf-string");
+                let _ = list
+                    .bare_item(&*item)
+                    .parameter(R, integer(tier.remaining))
+                    .parameter(T, integer(secs_until(tier.reset, now)));
+            }
+        }
+        if let Some(slots) = slots {
+            let t = if slots.free > 0 {
+                0
+            } else {
+                secs_until(slot_retry, now).max(1)
+            };
+            let _ = list
+                .bare_item(CONCURRENCY_ITEM)
+                .parameter(R, integer(u64::from(slots.free)))
+                .parameter(T, integer(t));
+        }
+        list.finish()
     }
 
     fn param(entry: &ListEntry, key: &str) -> Option<BareItem> {
@@ -467,6 +578,121 @@ mod tests {
         assert_eq!(map[X_RATELIMIT_REMAINING], "93");
         assert_eq!(map[X_RATELIMIT_RESET], "1800000060");
         assert!(map.get(RETRY_AFTER).is_none());
+    }
+
+    /// The hand-written `RateLimit` (and the `X-RateLimit-*` values sharing its buffer) equal what
+    /// `sfv` writes and parse back with `sfv`, for every shape of plan and extreme numbers.
+    #[test]
+    fn the_fast_encoder_matches_sfv_and_parses_back() {
+        let big = Limit::new(
+            "big-limit_2.x",
+            Dimension::Points,
+            LimitZone::Org,
+            vec![
+                Tier::new(Window::Minute, 1_125_899_906_842_624).expect("tier"),
+                Tier::new(Window::Day, 999_999_999_999_999).expect("tier"),
+                Tier::new(Window::Month, 1_000_000_000_000_000).expect("tier"),
+            ],
+        )
+        .expect("limit");
+        let lone = Limit::new(
+            "lone",
+            Dimension::Requests,
+            LimitZone::Org,
+            vec![Tier::new(Window::Minute, 1).expect("tier")],
+        )
+        .expect("limit");
+        let plans = [
+            Plan::new("a", vec![big.clone(), lone.clone()]).expect("plan"),
+            Plan::new("b", vec![lone.clone()])
+                .expect("plan")
+                .with_concurrency(Concurrency::new(1, StdDuration::ZERO).expect("c")),
+            Plan::new("c", vec![big]).expect("plan"),
+        ];
+        for plan in plans {
+            let plan_name = plan.name().to_owned();
+            let policy = Policy::builder()
+                .plan(plan)
+                .org(Org::new("acme", plan_name.as_str()))
+                .build()
+                .expect("policy");
+            let org = policy.org("acme").expect("org");
+            for (step, now) in [0_i64, 999, 1_000, 59_999, 86_400_001, 1_800_000_030_500]
+                .into_iter()
+                .map(Timestamp::from_millis)
+                .enumerate()
+            {
+                let mut ledger = Ledger::new(org);
+                let mut verdict = ledger.admit(org, Charge::points(7), now);
+                for _ in 0..step {
+                    verdict = ledger.admit(org, Charge::points(400_000_000_000_000), now);
+                }
+                let statuses = verdict.statuses();
+                let quotas = Quotas::new(org, statuses);
+                for slots in [
+                    None,
+                    Some(Slots { max: 1, free: 0 }),
+                    Some(Slots { max: 9, free: 9 }),
+                ] {
+                    for format in [
+                        ResetFormat::Epoch,
+                        ResetFormat::Delta,
+                        ResetFormat::HttpDate,
+                    ] {
+                        let server = ServerSettings {
+                            reset_format: format,
+                            ..ServerSettings::default()
+                        };
+                        let legacy = most_constraining(statuses).map(Legacy::of);
+                        let slot_retry = Timestamp::from_millis(now.as_millis() + 1_500);
+                        let mut map = HeaderMap::new();
+                        HeaderSet::new(&Inputs {
+                            server: &server,
+                            quotas: &quotas,
+                            statuses,
+                            legacy,
+                            slots,
+                            slot_retry,
+                            retry_after: Some(3),
+                            now,
+                        })
+                        .apply(&mut map);
+                        let expected = reference_ratelimit(org, statuses, slots, slot_retry, now)
+                            .expect("a non-empty list");
+                        let written = map[RATELIMIT].to_str().expect("ascii");
+                        assert_eq!(written, expected);
+                        let parsed: List = Parser::new(written).parse().expect("a structured list");
+                        let reference: List =
+                            Parser::new(&expected).parse().expect("a structured list");
+                        assert_eq!(parsed, reference);
+                        assert_eq!(
+                            parsed.len(),
+                            quotas.prefixes.len() + usize::from(slots.is_some())
+                        );
+                        let policy_list: List =
+                            Parser::new(map[RATELIMIT_POLICY].to_str().expect("ascii"))
+                                .parse()
+                                .expect("a structured list");
+                        let tiers = quotas.prefixes.len();
+                        assert_eq!(
+                            parsed.iter().take(tiers).map(name).collect::<Vec<_>>(),
+                            policy_list.iter().take(tiers).map(name).collect::<Vec<_>>()
+                        );
+                        let legacy = legacy.expect("a limit");
+                        assert_eq!(map[X_RATELIMIT_LIMIT], legacy.limit.to_string().as_str());
+                        assert_eq!(
+                            map[X_RATELIMIT_REMAINING],
+                            legacy.remaining.to_string().as_str()
+                        );
+                        assert_eq!(
+                            map[X_RATELIMIT_RESET],
+                            reset_value(format, legacy.reset, now)
+                        );
+                        assert_eq!(map[RETRY_AFTER], "3");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   `tollgate_in_flight{org}` and `tollgate_store_errors_total` through the `metrics` facade.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tollgate_core::{Charge, Dimension, LimitStatus, ResolvedOrg};
@@ -34,20 +35,50 @@ impl fmt::Display for Remaining<'_> {
     }
 }
 
-/// Counts one decision and times it.
-pub(crate) fn decision(outcome: &'static str, limit: metrics::SharedString, started: Instant) {
-    metrics::counter!(
-        "tollgate_decisions_total",
-        "outcome" => outcome,
-        "limit" => limit
-    )
-    .increment(1);
+/// Counts one decision and times it. The decisions no limit caused (`limit = None`) use static
+/// metric keys, so counting them allocates nothing.
+pub(crate) fn decision(outcome: &'static str, limit: Option<&Arc<str>>, started: Instant) {
+    let counter = match (outcome, limit) {
+        ("admitted", None) => metrics::counter!(
+            "tollgate_decisions_total",
+            "outcome" => "admitted",
+            "limit" => ""
+        ),
+        ("exempt", None) => metrics::counter!(
+            "tollgate_decisions_total",
+            "outcome" => "exempt",
+            "limit" => ""
+        ),
+        ("store_error", None) => metrics::counter!(
+            "tollgate_decisions_total",
+            "outcome" => "store_error",
+            "limit" => ""
+        ),
+        (outcome, limit) => metrics::counter!(
+            "tollgate_decisions_total",
+            "outcome" => outcome,
+            "limit" => limit.map_or_else(|| metrics::SharedString::const_str(""), |limit| Arc::clone(limit).into())
+        ),
+    };
+    counter.increment(1);
     metrics::histogram!("tollgate_decision_seconds").record(started.elapsed().as_secs_f64());
 }
 
-/// Moves the org's in-flight gauge.
-pub(crate) fn in_flight(org: &ResolvedOrg, delta: f64) {
-    metrics::gauge!("tollgate_in_flight", "org" => org.id().as_arc().clone()).increment(delta);
+/// The key of an org's `tollgate_in_flight` gauge; the engine keeps one per org (see
+/// [`in_flight`]).
+pub(crate) fn in_flight_key(org: &ResolvedOrg) -> metrics::Key {
+    metrics::Key::from_parts(
+        "tollgate_in_flight",
+        vec![metrics::Label::new("org", org.id().as_arc().clone())],
+    )
+}
+
+/// Moves an org's in-flight gauge, by its cached key (building the key's labels per request would
+/// allocate).
+pub(crate) fn in_flight(key: &metrics::Key, delta: f64) {
+    static METADATA: metrics::Metadata<'static> =
+        metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+    metrics::with_recorder(|recorder| recorder.register_gauge(key, &METADATA)).increment(delta);
 }
 
 /// Logs an admission, and an org passing 80% of a limit with this charge.
