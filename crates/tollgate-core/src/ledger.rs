@@ -460,6 +460,7 @@ fn windows_of(limit: &ResolvedLimit) -> [Option<Window>; MAX_TIERS] {
 }
 
 /// The numbers of one limit from its state (stores that keep state elsewhere use this too).
+#[inline]
 pub fn status(
     index: usize,
     limit: &ResolvedLimit,
