@@ -55,6 +55,7 @@
 //! ```
 
 use std::convert::Infallible;
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -191,7 +192,20 @@ where
 }
 
 /// Not reported yet.
-const UNSET: u64 = u64::MAX;
+pub(crate) const UNSET: u64 = u64::MAX;
+
+/// Where a reported cost is kept: its own cell, or the request's [`Metered`](crate::Metered)
+/// extension (so that a metered request needs one allocation for both).
+pub(crate) trait CostCell: fmt::Debug + Send + Sync {
+    /// The cell, [`UNSET`] until a report.
+    fn cell(&self) -> &AtomicU64;
+}
+
+impl CostCell for AtomicU64 {
+    fn cell(&self) -> &AtomicU64 {
+        self
+    }
+}
 
 /// Lets a handler report what its request really cost, in points; the difference from the
 /// declared cost is settled after the response.
@@ -200,21 +214,25 @@ const UNSET: u64 = u64::MAX;
 /// reports go nowhere. The last report wins; an [`ActualCost`] in the response wins over it.
 #[derive(Clone, Debug, Default)]
 pub struct ReportCost {
-    cell: Option<Arc<AtomicU64>>,
+    cell: Option<Arc<dyn CostCell>>,
 }
 
 impl ReportCost {
-    /// A handle the layer reads back after the response.
+    /// A handle of its own, that the layer reads back after the response.
+    #[cfg(test)]
     pub(crate) fn attached() -> Self {
-        Self {
-            cell: Some(Arc::new(AtomicU64::new(UNSET))),
-        }
+        Self::shared(Arc::new(AtomicU64::new(UNSET)))
+    }
+
+    /// A handle on `cell`, that the layer reads back after the response.
+    pub(crate) fn shared(cell: Arc<dyn CostCell>) -> Self {
+        Self { cell: Some(cell) }
     }
 
     /// Reports that the request cost `points` points (0 gives the whole declared cost back).
     pub fn set(&self, points: u64) {
         if let Some(cell) = &self.cell {
-            cell.store(points.min(UNSET - 1), Ordering::Release);
+            cell.cell().store(points.min(UNSET - 1), Ordering::Release);
         }
     }
 
@@ -222,7 +240,7 @@ impl ReportCost {
     pub fn get(&self) -> Option<u64> {
         self.cell
             .as_ref()
-            .map(|cell| cell.load(Ordering::Acquire))
+            .map(|cell| cell.cell().load(Ordering::Acquire))
             .filter(|&points| points != UNSET)
     }
 
@@ -239,7 +257,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ReportCost {
         Ok(parts
             .extensions
             .get::<crate::Metered>()
-            .map(|metered| metered.report_handle().clone())
+            .map(crate::Metered::report_handle)
             .unwrap_or_default())
     }
 }

@@ -31,6 +31,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
@@ -38,7 +39,7 @@ use http::StatusCode;
 use http::request::Parts;
 use tollgate_core::{LimitStatus, OrgId, ResolvedOrg, Timestamp, Treatment};
 
-use crate::cost::ReportCost;
+use crate::cost::{CostCell, ReportCost, UNSET};
 use crate::problem::Problem;
 
 /// The org of a request and the decision the layer made on it.
@@ -51,8 +52,16 @@ struct Inner {
     key: Arc<str>,
     treatment: Treatment,
     statuses: Vec<LimitStatus>,
-    report: ReportCost,
+    /// The cost the handler reported ([`UNSET`] until then), if it can report one.
+    reported: AtomicU64,
+    attached: bool,
     shadow_rejected: bool,
+}
+
+impl CostCell for Inner {
+    fn cell(&self) -> &AtomicU64 {
+        &self.reported
+    }
 }
 
 impl Metered {
@@ -61,7 +70,7 @@ impl Metered {
         key: Arc<str>,
         treatment: Treatment,
         statuses: Vec<LimitStatus>,
-        report: ReportCost,
+        attached: bool,
         shadow_rejected: bool,
     ) -> Self {
         Self(Arc::new(Inner {
@@ -69,7 +78,8 @@ impl Metered {
             key,
             treatment,
             statuses,
-            report,
+            reported: AtomicU64::new(UNSET),
+            attached,
             shadow_rejected,
         }))
     }
@@ -127,12 +137,16 @@ impl Metered {
 
     /// Reports the real cost of the request (see [`ReportCost`]).
     pub fn report_cost(&self, points: u64) {
-        self.0.report.set(points);
+        self.report_handle().set(points);
     }
 
-    /// The handle [`ReportCost`] extracts.
-    pub(crate) fn report_handle(&self) -> &ReportCost {
-        &self.0.report
+    /// The handle [`ReportCost`] extracts: on this extension, or detached.
+    pub(crate) fn report_handle(&self) -> ReportCost {
+        if self.0.attached {
+            ReportCost::shared(Arc::clone(&self.0) as Arc<dyn CostCell>)
+        } else {
+            ReportCost::default()
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use tollgate_core::{
 
 use crate::cost::ReportCost;
 use crate::engine::Engine;
+use crate::headers::HeaderSet;
 use crate::telemetry;
 
 /// Status recorded for a response that never came because the client went away.
@@ -84,6 +85,9 @@ pub(crate) struct Finish {
     call: Option<CallRecord>,
     status: Option<u16>,
     kind: Kind,
+    /// The rate-limit headers for the response, until it is ready (kept here, in the box, so that
+    /// the response future stays small).
+    headers: Option<HeaderSet>,
 }
 
 impl fmt::Debug for Finish {
@@ -113,19 +117,20 @@ impl Finish {
             call: Some(call),
             status: None,
             kind: Kind::Recorded,
+            headers: None,
         }
     }
 
     /// The same request, admitted: `declared` points were charged as `receipt` says, and the
     /// permit (if the plan limits concurrency) is held until it ends.
-    pub(crate) fn charged(
-        mut self,
+    pub(crate) fn charge(
+        &mut self,
         receipt: Receipt,
         declared: u64,
         report: ReportCost,
         permit: Option<Permit>,
         gauge: Arc<metrics::Key>,
-    ) -> Self {
+    ) {
         telemetry::in_flight(&gauge, 1.0);
         self.kind = Kind::Metered {
             receipt,
@@ -134,7 +139,16 @@ impl Finish {
             permit,
             gauge,
         };
-        self
+    }
+
+    /// With the headers the response gets.
+    pub(crate) fn set_headers(&mut self, headers: HeaderSet) {
+        self.headers = Some(headers);
+    }
+
+    /// The headers the response gets, once.
+    pub(crate) fn take_headers(&mut self) -> Option<HeaderSet> {
+        self.headers.take()
     }
 
     /// Notes the response's status.

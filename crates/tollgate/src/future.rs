@@ -60,7 +60,7 @@ use tollgate_core::{
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::cost::{ActualCost, ReportCost};
+use crate::cost::ActualCost;
 use crate::engine::Engine;
 use crate::extract::Metered;
 use crate::finish::{self, Finish};
@@ -85,21 +85,27 @@ pin_project! {
         I: IdentifyOrg,
     {
         #[pin]
-        state: State<I::Future, S::Future>,
-        pending: Option<Pending<S, B>>,
+        state: State<I::Future, S::Future, S, B>,
         ctx: Ctx,
     }
 }
 
+/// What the store's answer comes with when it had to be waited for.
+type Admitted = BoxFuture<'static, (Result<Decision, StoreError>, Admission)>;
+
 pin_project! {
+    // The request is held only by the states before the call, so that the future is no larger
+    // than the larger of the two: it is moved through every wrapping future.
     #[project = StateProj]
-    enum State<Id, F> {
+    enum State<Id, F, S, B> {
         Identifying {
             #[pin]
             future: Id,
+            pending: Option<Pending<S, B>>,
         },
         Admitting {
-            future: BoxFuture<'static, Result<Decision, StoreError>>,
+            future: Admitted,
+            pending: Option<Pending<S, B>>,
         },
         Called {
             #[pin]
@@ -120,10 +126,9 @@ struct Ctx {
     engine: Arc<Engine>,
     policy: Arc<Policy>,
     started: Instant,
-    admission: Option<Admission>,
-    /// Boxed: it travels with the response through every wrapping future and into the body.
+    /// Boxed, with the response's headers: it travels with the response through every wrapping
+    /// future and into the body.
     finish: Option<Box<Finish>>,
-    headers: Option<HeaderSet>,
 }
 
 /// An identified request on a metered route, waiting for the store.
@@ -140,7 +145,7 @@ enum Step {
     /// Answer without calling the inner service.
     Respond(Response<Bytes>),
     /// Ask the store.
-    Admit(BoxFuture<'static, Result<Decision, StoreError>>),
+    Admit(Admitted),
     /// Let the request through.
     Call,
 }
@@ -159,15 +164,15 @@ where
         started: Instant,
     ) -> Self {
         Self {
-            state: State::Identifying { future: identify },
-            pending: Some(Pending { inner, request }),
+            state: State::Identifying {
+                future: identify,
+                pending: Some(Pending { inner, request }),
+            },
             ctx: Ctx {
                 engine,
                 policy,
                 started,
-                admission: None,
                 finish: None,
-                headers: None,
             },
         }
     }
@@ -202,13 +207,13 @@ where
         let mut this = self.project();
         loop {
             let step = match this.state.as_mut().project() {
-                StateProj::Identifying { future } => {
+                StateProj::Identifying { future, pending } => {
                     let identity = ready!(future.poll(cx));
-                    identified(this.ctx, this.pending, identity)
+                    identified(this.ctx, pending, identity)
                 }
-                StateProj::Admitting { future } => {
-                    let decision = ready!(future.as_mut().poll(cx));
-                    decided(this.ctx, this.pending, decision)
+                StateProj::Admitting { future, pending } => {
+                    let (decision, admission) = ready!(future.as_mut().poll(cx));
+                    decided(this.ctx, pending, admission, decision)
                 }
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));
@@ -232,11 +237,12 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(Ok(response.map(ResponseBody::full)));
                 }
-                Step::Admit(future) => this.state.set(State::Admitting { future }),
+                Step::Admit(future) => {
+                    let pending = take_pending(this.state.as_mut());
+                    this.state.set(State::Admitting { future, pending });
+                }
                 Step::Call => {
-                    let Pending { mut inner, request } = this
-                        .pending
-                        .take()
+                    let Pending { mut inner, request } = take_pending(this.state.as_mut())
                         .expect("the request is held until the inner service is called, once");
                     this.state.set(State::Called {
                         future: inner.call(request),
@@ -244,6 +250,16 @@ where
                 }
             }
         }
+    }
+}
+
+/// Takes the request (and the inner service) out of a state before the call.
+fn take_pending<Id, F, S, B>(state: Pin<&mut State<Id, F, S, B>>) -> Option<Pending<S, B>> {
+    match state.project() {
+        StateProj::Identifying { pending, .. } | StateProj::Admitting { pending, .. } => {
+            pending.take()
+        }
+        StateProj::Called { .. } | StateProj::Done => None,
     }
 }
 
@@ -295,9 +311,19 @@ fn identified<S, B>(
         .map(|matched| Arc::from(matched.as_str()))
         .or(classified.pattern);
     let arrived = ctx.engine.now();
-    let mut call = CallRecord::new(arrived, method_label(request.method()), target(request))
-        .with_key(Arc::clone(&key));
-    call.route = route;
+    // Built whole: `CallRecord::new` would allocate an empty key first.
+    let mut call = CallRecord {
+        at: arrived,
+        key: Arc::clone(&key),
+        method: method_label(request.method()),
+        path: target(request),
+        route,
+        status: 200,
+        cost: 1,
+        latency_ms: 0,
+        outcome: Outcome::Admitted,
+        billable: true,
+    };
     match classified.treatment {
         Treatment::Exempt { billable } => {
             call.outcome = Outcome::Exempt;
@@ -315,7 +341,7 @@ fn identified<S, B>(
                 key,
                 classified.treatment,
                 Vec::new(),
-                ReportCost::default(),
+                false,
                 false,
             ));
             ctx.finish = Some(Box::new(Finish::recorded(
@@ -330,21 +356,19 @@ fn identified<S, B>(
             let charge = Charge::points(points);
             // A store that answers at once (the memory store) needs no boxed future, unless the
             // org is full and its plan says to wait for a slot.
-            let immediate = ctx
-                .engine
-                .store()
-                .try_admit(&org, charge, arrived)
-                .filter(|decision| !must_wait(&org, decision));
-            ctx.admission = Some(Admission {
+            let immediate = ctx.engine.store().try_admit(&org, charge, arrived);
+            let admission = Admission {
                 org: Arc::clone(&org),
                 key,
                 treatment: classified.treatment,
                 charge,
                 call,
-            });
+            };
             match immediate {
-                Some(decision) => decided(ctx, pending, decision),
-                None => Step::Admit(admit(Arc::clone(&ctx.engine), org, charge)),
+                Some(decision) if !must_wait(&org, &decision) => {
+                    decided(ctx, pending, admission, decision)
+                }
+                _ => Step::Admit(admit(Arc::clone(&ctx.engine), admission)),
             }
         }
     }
@@ -367,18 +391,24 @@ fn must_wait(org: &ResolvedOrg, decision: &Result<Decision, StoreError>) -> bool
 }
 
 /// Asks the store, waiting up to the plan's `concurrency_wait_ms` for a slot.
-fn admit(
-    engine: Arc<Engine>,
-    org: Arc<ResolvedOrg>,
-    charge: Charge,
-) -> BoxFuture<'static, Result<Decision, StoreError>> {
-    Box::pin(async move { admit_waiting(&**engine.store(), &org, charge, &**engine.clock()).await })
+fn admit(engine: Arc<Engine>, admission: Admission) -> Admitted {
+    Box::pin(async move {
+        let decision = admit_waiting(
+            &**engine.store(),
+            &admission.org,
+            admission.charge,
+            &**engine.clock(),
+        )
+        .await;
+        (decision, admission)
+    })
 }
 
 /// The store answered: let the request through with its headers, or answer 429 (or 503).
 fn decided<S, B>(
     ctx: &mut Ctx,
     pending: &mut Option<Pending<S, B>>,
+    admission: Admission,
     decision: Result<Decision, StoreError>,
 ) -> Step {
     let Admission {
@@ -387,10 +417,7 @@ fn decided<S, B>(
         treatment,
         charge,
         mut call,
-    } = ctx
-        .admission
-        .take()
-        .expect("an admission is pending while the store is asked");
+    } = admission;
     let server = ctx.policy.server();
     let Decision { verdict, permit } = match decision {
         Ok(decision) => decision,
@@ -425,7 +452,7 @@ fn decided<S, B>(
                 }
             });
             let quotas = ctx.engine.quotas(&org, &statuses);
-            ctx.headers = Some(HeaderSet::new(&Inputs {
+            let headers = HeaderSet::new(&Inputs {
                 server,
                 quotas: &quotas,
                 statuses: &statuses,
@@ -434,29 +461,28 @@ fn decided<S, B>(
                 slot_retry: Timestamp::from_millis(now.as_millis().saturating_add(SLOT_RETRY_MS)),
                 retry_after: None,
                 now,
-            }));
+            });
             telemetry::admitted(&org, &statuses, charge);
             telemetry::decision("admitted", None, ctx.started);
-            let report = ReportCost::attached();
-            let request = request_of(pending);
+            let metered = Metered::new(Arc::clone(&org), key, treatment, statuses, true, false);
             // `ReportCost` is extracted from the `Metered` extension.
-            request.extensions_mut().insert(Metered::new(
-                Arc::clone(&org),
-                key,
-                treatment,
-                statuses,
-                report.clone(),
-                false,
-            ));
-            ctx.finish = Some(Box::new(
-                Finish::recorded(Arc::clone(&ctx.engine), org, now, call).charged(
-                    receipt,
-                    charge.points,
-                    report,
-                    permit,
-                    Arc::clone(&quotas.in_flight),
-                ),
-            ));
+            let report = metered.report_handle();
+            request_of(pending).extensions_mut().insert(metered);
+            // Filled in place: the finish state is large.
+            let finish = ctx.finish.insert(Box::new(Finish::recorded(
+                Arc::clone(&ctx.engine),
+                org,
+                now,
+                call,
+            )));
+            finish.charge(
+                receipt,
+                charge.points,
+                report,
+                permit,
+                Arc::clone(&quotas.in_flight),
+            );
+            finish.set_headers(headers);
             Step::Call
         }
         Verdict::Rejected {
@@ -485,23 +511,25 @@ fn decided<S, B>(
                     "tollgate: shadow plan would have rejected this request; letting it through"
                 );
                 telemetry::decision("shadow_rejected", Some(&rejection.limit), ctx.started);
-                ctx.headers = Some(HeaderSet::new(&inputs));
+                let headers = HeaderSet::new(&inputs);
                 let request = request_of(pending);
                 request.extensions_mut().insert(Metered::new(
                     Arc::clone(&org),
                     key,
                     treatment,
                     statuses,
-                    ReportCost::default(),
+                    false,
                     true,
                 ));
                 call.cost = 0;
-                ctx.finish = Some(Box::new(Finish::recorded(
-                    Arc::clone(&ctx.engine),
-                    org,
-                    now,
-                    call,
-                )));
+                ctx.finish
+                    .insert(Box::new(Finish::recorded(
+                        Arc::clone(&ctx.engine),
+                        org,
+                        now,
+                        call,
+                    )))
+                    .set_headers(headers);
                 return Step::Call;
             }
             tracing::warn!(
@@ -635,12 +663,12 @@ impl Rejection {
 /// permit and the timer to the body.
 fn respond<B>(ctx: &mut Ctx, response: Response<B>) -> Response<ResponseBody<B>> {
     let (mut parts, body) = response.into_parts();
-    if let Some(headers) = ctx.headers.take() {
-        headers.apply(&mut parts.headers);
-    }
     let actual = parts.extensions.remove::<ActualCost>();
     let mut finish = ctx.finish.take();
     if let Some(finish) = finish.as_mut() {
+        if let Some(headers) = finish.take_headers() {
+            headers.apply(&mut parts.headers);
+        }
         finish.set_status(parts.status.as_u16());
         if let Some(ActualCost(points)) = actual {
             finish.set_actual_cost(points);
