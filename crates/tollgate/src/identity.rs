@@ -154,14 +154,10 @@ pub enum Unidentified {
 }
 
 impl Unidentified {
-    /// The `WWW-Authenticate` challenge for this case (RFC 6750: no error code when nothing was
-    /// sent).
+    /// The `WWW-Authenticate` challenge: `Bearer` in every case, as the HTTP contract says; the
+    /// problem body tells a missing, a malformed and an unknown key apart.
     pub const fn challenge(self) -> &'static str {
-        match self {
-            Unidentified::Missing => "Bearer",
-            Unidentified::Malformed => "Bearer error=\"invalid_request\"",
-            Unidentified::Unknown => "Bearer error=\"invalid_token\"",
-        }
+        "Bearer"
     }
 }
 
@@ -374,10 +370,7 @@ mod tests {
     fn unidentified_is_a_401_problem_with_a_challenge() {
         let response = Unidentified::Unknown.into_response();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            response.headers()[WWW_AUTHENTICATE],
-            "Bearer error=\"invalid_token\""
-        );
+        assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer");
         assert_eq!(
             response.headers()[http::header::CONTENT_TYPE],
             "application/problem+json"

@@ -249,11 +249,8 @@ mod tests {
             .insert("authorization", "Basic YWNtZQ==".parse()?);
         for (request, challenge) in [
             (get_req("/reports", None), "Bearer"),
-            (malformed, "Bearer error=\"invalid_request\""),
-            (
-                get_req("/reports", Some("nobody")),
-                "Bearer error=\"invalid_token\"",
-            ),
+            (malformed, "Bearer"),
+            (get_req("/reports", Some("nobody")), "Bearer"),
         ] {
             let response = svc.ready().await?.call(request).await?;
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
