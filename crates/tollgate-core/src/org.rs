@@ -6,7 +6,7 @@
 //! use tollgate_core::{Adjustment, Environment, Org, Override, Timestamp};
 //!
 //! let org = Org::new("acme", "build")
-//!     .with_time_zone("Europe/Amsterdam".parse().unwrap())
+//!     .with_time_zone("Europe/Amsterdam".parse().expect("an IANA zone"))
 //!     .with_environment(Environment::Sandbox)
 //!     .with_key("acme-key-1")
 //!     .with_override(Override::new("daily", Adjustment::Capacity(5000)).until(Timestamp::from_secs(1_798_675_200)));

@@ -21,9 +21,9 @@
 //! use chrono::TimeZone;
 //! use tollgate_core::{Timestamp, Window};
 //!
-//! let tz: chrono_tz::Tz = "America/Los_Angeles".parse().unwrap();
+//! let tz: chrono_tz::Tz = "America/Los_Angeles".parse().expect("an IANA zone");
 //! // 8 March 2026, the day US clocks spring forward, has 23 hours.
-//! let noon = Timestamp::from(tz.with_ymd_and_hms(2026, 3, 8, 12, 0, 0).unwrap());
+//! let noon = Timestamp::from(tz.with_ymd_and_hms(2026, 3, 8, 12, 0, 0).single().expect("noon exists"));
 //! let day = Window::Day.bounds(tz, noon);
 //! assert_eq!(day.len().as_secs(), 23 * 3600);
 //! ```
