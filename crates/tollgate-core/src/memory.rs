@@ -38,7 +38,7 @@ type Hasher = foldhash::fast::RandomState;
 #[derive(Debug)]
 pub struct MemoryStore {
     slots: DashMap<OrgId, Arc<Slot>, Hasher>,
-    usage: DashMap<OrgId, Arc<Mutex<UsageLedger>>, Hasher>,
+    usage: DashMap<OrgId, Mutex<UsageLedger>, Hasher>,
     calls_kept: usize,
     last_sweep: AtomicI64,
 }
@@ -104,23 +104,24 @@ impl MemoryStore {
     }
 
     /// Runs `f` on the org's ledger under its lock.
-    fn with_ledger<T>(&self, org: &Arc<ResolvedOrg>, f: impl FnOnce(&Slot, &mut Ledger) -> T) -> T {
+    fn with_ledger<T>(&self, org: &Arc<ResolvedOrg>, f: impl FnOnce(&mut Ledger) -> T) -> T {
         self.with_slot(org.id(), |slot| {
             let mut ledger = slot.ledger.lock();
-            f(slot, ledger.get_or_insert_with(|| Ledger::new(org)))
+            f(ledger.get_or_insert_with(|| Ledger::new(org)))
         })
     }
 
-    fn usage_ledger(&self, org: &OrgId) -> Arc<Mutex<UsageLedger>> {
+    /// Runs `f` on the org's usage under its lock (usage is never swept, so no handle is kept).
+    fn with_usage<T>(&self, org: &OrgId, f: impl FnOnce(&mut UsageLedger) -> T) -> T {
         if let Some(usage) = self.usage.get(org) {
-            return Arc::clone(usage.value());
+            return f(&mut usage.value().lock());
         }
-        Arc::clone(
-            self.usage
-                .entry(org.clone())
-                .or_insert_with(|| Arc::new(Mutex::new(UsageLedger::new(self.calls_kept))))
-                .value(),
-        )
+        let usage = self
+            .usage
+            .entry(org.clone())
+            .or_insert_with(|| Mutex::new(UsageLedger::new(self.calls_kept)))
+            .downgrade();
+        f(&mut usage.value().lock())
     }
 
     /// Drops the ledgers of orgs with every window passed and no permit held, at most once a
@@ -192,9 +193,7 @@ impl MemoryStore {
             at,
         } = settlement;
         if correction.latency_ms > 0 || correction.cost_delta != 0 {
-            self.with_ledger(org, |_, ledger| {
-                ledger.settle(org, &receipt, correction, at)
-            });
+            self.with_ledger(org, |ledger| ledger.settle(org, &receipt, correction, at));
         }
         if let Some(call) = call {
             self.record_now(org, call);
@@ -203,9 +202,7 @@ impl MemoryStore {
 
     /// Records a call synchronously.
     pub fn record_now(&self, org: &Arc<ResolvedOrg>, call: CallRecord) {
-        self.usage_ledger(org.id())
-            .lock()
-            .record(org.time_zone(), call);
+        self.with_usage(org.id(), |usage| usage.record(org.time_zone(), call));
     }
 }
 
@@ -242,7 +239,7 @@ impl Store for MemoryStore {
         org: &Arc<ResolvedOrg>,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<LimitStatus>, StoreError>> + Send {
-        let statuses = self.with_ledger(org, |_, ledger| ledger.peek(org, now));
+        let statuses = self.with_ledger(org, |ledger| ledger.peek(org, now));
         std::future::ready(Ok(statuses))
     }
 
@@ -251,7 +248,7 @@ impl Store for MemoryStore {
         org: &Arc<ResolvedOrg>,
         limit: Option<&str>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.with_ledger(org, |_, ledger| ledger.reset(org, limit));
+        self.with_ledger(org, |ledger| ledger.reset(org, limit));
         std::future::ready(Ok(()))
     }
 
@@ -261,10 +258,7 @@ impl Store for MemoryStore {
         now: Timestamp,
         days: usize,
     ) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send {
-        let usage = self
-            .usage_ledger(org.id())
-            .lock()
-            .snapshot(org.time_zone(), now, days);
+        let usage = self.with_usage(org.id(), |usage| usage.snapshot(org.time_zone(), now, days));
         let in_flight = self
             .slots
             .get(org.id())

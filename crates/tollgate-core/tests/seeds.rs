@@ -39,6 +39,31 @@ fn single_org(plan: Plan, org: Org, server: ServerSettings) -> Arc<ResolvedOrg> 
     Arc::clone(policy.org(id.as_str()).expect("org"))
 }
 
+/// An org in `zone` (the server's when `None`) on a plan of one org-zone limit with one tier.
+fn one_tier_org(
+    dimension: Dimension,
+    window: Window,
+    capacity: u64,
+    zone: Option<&str>,
+) -> Arc<ResolvedOrg> {
+    let limit = Limit::new(
+        "limit",
+        dimension,
+        LimitZone::Org,
+        vec![tier(window, capacity)],
+    )
+    .expect("limit");
+    let mut org = Org::new("o", "p");
+    if let Some(zone) = zone {
+        org = org.with_time_zone(zone.parse().expect("an IANA zone"));
+    }
+    single_org(
+        Plan::new("p", vec![limit]).expect("plan"),
+        org,
+        ServerSettings::default(),
+    )
+}
+
 /// Sends as fast as allowed from `start` until `end`: whenever rejected, jumps to the retry time.
 fn send_whenever_admitted(
     store: &MemoryStore,
@@ -291,18 +316,7 @@ fn seed_000_santiago_day_without_midnight_starts_at_one() {
 
 #[test]
 fn seed_000_kathmandu_hours_turn_at_quarter_past_utc() {
-    let hourly = Limit::new(
-        "hourly",
-        Dimension::Requests,
-        LimitZone::Org,
-        vec![tier(Window::Hour, 5)],
-    )
-    .expect("limit");
-    let org = single_org(
-        Plan::new("p", vec![hourly]).expect("plan"),
-        Org::new("ktm", "p").with_time_zone("Asia/Kathmandu".parse().expect("tz")),
-        ServerSettings::default(),
-    );
+    let org = one_tier_org(Dimension::Requests, Window::Hour, 5, Some("Asia/Kathmandu"));
     let mut ledger = Ledger::new(&org);
     let at = rfc3339("2026-06-01T10:20:00Z");
     for _ in 0..5 {
@@ -501,18 +515,7 @@ fn latency_admits_while_above_zero_and_carries_overdraft_to_the_window_end() {
 
 #[test]
 fn latency_still_admits_with_a_little_left() {
-    let latency = Limit::new(
-        "latency",
-        Dimension::LatencyMs,
-        LimitZone::Org,
-        vec![tier(Window::Minute, 1_000)],
-    )
-    .expect("limit");
-    let org = single_org(
-        Plan::new("p", vec![latency]).expect("plan"),
-        Org::new("o", "p"),
-        ServerSettings::default(),
-    );
+    let org = one_tier_org(Dimension::LatencyMs, Window::Minute, 1_000, None);
     let mut ledger = Ledger::new(&org);
     let now = rfc3339("2026-11-24T10:00:00Z");
     let Verdict::Admitted { receipt, .. } = ledger.admit(&org, Charge::default(), now) else {
@@ -601,18 +604,7 @@ fn override_applies_until_its_until() {
 
 #[test]
 fn month_windows_roll_at_month_end_in_the_org_zone() {
-    let monthly = Limit::new(
-        "monthly",
-        Dimension::Requests,
-        LimitZone::Org,
-        vec![tier(Window::Month, 3)],
-    )
-    .expect("limit");
-    let org = single_org(
-        Plan::new("p", vec![monthly]).expect("plan"),
-        Org::new("o", "p").with_time_zone("Asia/Tokyo".parse().expect("tz")),
-        ServerSettings::default(),
-    );
+    let org = one_tier_org(Dimension::Requests, Window::Month, 3, Some("Asia/Tokyo"));
     let mut ledger = Ledger::new(&org);
     let at = rfc3339("2027-02-28T14:59:59Z"); // 23:59:59 on 28 February in Tokyo
     for _ in 0..3 {
