@@ -17,7 +17,7 @@
 //! let now = Timestamp::from_secs(30);
 //! let decision = ledger.admit(acme, Charge::points(10), now);
 //! assert!(decision.is_admitted());
-//! assert_eq!(decision.statuses()[0].remaining, 90);
+//! assert_eq!(decision.statuses(acme)[0].remaining, 90);
 //! # Ok::<(), tollgate_core::PolicyError>(())
 //! ```
 
@@ -25,6 +25,7 @@ use smallvec::SmallVec;
 
 use crate::plan::Dimension;
 use crate::policy::{ResolvedLimit, ResolvedOrg};
+use crate::status::{LimitStatus, Snapshot};
 use crate::tier::{LimitState, MAX_TIERS};
 use crate::time::Timestamp;
 use crate::window::Window;
@@ -55,52 +56,6 @@ impl Charge {
 impl Default for Charge {
     fn default() -> Self {
         Self::points(1)
-    }
-}
-
-/// One tier's numbers, as the `RateLimit` header and the usage page show them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TierStatus {
-    /// The tier's window.
-    pub window: Window,
-    /// Its capacity now.
-    pub capacity: u64,
-    /// What it used in the current window (more than the capacity only for debt).
-    pub used: i64,
-    /// What it still holds (never below zero).
-    pub remaining: u64,
-    /// When the current window ends and the tier refills.
-    pub reset: Timestamp,
-}
-
-/// One limit's numbers, as `X-RateLimit-*` and the usage page show them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct LimitStatus {
-    /// Index of the limit in the org's plan.
-    pub index: usize,
-    /// The sum of the tiers' capacities.
-    pub limit: u64,
-    /// What can still be charged now (never below zero).
-    pub remaining: u64,
-    /// When `remaining` next goes up.
-    pub reset: Timestamp,
-    tiers: [TierStatus; MAX_TIERS],
-    len: u8,
-}
-
-impl LimitStatus {
-    /// Each tier's numbers, shortest window first.
-    pub fn tiers(&self) -> &[TierStatus] {
-        &self.tiers[..usize::from(self.len)]
-    }
-
-    /// Remaining as a share of the limit (0.0 to 1.0), for picking the most constraining limit.
-    pub fn ratio(&self) -> f64 {
-        if self.limit == 0 {
-            0.0
-        } else {
-            self.remaining as f64 / self.limit as f64
-        }
     }
 }
 
@@ -151,8 +106,8 @@ pub enum RejectReason {
 pub enum Verdict {
     /// Every limit took its charge.
     Admitted {
-        /// Every limit's numbers after the charge.
-        statuses: Vec<LimitStatus>,
+        /// Every limit's counts after the charge.
+        snapshot: Snapshot,
         /// What the charge took, for a later correction.
         receipt: Receipt,
     },
@@ -164,8 +119,8 @@ pub enum Verdict {
         retry_at: Option<Timestamp>,
         /// Indexes of every limit that could not take the charge.
         violated: Vec<usize>,
-        /// Every limit's numbers (unchanged).
-        statuses: Vec<LimitStatus>,
+        /// Every limit's counts (unchanged).
+        snapshot: Snapshot,
     },
 }
 
@@ -177,20 +132,25 @@ impl Verdict {
 
     /// A rejection because the org has its maximum of requests in flight: nothing charged, and a
     /// retry suggested a second after `now` (when a slot frees is not known in advance).
-    pub fn concurrency(statuses: Vec<LimitStatus>, now: Timestamp) -> Self {
+    pub fn concurrency(snapshot: Snapshot, now: Timestamp) -> Self {
         Verdict::Rejected {
             reason: RejectReason::Concurrency,
             retry_at: Some(Timestamp::from_millis(now.as_millis().saturating_add(1000))),
             violated: Vec::new(),
-            statuses,
+            snapshot,
         }
     }
 
-    /// Every limit's numbers.
-    pub fn statuses(&self) -> &[LimitStatus] {
+    /// Every limit's counts as the decision left them.
+    pub fn snapshot(&self) -> &Snapshot {
         match self {
-            Verdict::Admitted { statuses, .. } | Verdict::Rejected { statuses, .. } => statuses,
+            Verdict::Admitted { snapshot, .. } | Verdict::Rejected { snapshot, .. } => snapshot,
         }
+    }
+
+    /// Every limit's numbers as the decision left them, for `org` (the org it was made for).
+    pub fn statuses(&self, org: &ResolvedOrg) -> Vec<LimitStatus> {
+        self.snapshot().statuses(org)
     }
 }
 
@@ -210,14 +170,6 @@ pub struct Ledger {
     names: Vec<std::sync::Arc<str>>,
     windows: Vec<[Option<Window>; MAX_TIERS]>,
     limits: Vec<LimitState>,
-}
-
-fn capacities(limit: &ResolvedLimit, now: Timestamp) -> [u64; MAX_TIERS] {
-    let mut caps = [0u64; MAX_TIERS];
-    for (tier, cap) in caps.iter_mut().enumerate().take(limit.tiers().len()) {
-        *cap = limit.capacity(tier, now);
-    }
-    caps
 }
 
 impl Ledger {
@@ -305,7 +257,7 @@ impl Ledger {
         self.conform(org);
         self.refresh(org, now);
         for (index, (limit, state)) in org.limits().iter().zip(&mut self.limits).enumerate() {
-            let caps = capacities(limit, now);
+            let caps = limit.capacities(now);
             let caps = &caps[..limit.tiers().len()];
             match limit.dimension() {
                 Dimension::LatencyMs if correction.latency_ms > 0 => {
@@ -330,9 +282,14 @@ impl Ledger {
 
     /// Every limit's numbers at `now`, charging nothing.
     pub fn peek(&mut self, org: &ResolvedOrg, now: Timestamp) -> Vec<LimitStatus> {
+        self.snapshot(org, now).statuses(org)
+    }
+
+    /// Every limit's counts at `now`, charging nothing.
+    pub fn snapshot(&mut self, org: &ResolvedOrg, now: Timestamp) -> Snapshot {
         self.conform(org);
         self.refresh(org, now);
-        self.statuses(org, now)
+        Snapshot::new(&self.limits, now)
     }
 
     /// Forgets what limit `name` (or every limit, with `None`) used in its current windows.
@@ -345,10 +302,6 @@ impl Ledger {
                 }
             }
         }
-    }
-
-    fn statuses(&self, org: &ResolvedOrg, now: Timestamp) -> Vec<LimitStatus> {
-        statuses(org, &self.limits, now)
     }
 }
 
@@ -366,7 +319,7 @@ pub fn decide(
 ) -> Verdict {
     let mut violated = Vec::new();
     for (index, (limit, state)) in org.limits().iter().zip(states.iter()).enumerate() {
-        let caps = capacities(limit, now);
+        let caps = limit.capacities(now);
         let caps = &caps[..limit.tiers().len()];
         let available = state.available(caps);
         let admits = match limit.dimension() {
@@ -384,7 +337,7 @@ pub fn decide(
             if amount == 0 {
                 continue;
             }
-            let caps = capacities(limit, now);
+            let caps = limit.capacities(now);
             let split = state.charge(&caps[..limit.tiers().len()], amount);
             if limit.dimension() == Dimension::Points {
                 let mut starts = [Timestamp::default(); MAX_TIERS];
@@ -399,7 +352,7 @@ pub fn decide(
             }
         }
         return Verdict::Admitted {
-            statuses: statuses(org, states, now),
+            snapshot: Snapshot::new(states, now),
             receipt: Receipt { parts },
         };
     }
@@ -421,7 +374,7 @@ pub fn decide(
         reason: RejectReason::Limit(index),
         retry_at,
         violated,
-        statuses: statuses(org, states, now),
+        snapshot: Snapshot::new(states, now),
     }
 }
 
@@ -434,21 +387,11 @@ fn ready_at(
     now: Timestamp,
 ) -> Option<Timestamp> {
     let limit = &org.limits()[index];
-    let caps = capacities(limit, now);
+    let caps = limit.capacities(now);
     let need = charge.amount(limit.dimension());
     states[index].ready_at(&caps[..limit.tiers().len()], need, now, |tier, at| {
         limit.capacity(tier, at)
     })
-}
-
-/// Every limit's numbers from `states` (one per limit of `org`, in plan order) at `now`.
-pub fn statuses(org: &ResolvedOrg, states: &[LimitState], now: Timestamp) -> Vec<LimitStatus> {
-    org.limits()
-        .iter()
-        .zip(states)
-        .enumerate()
-        .map(|(index, (limit, state))| status(index, limit, state, now))
-        .collect()
 }
 
 fn windows_of(limit: &ResolvedLimit) -> [Option<Window>; MAX_TIERS] {
@@ -457,48 +400,4 @@ fn windows_of(limit: &ResolvedLimit) -> [Option<Window>; MAX_TIERS] {
         *slot = Some(tier.window());
     }
     windows
-}
-
-/// The numbers of one limit from its state (stores that keep state elsewhere use this too).
-#[inline]
-pub fn status(
-    index: usize,
-    limit: &ResolvedLimit,
-    state: &LimitState,
-    now: Timestamp,
-) -> LimitStatus {
-    let caps = capacities(limit, now);
-    let len = limit.tiers().len();
-    let caps = &caps[..len];
-    // Unused slots stay all zero, so equal statuses compare equal whenever they were taken.
-    let mut tiers = [TierStatus {
-        window: Window::Minute,
-        capacity: 0,
-        used: 0,
-        remaining: 0,
-        reset: Timestamp::default(),
-    }; MAX_TIERS];
-    let mut reset: Option<Timestamp> = None;
-    for (tier, (slot, tier_state)) in tiers.iter_mut().zip(state.tiers()).enumerate() {
-        let remaining = state.remaining(caps, tier);
-        *slot = TierStatus {
-            window: limit.tiers()[tier].window(),
-            capacity: caps[tier],
-            used: tier_state.used,
-            remaining: u64::try_from(remaining.max(0)).unwrap_or(0),
-            reset: tier_state.end.max(now),
-        };
-        if tier_state.used > 0 {
-            reset = Some(reset.map_or(slot.reset, |r| r.min(slot.reset)));
-        }
-    }
-    LimitStatus {
-        index,
-        limit: caps.iter().sum(),
-        remaining: u64::try_from(state.available(caps).max(0)).unwrap_or(0),
-        // Nothing used: remaining cannot rise; announce the shortest window's end.
-        reset: reset.unwrap_or(tiers[0].reset),
-        tiers,
-        len: len as u8,
-    }
 }

@@ -32,7 +32,7 @@
 //! let clock = ManualClock::new(Timestamp::from_secs(1_800_000_000));
 //! let mut ledger = Ledger::new(acme);
 //! let verdict = ledger.admit(acme, Charge::points(10), clock.now());
-//! assert_eq!(verdict.statuses()[0].remaining, 90);
+//! assert_eq!(verdict.statuses(acme)[0].remaining, 90);
 //! # Ok::<(), tollgate_core::PolicyError>(())
 //! ```
 
@@ -45,6 +45,7 @@ pub mod permit;
 pub mod plan;
 pub mod policy;
 pub mod route;
+pub mod status;
 pub mod store;
 pub mod tier;
 pub mod time;
@@ -52,10 +53,7 @@ pub mod usage;
 pub mod window;
 
 pub use error::{PolicyError, StoreError};
-pub use ledger::{
-    Charge, Correction, Ledger, LimitStatus, Receipt, ReceiptPart, RejectReason, TierStatus,
-    Verdict,
-};
+pub use ledger::{Charge, Correction, Ledger, Receipt, ReceiptPart, RejectReason, Verdict};
 pub use memory::MemoryStore;
 pub use org::{Adjustment, Environment, KeyDigest, Org, OrgId, Override};
 pub use permit::{Permit, ReleasePermit};
@@ -65,6 +63,7 @@ pub use policy::{
     ServerSettings,
 };
 pub use route::{RoutePattern, RouteRule, Treatment};
+pub use status::{LimitStatus, Snapshot, TierStatus};
 pub use store::{BoxFuture, Decision, DynStore, OrgUsage, Settlement, Store, admit_waiting};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use usage::{CallRecord, Outcome, UsageSnapshot};

@@ -19,10 +19,11 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::error::StoreError;
-use crate::ledger::{Charge, Ledger, LimitStatus, Verdict};
+use crate::ledger::{Charge, Ledger, Verdict};
 use crate::org::OrgId;
 use crate::permit::{Permit, ReleasePermit};
 use crate::policy::ResolvedOrg;
+use crate::status::LimitStatus;
 use crate::store::{Decision, OrgUsage, Settlement, Store};
 use crate::time::Timestamp;
 use crate::usage::{CallRecord, UsageLedger};
@@ -49,16 +50,40 @@ struct Slot {
     /// Permits held. Raised only under the `ledger` lock (after checking the maximum), lowered by
     /// permits as they drop, without the lock.
     in_flight: AtomicU32,
+    /// Requests registered to hear of a freed permit ([`Store::permit_freed`] futures alive).
+    waiters: AtomicU32,
     freed: Notify,
 }
 
 impl ReleasePermit for Slot {
     fn release(&self, _lease: u64) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Sequentially consistent with the waiter's side: a waiter raises `waiters` and then reads
+        // `in_flight`; here `in_flight` is lowered and then `waiters` read. Either the waiter sees
+        // the freed slot, or this sees the waiter and wakes it.
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         // Wake every waiter (one may be turned away by a limit and must not swallow the wake-up),
         // and keep one wake-up for a waiter that is about to wait: none is lost.
         self.freed.notify_waiters();
         self.freed.notify_one();
+    }
+}
+
+/// A registered waiter of a slot: counted from [`Store::permit_freed`] until its future is dropped.
+struct Waiter(Arc<Slot>);
+
+impl Waiter {
+    fn new(slot: Arc<Slot>) -> Self {
+        slot.waiters.fetch_add(1, Ordering::SeqCst);
+        Self(slot)
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -167,10 +192,10 @@ impl MemoryStore {
                     permit: None,
                 };
             };
-            if slot.in_flight.load(Ordering::Acquire) >= concurrency.max() {
-                let statuses = ledger.peek(org, now);
+            // Sequentially consistent: see `Slot::release`.
+            if slot.in_flight.load(Ordering::SeqCst) >= concurrency.max() {
                 return Decision {
-                    verdict: Verdict::concurrency(statuses, now),
+                    verdict: Verdict::concurrency(ledger.snapshot(org, now), now),
                     permit: None,
                 };
             }
@@ -267,8 +292,9 @@ impl Store for MemoryStore {
     }
 
     fn permit_freed(&self, org: &OrgId) -> impl Future<Output = ()> + Send {
-        let slot = self.slot(org);
-        async move { slot.freed.notified().await }
+        // Registered now, not at the first poll: a release from here on wakes this future.
+        let waiter = Waiter::new(self.slot(org));
+        async move { waiter.0.freed.notified().await }
     }
 
     fn try_admit(

@@ -26,6 +26,7 @@ use crate::error::PolicyError;
 use crate::org::{Environment, KeyDigest, Org, OrgId};
 use crate::plan::{Concurrency, Dimension, LimitZone, Plan};
 use crate::route::{RouteRule, Treatment};
+use crate::tier::MAX_TIERS;
 use crate::time::Timestamp;
 use crate::window::Window;
 
@@ -150,6 +151,15 @@ impl ResolvedLimit {
             Some(until) if now >= until => tier.base,
             _ => tier.capacity,
         }
+    }
+
+    /// Every tier's capacity at `now`, shortest window first; unused slots are zero.
+    pub fn capacities(&self, now: Timestamp) -> [u64; MAX_TIERS] {
+        let mut caps = [0u64; MAX_TIERS];
+        for (tier, cap) in caps.iter_mut().enumerate().take(self.tiers.len()) {
+            *cap = self.capacity(tier, now);
+        }
+        caps
     }
 
     /// The sum of the tiers' capacities at `now`.

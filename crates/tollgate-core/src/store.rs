@@ -31,10 +31,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::error::StoreError;
-use crate::ledger::{Charge, Correction, LimitStatus, Receipt, RejectReason, Verdict};
+use crate::ledger::{Charge, Correction, Receipt, RejectReason, Verdict};
 use crate::org::OrgId;
 use crate::permit::Permit;
 use crate::policy::ResolvedOrg;
+use crate::status::LimitStatus;
 use crate::time::Clock;
 use crate::time::Timestamp;
 use crate::usage::{CallRecord, UsageSnapshot};
@@ -126,6 +127,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Resolves when a permit of `org` may have been freed (a waiting request then tries again).
     /// May resolve early; callers bound the wait.
+    ///
+    /// Callers register first and then look at the store (as [`admit_waiting`] does), so interest
+    /// should count from the call, not from the first poll: a permit freed after the call resolves
+    /// the future (the memory store does this; a store that polls resolves within its interval).
     fn permit_freed(&self, org: &OrgId) -> impl Future<Output = ()> + Send;
 
     /// Admits at once, without a future, if this store can answer without waiting (it keeps its
@@ -282,8 +287,13 @@ pub async fn admit_waiting<S: DynStore + ?Sized>(
     clock: &dyn Clock,
 ) -> Result<Decision, StoreError> {
     let wait = org.concurrency().map(|c| c.wait()).unwrap_or_default();
+    if wait.is_zero() {
+        return store.admit(org, charge, clock.now()).await;
+    }
     let deadline = tokio::time::Instant::now() + wait;
     loop {
+        // Registered before looking, so a permit freed after the look wakes the wait below.
+        let freed = store.permit_freed(org.id());
         let decision = store.admit(org, charge, clock.now()).await?;
         let full = matches!(
             decision.verdict,
@@ -292,13 +302,10 @@ pub async fn admit_waiting<S: DynStore + ?Sized>(
                 ..
             }
         );
-        if !full || wait.is_zero() || tokio::time::Instant::now() >= deadline {
+        if !full || tokio::time::Instant::now() >= deadline {
             return Ok(decision);
         }
-        if tokio::time::timeout_at(deadline, store.permit_freed(org.id()))
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, freed).await.is_err() {
             // The wait is over: one last look, in case a permit came free at the very end.
             return store.admit(org, charge, clock.now()).await;
         }

@@ -401,10 +401,10 @@ fn seed_003_cost_corrected_after_the_fact() {
     let store = MemoryStore::new();
     let now = rfc3339("2026-11-24T10:00:30Z");
     let decision = store.admit_now(&org, Charge::points(10), now);
-    let Verdict::Admitted { receipt, statuses } = decision.verdict else {
+    let Verdict::Admitted { receipt, snapshot } = decision.verdict else {
         panic!("admitted")
     };
-    assert_eq!(statuses[0].remaining, 90);
+    assert_eq!(snapshot.statuses(&org)[0].remaining, 90);
     // The work turned out to cost 4: 6 points come back.
     store.settle_now(
         &org,
@@ -418,12 +418,12 @@ fn seed_003_cost_corrected_after_the_fact() {
             at: now,
         },
     );
-    let Verdict::Admitted { receipt, statuses } =
+    let Verdict::Admitted { receipt, snapshot } =
         store.admit_now(&org, Charge::points(1), now).verdict
     else {
         panic!("admitted")
     };
-    assert_eq!(statuses[0].remaining, 95);
+    assert_eq!(snapshot.statuses(&org)[0].remaining, 95);
     // This one turned out to cost 5 instead of 1: 4 more are charged.
     store.settle_now(
         &org,
@@ -437,11 +437,11 @@ fn seed_003_cost_corrected_after_the_fact() {
             at: now,
         },
     );
-    let Verdict::Admitted { statuses, .. } = store.admit_now(&org, Charge::points(1), now).verdict
+    let Verdict::Admitted { snapshot, .. } = store.admit_now(&org, Charge::points(1), now).verdict
     else {
         panic!("admitted")
     };
-    assert_eq!(statuses[0].remaining, 90);
+    assert_eq!(snapshot.statuses(&org)[0].remaining, 90);
 }
 
 #[test]
@@ -465,13 +465,13 @@ fn latency_admits_while_above_zero_and_carries_overdraft_to_the_window_end() {
     );
     let store = MemoryStore::new();
     let now = rfc3339("2026-11-24T10:00:00Z");
-    let Verdict::Admitted { receipt, statuses } =
+    let Verdict::Admitted { receipt, snapshot } =
         store.admit_now(&org, Charge::default(), now).verdict
     else {
         panic!("admitted")
     };
     // Admission charges nothing: latency is debited after the response.
-    assert_eq!(statuses[0].remaining, 592_500);
+    assert_eq!(snapshot.statuses(&org)[0].remaining, 592_500);
     let end = rfc3339("2026-11-24T10:00:05Z");
     store.settle_now(
         &org,
@@ -487,12 +487,15 @@ fn latency_admits_while_above_zero_and_carries_overdraft_to_the_window_end() {
     );
     // 30 000 + 390 000 + 172 500 = 592 500 taken in order; the day tier carries 107 500 of debt.
     let Verdict::Rejected {
-        retry_at, statuses, ..
+        retry_at, snapshot, ..
     } = store.admit_now(&org, Charge::default(), end).verdict
     else {
         panic!("rejected")
     };
-    assert_eq!(statuses[0].tiers()[2].used, 172_500 + 107_500);
+    assert_eq!(
+        snapshot.statuses(&org)[0].tiers()[2].used,
+        172_500 + 107_500
+    );
     // A new minute (30 000) does not cover the day's debt (-107 500); a new hour (390 000) does.
     assert!(
         !store
@@ -500,17 +503,20 @@ fn latency_admits_while_above_zero_and_carries_overdraft_to_the_window_end() {
             .is_admitted()
     );
     assert_eq!(retry_at, Some(rfc3339("2026-11-24T11:00:00Z")));
-    let Verdict::Admitted { statuses, .. } = store
+    let Verdict::Admitted { snapshot, .. } = store
         .admit_now(&org, Charge::default(), rfc3339("2026-11-24T11:00:00Z"))
         .verdict
     else {
         panic!("admitted")
     };
     // The debt is still there at 11:00: it is carried to the end of the day.
-    assert_eq!(statuses[0].tiers()[2].used, 280_000);
-    assert_eq!(statuses[0].remaining, 30_000 + 390_000 - 107_500);
+    assert_eq!(snapshot.statuses(&org)[0].tiers()[2].used, 280_000);
+    assert_eq!(
+        snapshot.statuses(&org)[0].remaining,
+        30_000 + 390_000 - 107_500
+    );
     let next_day = store.admit_now(&org, Charge::default(), rfc3339("2026-11-25T00:00:00Z"));
-    assert_eq!(next_day.verdict.statuses()[0].tiers()[2].used, 0);
+    assert_eq!(next_day.verdict.statuses(&org)[0].tiers()[2].used, 0);
 }
 
 #[test]

@@ -33,7 +33,7 @@ use redis::{RedisResult, Script, Value};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
-use tollgate_core::ledger::{decide, statuses};
+use tollgate_core::ledger::decide;
 use tollgate_core::tier::LimitState;
 use tollgate_core::usage::{
     DAYS_KEPT, EndpointUsage, MAX_ENDPOINTS, MAX_REPEATED, REPEAT_THRESHOLD, RepeatedRequest,
@@ -41,7 +41,8 @@ use tollgate_core::usage::{
 };
 use tollgate_core::{
     CallRecord, Charge, Decision, Dimension, LimitStatus, OrgId, OrgUsage, Outcome, Permit,
-    ReleasePermit, ResolvedOrg, Settlement, Store, StoreError, Timestamp, UsageSnapshot, Verdict,
+    ReleasePermit, ResolvedOrg, Settlement, Snapshot, Store, StoreError, Timestamp, UsageSnapshot,
+    Verdict,
 };
 
 use crate::codec;
@@ -585,7 +586,7 @@ impl Inner {
         }
         layout.fill(reply[2..].iter().map(int).collect::<Result<Vec<_>, _>>()?)?;
         let verdict = if status == 2 {
-            Verdict::concurrency(statuses(org, &layout.states, now), now)
+            Verdict::concurrency(Snapshot::new(&layout.states, now), now)
         } else {
             let verdict = decide(org, &mut layout.states, charge, now);
             if verdict.is_admitted() != (status == 1) {
@@ -624,7 +625,7 @@ impl Inner {
             return Err(protocol("a reply with the wrong number of counts"));
         }
         layout.fill(reply.iter().map(int).collect::<Result<Vec<_>, _>>()?)?;
-        Ok(statuses(org, &layout.states, now))
+        Ok(Snapshot::new(&layout.states, now).statuses(org))
     }
 
     async fn reset(&self, org: &ResolvedOrg, limit: Option<&str>) -> Result<(), StoreError> {

@@ -443,7 +443,8 @@ fn decided<S, B>(
     };
     let now = ctx.engine.now();
     match verdict {
-        Verdict::Admitted { statuses, receipt } => {
+        Verdict::Admitted { snapshot, receipt } => {
+            let statuses = snapshot.statuses(&org);
             let slots = org.concurrency().map(|concurrency| {
                 let held = permit.as_ref().and_then(Permit::in_flight).unwrap_or(1);
                 Slots {
@@ -489,8 +490,9 @@ fn decided<S, B>(
             reason,
             retry_at,
             violated,
-            statuses,
+            snapshot,
         } => {
+            let statuses = snapshot.statuses(&org);
             let rejection = Rejection::new(&org, reason, retry_at, &violated, &statuses, now);
             let quotas = ctx.engine.quotas(&org, &statuses);
             let inputs = Inputs {

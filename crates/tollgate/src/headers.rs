@@ -516,7 +516,7 @@ mod tests {
         let now = Timestamp::from_millis(1_800_000_030_500);
         let mut ledger = Ledger::new(org);
         let verdict = ledger.admit(org, Charge::points(7), now);
-        let statuses = verdict.statuses();
+        let statuses = &verdict.statuses(org);
         let mut map = HeaderMap::new();
         HeaderSet::new(&Inputs {
             server: policy.server(),
@@ -627,7 +627,7 @@ mod tests {
                 for _ in 0..step {
                     verdict = ledger.admit(org, Charge::points(400_000_000_000_000), now);
                 }
-                let statuses = verdict.statuses();
+                let statuses = &verdict.statuses(org);
                 let quotas = Quotas::new(org, statuses);
                 for slots in [
                     None,
@@ -706,7 +706,7 @@ mod tests {
         let verdict = ledger.admit(org, Charge::points(1), now);
         // points 99/100 = 0.99, count 29/30 = 0.9667 -> count.
         assert_eq!(
-            most_constraining(verdict.statuses()).map(|s| s.index),
+            most_constraining(&verdict.statuses(org)).map(|s| s.index),
             Some(1)
         );
     }
