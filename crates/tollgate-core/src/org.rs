@@ -251,8 +251,17 @@ fn positive(place: &str, capacity: u64) -> Result<u64, PolicyError> {
 }
 
 /// The SHA-256 digest of an API key: how keys are held in memory.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeyDigest([u8; 32]);
+
+impl Hash for KeyDigest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already uniformly distributed: eight of its bytes are as good a hash input as all 32.
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(head));
+    }
+}
 
 impl KeyDigest {
     /// The digest of `key`.

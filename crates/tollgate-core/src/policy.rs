@@ -238,7 +238,8 @@ pub struct Policy {
     plans: Vec<Arc<Plan>>,
     orgs: HashMap<OrgId, Arc<ResolvedOrg>>,
     definitions: Vec<Org>,
-    keys: HashMap<KeyDigest, OrgId>,
+    /// Each key's org (resolved: a request finds its org with one lookup).
+    keys: HashMap<KeyDigest, Arc<ResolvedOrg>, foldhash::fast::RandomState>,
     routes: Vec<RouteRule>,
     admin_token: Option<KeyDigest>,
 }
@@ -276,7 +277,7 @@ impl Policy {
 
     /// The org a key digest belongs to.
     pub fn org_by_digest(&self, digest: &KeyDigest) -> Option<&Arc<ResolvedOrg>> {
-        self.keys.get(digest).and_then(|id| self.orgs.get(id))
+        self.keys.get(digest)
     }
 
     /// The org definitions, as declared.
@@ -343,6 +344,9 @@ impl Policy {
         org.set_overrides(overrides);
         let resolved = Arc::new(self.resolve(org)?);
         let mut next = self.clone();
+        for key in org.keys() {
+            next.keys.insert(*key, Arc::clone(&resolved));
+        }
         next.definitions = definitions;
         next.orgs.insert(resolved.id.clone(), resolved);
         Ok(next)
@@ -423,7 +427,7 @@ impl PolicyBuilder {
             plans,
             orgs: HashMap::with_capacity(self.orgs.len()),
             definitions: Vec::with_capacity(self.orgs.len()),
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             routes: self.routes,
             admin_token: self.admin_token,
         };
@@ -436,10 +440,11 @@ impl PolicyBuilder {
                     "give every org its own id",
                 ));
             }
-            let resolved = policy.resolve(&org).map_err(|error| error.within(&place))?;
+            let resolved = Arc::new(policy.resolve(&org).map_err(|error| error.within(&place))?);
             for (key_index, key) in org.keys().iter().enumerate() {
-                if let Some(owner) = policy.keys.insert(*key, org.id().clone()) {
-                    let problem = if owner == *org.id() {
+                if let Some(owner) = policy.keys.insert(*key, Arc::clone(&resolved)) {
+                    let owner = owner.id();
+                    let problem = if owner == org.id() {
                         "this key is listed twice".to_owned()
                     } else {
                         format!("this key already belongs to org {:?}", owner.as_str())
@@ -451,7 +456,7 @@ impl PolicyBuilder {
                     ));
                 }
             }
-            policy.orgs.insert(org.id().clone(), Arc::new(resolved));
+            policy.orgs.insert(org.id().clone(), resolved);
             policy.definitions.push(org);
         }
         Ok(policy)
@@ -687,5 +692,31 @@ mod tests {
             Some("acme")
         );
         assert!(policy.org_by_key("three").is_none());
+    }
+
+    #[test]
+    fn overrides_set_later_reach_the_org_by_id_and_by_key() {
+        let policy = Policy::builder()
+            .plan(plan())
+            .org(Org::new("acme", "build").with_key("one"))
+            .build()
+            .expect("policy");
+        let now = Timestamp::from_secs(0);
+        let next = policy
+            .with_org_overrides(
+                "acme",
+                vec![crate::org::Override::new(
+                    "daily",
+                    crate::org::Adjustment::Capacity(10),
+                )],
+            )
+            .expect("a valid override");
+        let by_id = next.org("acme").expect("acme");
+        let by_key = next.org_by_key("one").expect("acme's key");
+        assert!(Arc::ptr_eq(by_id, by_key));
+        let daily = by_key.limit_index("daily").expect("daily");
+        assert_eq!(by_key.limits()[daily].total_capacity(now), 10);
+        let before = policy.org_by_key("one").expect("acme's key");
+        assert_eq!(before.limits()[daily].total_capacity(now), 2500);
     }
 }

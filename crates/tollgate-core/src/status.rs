@@ -172,16 +172,20 @@ impl Snapshot {
 
     /// Every limit's numbers, in plan order; `org` is the org the snapshot was taken for.
     pub fn statuses(&self, org: &ResolvedOrg) -> Vec<LimitStatus> {
-        let mut statuses = Vec::with_capacity(org.limits().len());
+        self.iter(org).collect()
+    }
+
+    /// Every limit's numbers, in plan order, computed one by one as the iterator is advanced.
+    pub fn iter<'a>(&'a self, org: &'a ResolvedOrg) -> impl Iterator<Item = LimitStatus> + 'a {
         let mut first = 0;
-        for (index, limit) in org.limits().iter().enumerate() {
-            let Some(state) = self.state(first, limit) else {
-                break;
-            };
-            first += limit.tiers().len();
-            statuses.push(status(index, limit, &state, self.at));
-        }
-        statuses
+        org.limits()
+            .iter()
+            .enumerate()
+            .map_while(move |(index, limit)| {
+                let state = self.state(first, limit)?;
+                first += limit.tiers().len();
+                Some(status(index, limit, &state, self.at))
+            })
     }
 
     /// The numbers of the limit at `index` in `org`'s plan.

@@ -28,6 +28,7 @@ use chrono::{Days, NaiveDate, TimeZone};
 use chrono_tz::Tz;
 
 use crate::time::Timestamp;
+use crate::window::{Bounds, Window};
 
 /// The hasher of the per-day maps: their keys are hashed on every call, and their size is bounded
 /// ([`MAX_ENDPOINTS`], [`MAX_REPEATED`]), so a fast seeded hash is enough.
@@ -200,6 +201,9 @@ pub struct UsageLedger {
     calls: VecDeque<CallRecord>,
     days: VecDeque<(NaiveDate, u64)>,
     today: Option<NaiveDate>,
+    /// The local day of the latest call: its zone, its bounds and its date (most calls fall in it,
+    /// and comparing two instants is cheaper than converting one to a local date).
+    day: Option<(Tz, Bounds, NaiveDate)>,
     admitted_today: u64,
     endpoints: HashMap<Endpoint, (u64, u64), Hasher>,
     repeated: HashMap<Endpoint, Repeat, Hasher>,
@@ -218,6 +222,7 @@ impl UsageLedger {
             calls: VecDeque::with_capacity(kept.clamp(1, 128)),
             days: VecDeque::with_capacity(DAYS_KEPT),
             today: None,
+            day: None,
             admitted_today: 0,
             endpoints: HashMap::default(),
             repeated: HashMap::default(),
@@ -234,9 +239,28 @@ impl UsageLedger {
         self.repeated.clear();
     }
 
+    /// The local date of `at` in `tz`, from the cached day when it contains `at`.
+    fn date_of(&mut self, tz: Tz, at: Timestamp) -> NaiveDate {
+        if let Some((zone, bounds, date)) = self.day
+            && zone == tz
+            && bounds.start <= at
+            && at < bounds.end
+        {
+            return date;
+        }
+        let date = local_date(tz, at);
+        if self
+            .day
+            .is_none_or(|(zone, _, latest)| zone != tz || latest < date)
+        {
+            self.day = Some((tz, Window::Day.bounds(tz, at), date));
+        }
+        date
+    }
+
     /// Records one call on its local date in `tz`.
     pub fn record(&mut self, tz: Tz, call: CallRecord) {
-        let date = local_date(tz, call.at);
+        let date = self.date_of(tz, call.at);
         self.roll(date);
         let is_today = self.today == Some(date);
         if call.billable {
@@ -458,6 +482,40 @@ mod tests {
         let snapshot = usage.snapshot(Tz::UTC, Timestamp::from_secs(200), 31);
         assert_eq!(snapshot.repeated[0].path.as_ref(), "/poll");
         assert_eq!(snapshot.repeated[0].count, 20);
+    }
+
+    #[test]
+    fn calls_are_billed_on_their_local_date_across_midnights_and_dst() {
+        // Santiago skips from 00:00 to 01:00 on 6 Sep 2026: the day starts at 01:00 local.
+        let tz: Tz = "America/Santiago".parse().expect("zone");
+        let start = 1_788_750_000; // 2026-09-05T... UTC, a day before the change
+        let mut usage = UsageLedger::new(10);
+        let mut expected: Vec<(NaiveDate, u64)> = Vec::new();
+        // Every 17 minutes for three days, and once a second around each local midnight.
+        let mut instants: Vec<i64> = (0..3 * 24 * 60 / 17).map(|i| start + i * 17 * 60).collect();
+        for day in 0..3 {
+            let at = Timestamp::from_secs(start + day * 86_400);
+            let midnight = Window::Day.bounds(tz, at).end.as_millis() / 1000;
+            instants.extend(midnight - 3..midnight + 3);
+        }
+        instants.sort_unstable();
+        for secs in instants {
+            let date = local_date(tz, Timestamp::from_secs(secs));
+            match expected.last_mut() {
+                Some((last, count)) if *last == date => *count += 1,
+                _ => expected.push((date, 1)),
+            }
+            usage.record(tz, call(secs, "/a"));
+        }
+        let now = Timestamp::from_secs(start + 3 * 86_400);
+        let snapshot = usage.snapshot(tz, now, 31);
+        let billed: Vec<(NaiveDate, u64)> = snapshot
+            .billable_days
+            .into_iter()
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        assert_eq!(billed, expected);
+        assert!(expected.len() >= 3, "{expected:?}");
     }
 
     #[test]

@@ -37,7 +37,7 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
-use tollgate_core::{LimitStatus, OrgId, ResolvedOrg, Timestamp, Treatment};
+use tollgate_core::{LimitStatus, OrgId, ResolvedOrg, Snapshot, Timestamp, Treatment};
 
 use crate::cost::{CostCell, ReportCost, UNSET};
 use crate::problem::Problem;
@@ -51,7 +51,8 @@ struct Inner {
     org: Arc<ResolvedOrg>,
     key: Arc<str>,
     treatment: Treatment,
-    statuses: Vec<LimitStatus>,
+    /// The org's counts right after the admission (empty on an exempt route).
+    snapshot: Snapshot,
     /// The cost the handler reported ([`UNSET`] until then), if it can report one.
     reported: AtomicU64,
     attached: bool,
@@ -69,7 +70,7 @@ impl Metered {
         org: Arc<ResolvedOrg>,
         key: Arc<str>,
         treatment: Treatment,
-        statuses: Vec<LimitStatus>,
+        snapshot: Snapshot,
         attached: bool,
         shadow_rejected: bool,
     ) -> Self {
@@ -77,7 +78,7 @@ impl Metered {
             org,
             key,
             treatment,
-            statuses,
+            snapshot,
             reported: AtomicU64::new(UNSET),
             attached,
             shadow_rejected,
@@ -115,14 +116,14 @@ impl Metered {
     }
 
     /// Every limit's numbers right after the admission, in plan order.
-    pub fn statuses(&self) -> &[LimitStatus] {
-        &self.0.statuses
+    pub fn statuses(&self) -> Vec<LimitStatus> {
+        self.0.snapshot.statuses(&self.0.org)
     }
 
     /// The numbers of the limit named `name`.
-    pub fn status(&self, name: &str) -> Option<&LimitStatus> {
+    pub fn status(&self, name: &str) -> Option<LimitStatus> {
         let index = self.0.org.limit_index(name)?;
-        self.0.statuses.iter().find(|status| status.index == index)
+        self.0.snapshot.status(&self.0.org, index)
     }
 
     /// What limit `name` can still be charged now.

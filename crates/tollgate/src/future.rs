@@ -53,9 +53,10 @@ use axum::extract::{MatchedPath, OriginalUri};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
+use smallvec::SmallVec;
 use tollgate_core::{
     BoxFuture, CallRecord, Charge, Decision, LimitStatus, OnStoreError, Outcome, Permit, Policy,
-    RejectReason, ResolvedOrg, StoreError, Timestamp, Treatment, Verdict, admit_waiting,
+    RejectReason, ResolvedOrg, Snapshot, StoreError, Timestamp, Treatment, Verdict, admit_waiting,
 };
 use tower_service::Service;
 
@@ -71,6 +72,9 @@ use crate::headers::{
 use crate::identity::{IdentifyOrg, Identity, Unidentified};
 use crate::problem::Problem;
 use crate::telemetry::{self, Remaining};
+
+/// Every limit's numbers after a decision, computed once for the headers and the events.
+type Statuses = SmallVec<[LimitStatus; 3]>;
 
 /// The store's hint for when a concurrency slot may be free again.
 const SLOT_RETRY_MS: i64 = 1_000;
@@ -340,7 +344,7 @@ fn identified<S, B>(
                 Arc::clone(&org),
                 key,
                 classified.treatment,
-                Vec::new(),
+                Snapshot::default(),
                 false,
                 false,
             ));
@@ -444,7 +448,7 @@ fn decided<S, B>(
     let now = ctx.engine.now();
     match verdict {
         Verdict::Admitted { snapshot, receipt } => {
-            let statuses = snapshot.statuses(&org);
+            let statuses: Statuses = snapshot.iter(&org).collect();
             let slots = org.concurrency().map(|concurrency| {
                 let held = permit.as_ref().and_then(Permit::in_flight).unwrap_or(1);
                 Slots {
@@ -465,7 +469,7 @@ fn decided<S, B>(
             });
             telemetry::admitted(&org, &statuses, charge);
             telemetry::decision("admitted", None, ctx.started);
-            let metered = Metered::new(Arc::clone(&org), key, treatment, statuses, true, false);
+            let metered = Metered::new(Arc::clone(&org), key, treatment, snapshot, true, false);
             // `ReportCost` is extracted from the `Metered` extension.
             let report = metered.report_handle();
             request_of(pending).extensions_mut().insert(metered);
@@ -492,7 +496,7 @@ fn decided<S, B>(
             violated,
             snapshot,
         } => {
-            let statuses = snapshot.statuses(&org);
+            let statuses: Statuses = snapshot.iter(&org).collect();
             let rejection = Rejection::new(&org, reason, retry_at, &violated, &statuses, now);
             let quotas = ctx.engine.quotas(&org, &statuses);
             let inputs = Inputs {
@@ -519,7 +523,7 @@ fn decided<S, B>(
                     Arc::clone(&org),
                     key,
                     treatment,
-                    statuses,
+                    snapshot,
                     false,
                     true,
                 ));

@@ -397,7 +397,13 @@ impl HeaderSet {
 
     /// Writes the headers into `headers`, replacing any of the same names.
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
-        headers.reserve(6);
+        // Exactly what is added: a map with room for them (a small response's usually has) is not
+        // grown, and one that must grow grows once.
+        let count = self.legacy.as_ref().map_or(0, |legacy| legacy.len())
+            + usize::from(self.policy.is_some())
+            + usize::from(self.ratelimit.is_some())
+            + usize::from(self.retry_after.is_some());
+        headers.reserve(count);
         if let Some([limit, remaining, reset]) = self.legacy {
             headers.insert(X_RATELIMIT_LIMIT, limit);
             headers.insert(X_RATELIMIT_REMAINING, remaining);
