@@ -139,9 +139,12 @@ pub fn status(
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Every tier of every limit, in plan order.
-    tiers: SmallVec<[TierCount; 6]>,
+    tiers: SmallVec<[TierCount; INLINE_TIERS]>,
     at: Timestamp,
 }
+
+/// Tiers a snapshot holds without allocating.
+const INLINE_TIERS: usize = 6;
 
 /// What a snapshot keeps of one tier.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -153,15 +156,24 @@ struct TierCount {
 impl Snapshot {
     /// A snapshot of `states` (one per limit, in plan order) at `at`.
     pub fn new(states: &[LimitState], at: Timestamp) -> Self {
-        let mut tiers = SmallVec::new();
-        for state in states {
-            for tier in state.tiers() {
-                tiers.push(TierCount {
-                    end: tier.end,
-                    used: tier.used,
-                });
+        let counts = states
+            .iter()
+            .flat_map(LimitState::tiers)
+            .map(|tier| TierCount {
+                end: tier.end,
+                used: tier.used,
+            });
+        let total: usize = states.iter().map(|state| state.tiers().len()).sum();
+        let tiers = if total <= INLINE_TIERS {
+            // Filled as a plain array: this runs under the org's lock on every decision.
+            let mut buffer = [TierCount::default(); INLINE_TIERS];
+            for (slot, count) in buffer.iter_mut().zip(counts) {
+                *slot = count;
             }
-        }
+            SmallVec::from_buf_and_len(buffer, total)
+        } else {
+            counts.collect()
+        };
         Self { tiers, at }
     }
 
