@@ -125,6 +125,11 @@ impl RoutePattern {
         &self.text
     }
 
+    /// The pattern as written, as a shared string.
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.text
+    }
+
     /// Whether a raw path or a route template matches this pattern.
     pub fn matches(&self, path: &str) -> bool {
         let Some(path) = path.strip_prefix('/') else {

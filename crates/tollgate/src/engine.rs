@@ -59,8 +59,16 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     last_store_error: AtomicI64,
     suppressed_store_errors: AtomicU64,
-    quotas: DashMap<OrgId, Arc<Quotas>>,
+    quotas: DashMap<OrgId, Arc<Quotas>, Hasher>,
+    /// Route templates as shared strings, for the usage log (a bounded set: the app's routes).
+    labels: DashMap<Arc<str>, (), Hasher>,
 }
+
+/// The hasher of the engine's caches: their keys come from the policy and the app's routes.
+type Hasher = foldhash::fast::RandomState;
+
+/// Route templates kept as shared labels at most; others are copied per request.
+const MAX_LABELS: usize = 4_096;
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -92,7 +100,8 @@ impl Engine {
             clock: Arc::new(SystemClock),
             last_store_error: AtomicI64::new(i64::MIN),
             suppressed_store_errors: AtomicU64::new(0),
-            quotas: DashMap::new(),
+            quotas: DashMap::default(),
+            labels: DashMap::default(),
         }
     }
 
@@ -118,7 +127,8 @@ impl Engine {
             clock: Arc::clone(&self.clock),
             last_store_error: AtomicI64::new(i64::MIN),
             suppressed_store_errors: AtomicU64::new(0),
-            quotas: DashMap::new(),
+            quotas: DashMap::default(),
+            labels: DashMap::default(),
         }
     }
 
@@ -188,13 +198,25 @@ impl Engine {
         match rule {
             Some(rule) => Classified {
                 treatment: rule.treatment(),
-                pattern: want_pattern.then(|| Arc::from(rule.pattern().as_str())),
+                pattern: want_pattern.then(|| Arc::clone(rule.pattern().as_arc())),
             },
             None => Classified {
                 treatment: Treatment::default(),
                 pattern: None,
             },
         }
+    }
+
+    /// `template` (an axum route template) as a shared string, allocated once per route.
+    pub(crate) fn route_label(&self, template: &str) -> Arc<str> {
+        if let Some(label) = self.labels.get(template) {
+            return Arc::clone(label.key());
+        }
+        let label: Arc<str> = Arc::from(template);
+        if self.labels.len() < MAX_LABELS {
+            self.labels.insert(Arc::clone(&label), ());
+        }
+        label
     }
 
     /// The header parts of `org`'s quotas, computed once per org and plan.

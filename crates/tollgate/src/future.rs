@@ -312,7 +312,7 @@ fn identified<S, B>(
         matched.is_none(),
     );
     let route = matched
-        .map(|matched| Arc::from(matched.as_str()))
+        .map(|matched| ctx.engine.route_label(matched.as_str()))
         .or(classified.pattern);
     let arrived = ctx.engine.now();
     // Built whole: `CallRecord::new` would allocate an empty key first.

@@ -1,0 +1,123 @@
+//! The router, policy and requests both layer benchmarks measure, so that they measure the same.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use http::Request;
+use http_body_util::BodyExt;
+use tollgate::{DynStore, ManualClock, MemoryStore, Policy, RateLimitLayer, Timestamp};
+use tower::ServiceExt;
+use tower_governor::GovernorError;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::KeyExtractor;
+
+/// A plan with 3 limits (points, a daily request quota, a latency budget) and concurrency.
+pub(crate) const POLICY: &str = r#"
+[server]
+legacy_headers = true
+ietf_headers = true
+
+[plans.bench]
+concurrency = 64
+
+[[plans.bench.limits]]
+name = "points"
+dimension = "points"
+tiers = [{ window = "minute", capacity = 1000000000000 }]
+
+[[plans.bench.limits]]
+name = "daily"
+dimension = "requests"
+tiers = [{ window = "day", capacity = 1000000000000 }]
+
+[[plans.bench.limits]]
+name = "latency"
+dimension = "latency_ms"
+tiers = [{ window = "minute", capacity = 1000000000000 }]
+
+[[orgs]]
+id = "acme"
+plan = "bench"
+keys = ["acme-key-1"]
+
+[[routes]]
+match = "GET /v1/reports"
+cost = 10
+"#;
+
+pub(crate) fn router() -> Router {
+    Router::new()
+        .route("/v1/items", get(|| async { "[]" }))
+        .route("/v1/reports", get(|| async { "report" }))
+}
+
+pub(crate) fn request() -> Request<Body> {
+    Request::get("/v1/items")
+        .header("authorization", "Bearer acme-key-1")
+        .body(Body::empty())
+        .expect("a valid request")
+}
+
+/// tower_governor keyed by the bearer header, like tollgate's per-org limits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BearerKey;
+
+impl KeyExtractor for BearerKey {
+    type Key = String;
+
+    fn extract<T>(&self, req: &Request<T>) -> Result<Self::Key, GovernorError> {
+        req.headers()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+pub(crate) async fn drive(app: Router) {
+    let response = app.oneshot(request()).await.expect("infallible");
+    assert!(response.status().is_success(), "{}", response.status());
+    let body = response.into_body().collect().await.expect("the body");
+    std::hint::black_box(body);
+}
+
+/// The router behind tollgate with the bench policy (`policy` edited by `edit`).
+pub(crate) fn metered(edit: impl Fn(&str) -> String) -> Router {
+    let policy =
+        Policy::from_toml_str(&edit(POLICY), "bench.toml".as_ref()).expect("the bench policy");
+    let clock = ManualClock::new(Timestamp::from_secs(1_768_471_230));
+    let limits = RateLimitLayer::new(policy)
+        .with_store(Arc::new(MemoryStore::new()) as Arc<dyn DynStore>)
+        .with_clock(clock);
+    router().layer(limits)
+}
+
+/// The router behind tower_governor, keyed by the bearer header, with its headers on.
+pub(crate) fn governed() -> Router {
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .key_extractor(BearerKey)
+        .use_headers()
+        .finish()
+        .expect("a governor config");
+    router().layer(tower_governor::GovernorLayer::new(config))
+}
+
+/// The routers compared, by name: bare, tollgate (the full path), tower_governor, and tollgate
+/// on a route exempt from limits (identification, the usage record and the settlement only).
+pub(crate) fn routers() -> Vec<(&'static str, Router)> {
+    vec![
+        ("bare", router()),
+        ("tollgate", metered(str::to_owned)),
+        ("tower_governor", governed()),
+        (
+            "tollgate_exempt",
+            metered(|policy| {
+                format!("{policy}\n[[routes]]\nmatch = \"GET /v1/items\"\nexempt = true\n")
+            }),
+        ),
+    ]
+}
