@@ -7,8 +7,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tollgate_core::tier::{LimitState, MAX_TIERS, TierState};
 use tollgate_core::{
-    Charge, Clock, Concurrency, Dimension, Ledger, Limit, LimitZone, MemoryStore, Org, Plan,
-    Policy, ResolvedOrg, Store, Tier, Timestamp, Verdict, Window,
+    Charge, Clock, Concurrency, Correction, Dimension, Ledger, Limit, LimitZone, MemoryStore, Org,
+    Plan, Policy, ResolvedOrg, Settlement, Store, Tier, Timestamp, Verdict, Window,
 };
 
 fn org_with(limits: Vec<Limit>, concurrency: Option<u32>) -> Arc<ResolvedOrg> {
@@ -250,6 +250,50 @@ fn idle_orgs_are_dropped_and_busy_ones_kept() {
                 Timestamp::from_secs(1_800_000_000 + 130)
             )
             .is_admitted()
+    );
+}
+
+#[test]
+fn a_settlement_after_its_org_was_swept_still_counts() {
+    // No concurrency: nothing keeps the org's slot while the request runs past its window.
+    let org = org_with(
+        vec![limit(
+            "latency",
+            Dimension::LatencyMs,
+            &[(Window::Minute, 1_000)],
+        )],
+        None,
+    );
+    let store = MemoryStore::new();
+    let start = Timestamp::from_secs(1_800_000_000);
+    let Verdict::Admitted { receipt, .. } = store.admit_now(&org, Charge::default(), start).verdict
+    else {
+        panic!("the first request is admitted");
+    };
+    let later = Timestamp::from_secs(1_800_000_000 + 90);
+    store.sweep(later);
+    assert_eq!(store.tracked_orgs(), 0, "every window had passed");
+    store.settle_now(
+        &org,
+        Settlement {
+            receipt,
+            correction: Correction {
+                latency_ms: 400,
+                cost_delta: 0,
+            },
+            call: None,
+            at: later,
+        },
+    );
+    let Verdict::Admitted { snapshot, .. } =
+        store.admit_now(&org, Charge::default(), later).verdict
+    else {
+        panic!("600 ms of the budget are left");
+    };
+    assert_eq!(
+        snapshot.statuses(&org)[0].remaining,
+        600,
+        "the latency was debited from the org's live counts"
     );
 }
 
