@@ -66,6 +66,11 @@ enum Segment {
 pub struct RoutePattern {
     text: Arc<str>,
     segments: Vec<Segment>,
+    /// The literal segments before the first parameter, as `/a/b` (empty if it starts with one):
+    /// every matching path starts with them.
+    prefix: Box<str>,
+    /// No parameters: a path matches when it is the text itself.
+    literal: bool,
 }
 
 impl RoutePattern {
@@ -114,9 +119,22 @@ impl RoutePattern {
                 };
             segments.push(segment);
         }
+        let mut prefix = String::new();
+        for segment in &segments {
+            let Segment::Literal(literal) = segment else {
+                break;
+            };
+            prefix.push('/');
+            prefix.push_str(literal);
+        }
+        let literal = segments
+            .iter()
+            .all(|segment| matches!(segment, Segment::Literal(_)));
         Ok(Self {
             text: text.into(),
             segments,
+            prefix: prefix.into(),
+            literal,
         })
     }
 
@@ -132,10 +150,26 @@ impl RoutePattern {
 
     /// Whether a raw path or a route template matches this pattern.
     pub fn matches(&self, path: &str) -> bool {
+        let path = path
+            .bytes()
+            .position(|byte| byte == b'?' || byte == b'#')
+            .map_or(path, |end| &path[..end]);
+        if self.literal {
+            return path == &*self.text;
+        }
+        // Most rules are told apart by their leading literal segments: one comparison.
+        match path.strip_prefix(&*self.prefix) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => {}
+            _ => return false,
+        }
+        self.matches_segments(path)
+    }
+
+    /// Matches `path` (without its query) segment by segment.
+    fn matches_segments(&self, path: &str) -> bool {
         let Some(path) = path.strip_prefix('/') else {
             return false;
         };
-        let path = path.split(['?', '#']).next().unwrap_or(path);
         // The root path has no segments at all; any other path has one per '/'.
         let mut parts = path.split('/').skip(usize::from(path.is_empty()));
         for segment in &self.segments {
@@ -249,6 +283,64 @@ mod tests {
         let root = RoutePattern::parse("/").expect("pattern");
         assert!(root.matches("/"));
         assert!(!root.matches("/a"));
+    }
+
+    #[test]
+    fn the_shortcuts_agree_with_matching_segment_by_segment() {
+        let patterns = [
+            "/",
+            "/v1",
+            "/v1/",
+            "/v1/items",
+            "/v1/items/",
+            "/v1//items",
+            "/{id}",
+            "/v1/{id}",
+            "/v1/{id}/parts",
+            "/v1/items/{id}",
+            "/blobs/{*path}",
+            "/{*path}",
+            "/v1/{a}/{b}",
+        ];
+        let paths = [
+            "",
+            "/",
+            "//",
+            "/v1",
+            "/v1/",
+            "/v1//",
+            "/v1/items",
+            "/v1/items/",
+            "/v1//items",
+            "/v1/itemsx",
+            "/v1/items/7",
+            "/v1/items/7/",
+            "/v1/7/parts",
+            "/v1/7/parts?x=1",
+            "/v1/items?x=/y",
+            "/v1/items#top",
+            "/blobs",
+            "/blobs/",
+            "/blobs/a/b",
+            "/blobsx/a",
+            "/x",
+            "/v1/{id}",
+            "/v1/a/b",
+            "/v1/a/b/c",
+            "v1/items",
+            "/v2/items",
+        ];
+        for text in patterns {
+            let pattern = RoutePattern::parse(text).expect("pattern");
+            for path in paths {
+                let bare = path.split(['?', '#']).next().unwrap_or(path);
+                assert_eq!(
+                    pattern.matches(path),
+                    pattern.matches_segments(bare),
+                    "{text} against {path}"
+                );
+            }
+        }
     }
 
     #[test]
