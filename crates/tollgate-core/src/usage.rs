@@ -21,7 +21,9 @@
 //! assert_eq!(snapshot.billable_today, 1);
 //! ```
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{self, Hash};
 use std::sync::Arc;
 
 use chrono::{Days, NaiveDate, TimeZone};
@@ -34,8 +36,62 @@ use crate::window::{Bounds, Window};
 /// ([`MAX_ENDPOINTS`], [`MAX_REPEATED`]), so a fast seeded hash is enough.
 type Hasher = foldhash::fast::RandomState;
 
-/// A method and a route (or a path).
-type Endpoint = (Arc<str>, Arc<str>);
+/// A method and a route (or a path), as the usage maps keep them.
+#[derive(Clone, Debug)]
+struct Endpoint(Arc<str>, Arc<str>);
+
+/// A method and a route (or a path), owned or borrowed: the maps are searched with borrowed
+/// strings, so that counting a call clones nothing.
+trait EndpointKey {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl EndpointKey for Endpoint {
+    fn parts(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl EndpointKey for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn EndpointKey + 'a> for Endpoint {
+    fn borrow(&self) -> &(dyn EndpointKey + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn EndpointKey + '_ {
+    fn hash<H: hash::Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for dyn EndpointKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn EndpointKey + '_ {}
+
+impl Hash for Endpoint {
+    fn hash<H: hash::Hasher>(&self, state: &mut H) {
+        // As its borrowed form hashes, which the maps are searched with.
+        (self as &dyn EndpointKey).hash(state);
+    }
+}
+
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for Endpoint {}
 
 /// Days of billable counts kept per org.
 pub const DAYS_KEPT: usize = 31;
@@ -293,22 +349,22 @@ impl UsageLedger {
     }
 
     fn count_endpoint(&mut self, call: &CallRecord) {
-        let route = call.route.clone().unwrap_or_else(|| call.path.clone());
-        let key = (call.method.clone(), route);
+        let route = call.route.as_ref().unwrap_or(&call.path);
         let points = if call.outcome == Outcome::Admitted {
             call.cost
         } else {
             0
         };
-        if let Some(entry) = self.endpoints.get_mut(&key) {
+        let found: &dyn EndpointKey = &(&*call.method, &**route);
+        if let Some(entry) = self.endpoints.get_mut(found) {
             entry.0 += 1;
             entry.1 += points;
             return;
         }
         let key = if self.endpoints.len() >= MAX_ENDPOINTS - 1 {
-            (Arc::from("*"), Arc::from("(other)"))
+            Endpoint(Arc::from("*"), Arc::from("(other)"))
         } else {
-            key
+            Endpoint(Arc::clone(&call.method), Arc::clone(route))
         };
         let entry = self.endpoints.entry(key).or_insert((0, 0));
         entry.0 += 1;
@@ -316,8 +372,8 @@ impl UsageLedger {
     }
 
     fn count_repeat(&mut self, call: &CallRecord) {
-        let key = (call.method.clone(), call.path.clone());
-        if let Some(entry) = self.repeated.get_mut(&key) {
+        let found: &dyn EndpointKey = &(&*call.method, &*call.path);
+        if let Some(entry) = self.repeated.get_mut(found) {
             entry.count += 1;
             entry.last = entry.last.max(call.at);
             entry.first = entry.first.min(call.at);
@@ -335,7 +391,7 @@ impl UsageLedger {
             }
         }
         self.repeated.insert(
-            key,
+            Endpoint(Arc::clone(&call.method), Arc::clone(&call.path)),
             Repeat {
                 count: 1,
                 first: call.at,
@@ -365,7 +421,7 @@ impl UsageLedger {
         let mut endpoints: Vec<EndpointUsage> = if current {
             self.endpoints
                 .iter()
-                .map(|((method, route), (calls, points))| EndpointUsage {
+                .map(|(Endpoint(method, route), (calls, points))| EndpointUsage {
                     method: method.clone(),
                     route: route.clone(),
                     calls: *calls,
@@ -385,7 +441,7 @@ impl UsageLedger {
             self.repeated
                 .iter()
                 .filter(|(_, repeat)| repeat.count >= REPEAT_THRESHOLD)
-                .map(|((method, path), repeat)| RepeatedRequest {
+                .map(|(Endpoint(method, path), repeat)| RepeatedRequest {
                     method: method.clone(),
                     path: path.clone(),
                     count: repeat.count,
