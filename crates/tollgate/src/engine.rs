@@ -60,15 +60,10 @@ pub struct Engine {
     last_store_error: AtomicI64,
     suppressed_store_errors: AtomicU64,
     quotas: DashMap<OrgId, Arc<Quotas>, Hasher>,
-    /// Route templates as shared strings, for the usage log (a bounded set: the app's routes).
-    labels: DashMap<Arc<str>, (), Hasher>,
 }
 
-/// The hasher of the engine's caches: their keys come from the policy and the app's routes.
+/// The hasher of the engine's caches: their keys come from the policy.
 type Hasher = foldhash::fast::RandomState;
-
-/// Route templates kept as shared labels at most; others are copied per request.
-const MAX_LABELS: usize = 4_096;
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -101,7 +96,6 @@ impl Engine {
             last_store_error: AtomicI64::new(i64::MIN),
             suppressed_store_errors: AtomicU64::new(0),
             quotas: DashMap::default(),
-            labels: DashMap::default(),
         }
     }
 
@@ -128,7 +122,6 @@ impl Engine {
             last_store_error: AtomicI64::new(i64::MIN),
             suppressed_store_errors: AtomicU64::new(0),
             quotas: DashMap::default(),
-            labels: DashMap::default(),
         }
     }
 
@@ -205,18 +198,6 @@ impl Engine {
                 pattern: None,
             },
         }
-    }
-
-    /// `template` (an axum route template) as a shared string, allocated once per route.
-    pub(crate) fn route_label(&self, template: &str) -> Arc<str> {
-        if let Some(label) = self.labels.get(template) {
-            return Arc::clone(label.key());
-        }
-        let label: Arc<str> = Arc::from(template);
-        if self.labels.len() < MAX_LABELS {
-            self.labels.insert(Arc::clone(&label), ());
-        }
-        label
     }
 
     /// The header parts of `org`'s quotas, computed once per org and plan.

@@ -311,8 +311,10 @@ fn identified<S, B>(
         path,
         matched.is_none(),
     );
+    // Copied rather than shared through a map: a per-request allocation stays on this thread,
+    // where a shared map's lock word would be touched by every thread for every request.
     let route = matched
-        .map(|matched| ctx.engine.route_label(matched.as_str()))
+        .map(|matched| Arc::from(matched.as_str()))
         .or(classified.pattern);
     let arrived = ctx.engine.now();
     // Built whole: `CallRecord::new` would allocate an empty key first.
