@@ -911,12 +911,17 @@ keys = ["acme-key-1"]
             .route(
                 "/reports",
                 get(|metered: Metered| async move {
+                    let statuses = metered.statuses();
                     format!(
-                        "{} {} {:?} {}",
+                        "{} {} {:?} {} {} {}",
                         metered.org_id(),
                         metered.key_label(),
                         metered.remaining("points"),
-                        metered.reset("points").map_or(0, |r| r.as_millis() / 1000)
+                        metered.reset("points").map_or(0, |r| r.as_millis() / 1000),
+                        statuses.len() == metered.org().limits().len(),
+                        statuses
+                            .iter()
+                            .any(|s| Some(*s) == metered.status("points")),
                     )
                 }),
             )
@@ -937,7 +942,7 @@ keys = ["acme-key-1"]
         let body = response.into_body().collect().await?.to_bytes();
         assert_eq!(
             std::str::from_utf8(&body)?,
-            format!("acme …ey-1 Some(15) {}", T0 + 30)
+            format!("acme …ey-1 Some(15) {} true true", T0 + 30)
         );
         let response = app.oneshot(get_req("/files/1", Some("acme-key-1"))).await?;
         assert_eq!(
