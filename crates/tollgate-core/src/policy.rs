@@ -177,7 +177,9 @@ pub struct ResolvedOrg {
     plan: Arc<str>,
     time_zone: Tz,
     environment: Environment,
-    limits: Vec<ResolvedLimit>,
+    /// Shared by the orgs of one plan, environment and zone that have no overrides: thousands of
+    /// orgs on a few plans read the same few limits, which stay in cache.
+    limits: Arc<[ResolvedLimit]>,
     concurrency: Option<Concurrency>,
     shadow: bool,
     layout: u64,
@@ -431,6 +433,7 @@ impl PolicyBuilder {
             routes: self.routes,
             admin_token: self.admin_token,
         };
+        let mut shared: HashMap<(Arc<str>, Environment, Tz), Arc<[ResolvedLimit]>> = HashMap::new();
         for (index, org) in self.orgs.into_iter().enumerate() {
             let place = format!("orgs[{index}]");
             if policy.orgs.contains_key(org.id()) {
@@ -440,7 +443,22 @@ impl PolicyBuilder {
                     "give every org its own id",
                 ));
             }
-            let resolved = Arc::new(policy.resolve(&org).map_err(|error| error.within(&place))?);
+            let mut resolved = policy.resolve(&org).map_err(|error| error.within(&place))?;
+            if org.overrides().is_empty() {
+                let key = (
+                    Arc::clone(&resolved.plan),
+                    resolved.environment,
+                    resolved.time_zone,
+                );
+                match shared.get(&key) {
+                    // Resolved from the same plan, environment and zone: the same limits.
+                    Some(limits) => resolved.limits = Arc::clone(limits),
+                    None => {
+                        shared.insert(key, Arc::clone(&resolved.limits));
+                    }
+                }
+            }
+            let resolved = Arc::new(resolved);
             for (key_index, key) in org.keys().iter().enumerate() {
                 if let Some(owner) = policy.keys.insert(*key, Arc::clone(&resolved)) {
                     let owner = owner.id();
@@ -544,7 +562,7 @@ fn resolve(server: &ServerSettings, plan: &Plan, org: &Org) -> Result<ResolvedOr
         plan: plan.name().into(),
         time_zone: org_zone,
         environment: org.environment(),
-        limits,
+        limits: limits.into(),
         concurrency: plan.concurrency().map(|c| c.divided(divisor)),
         shadow: plan.shadow(),
         layout: fingerprint.finish(),
@@ -718,5 +736,35 @@ mod tests {
         assert_eq!(by_key.limits()[daily].total_capacity(now), 10);
         let before = policy.org_by_key("one").expect("acme's key");
         assert_eq!(before.limits()[daily].total_capacity(now), 2500);
+    }
+
+    #[test]
+    fn orgs_alike_share_their_resolved_limits() {
+        let policy = Policy::builder()
+            .plan(plan())
+            .org(Org::new("a", "build"))
+            .org(Org::new("b", "build"))
+            .org(Org::new("sandbox", "build").with_environment(Environment::Sandbox))
+            .org(Org::new("tokyo", "build").with_time_zone(chrono_tz::Asia::Tokyo))
+            .org(
+                Org::new("bigger", "build")
+                    .with_override(Override::new("daily", Adjustment::Capacity(5000))),
+            )
+            .build()
+            .expect("policy");
+        let limits = |id: &str| policy.org(id).expect("org").limits().as_ptr();
+        assert_eq!(limits("a"), limits("b"));
+        for other in ["sandbox", "tokyo", "bigger"] {
+            assert_ne!(limits("a"), limits(other), "{other}");
+        }
+        let now = Timestamp::from_secs(0);
+        let daily = |id: &str| {
+            let org = policy.org(id).expect("org");
+            org.limits()[org.limit_index("daily").expect("daily")].total_capacity(now)
+        };
+        assert_eq!(
+            (daily("a"), daily("sandbox"), daily("bigger")),
+            (2500, 1250, 5000)
+        );
     }
 }
