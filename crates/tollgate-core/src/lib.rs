@@ -7,7 +7,8 @@
 //! - [`window`] computes calendar windows in any IANA zone, across DST changes.
 //! - [`tier`] and [`ledger`] are the pure arithmetic: admit all-or-nothing, spill over shortest
 //!   window first, settle latency and cost corrections, and say exactly when to retry.
-//! - [`store`] is the async [`Store`] trait; [`MemoryStore`] implements it in this process.
+//! - [`store`] is the async [`Store`] trait; [`MemoryStore`] implements it in this process, its
+//!   orgs in an [`org_map::OrgMap`] (lock-free reads, keyed by a hash computed once per org id).
 //! - [`usage`] keeps calls today, billable calls per day, the last calls and the polling report.
 //! - [`time`] has the injectable [`Clock`]: [`SystemClock`] and [`ManualClock`].
 //!
@@ -41,6 +42,7 @@ pub mod file;
 pub mod ledger;
 pub mod memory;
 pub mod org;
+pub mod org_map;
 pub mod permit;
 pub mod plan;
 pub mod policy;

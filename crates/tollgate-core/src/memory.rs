@@ -1,10 +1,13 @@
 //! [`MemoryStore`]: exact counts in this process, with a lock per org and none across orgs.
 //!
-//! Orgs live in a sharded map; each has its own mutex around its [`Ledger`], its in-flight count
-//! and its usage. The ledger of an org whose windows have all passed and that holds no permits is
-//! dropped by a sweep that runs at most once a minute (of the store's clock), so memory stays
-//! bounded by the orgs active recently. Usage (31 days of billing, the last calls) is kept per org
-//! in a separate map whose size is bounded by the number of orgs that ever called.
+//! Orgs live in a lock-free map ([`papaya`]): finding an org's slot writes to no memory that other
+//! threads share, so threads working for different orgs do not slow each other down (a sharded
+//! map's read lock is a shared word every lookup writes). Each org has its own mutex around its
+//! [`Ledger`], and its in-flight count. The slot of an org whose windows have all passed and that
+//! holds no permits is retired by a sweep that runs at most once a minute (of the store's clock),
+//! so memory stays bounded by the orgs active recently; a request that finds a retired slot looks
+//! again and starts a fresh one. Usage (31 days of billing, the last calls) is kept per org in a
+//! separate map whose size is bounded by the number of orgs that ever called.
 //!
 //! # Example
 //!
@@ -12,15 +15,15 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 
-use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::error::StoreError;
 use crate::ledger::{Charge, Ledger, Verdict};
 use crate::org::OrgId;
+use crate::org_map::{OrgMap, Pinned};
 use crate::permit::{Permit, ReleasePermit};
 use crate::policy::ResolvedOrg;
 use crate::status::LimitStatus;
@@ -31,15 +34,11 @@ use crate::usage::{CallRecord, UsageLedger};
 /// How often (in the store's clock) idle ledgers are swept, in milliseconds.
 const SWEEP_EVERY_MS: i64 = 60_000;
 
-/// The org map's hasher: org ids come from the policy (unknown callers never reach the store), so a
-/// fast seeded hash is enough.
-type Hasher = foldhash::fast::RandomState;
-
 /// Counts in this process: exact, per-org locks, bounded memory.
 #[derive(Debug)]
 pub struct MemoryStore {
-    slots: DashMap<OrgId, Arc<Slot>, Hasher>,
-    usage: DashMap<OrgId, Mutex<UsageLedger>, Hasher>,
+    slots: OrgMap<Arc<Slot>>,
+    usage: OrgMap<Mutex<UsageLedger>>,
     calls_kept: usize,
     last_sweep: AtomicI64,
 }
@@ -47,8 +46,11 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Slot {
     ledger: Mutex<Option<Ledger>>,
-    /// Permits held. Raised only under the `ledger` lock (after checking the maximum), lowered by
-    /// permits as they drop, without the lock.
+    /// Set, under the `ledger` lock, by the sweep that takes this slot out of the map. Whoever
+    /// locks a retired slot looks the org up again: its counts are no longer the org's.
+    retired: AtomicBool,
+    /// Permits held. Raised only under the `ledger` lock (after checking the maximum and that the
+    /// slot is not retired), lowered by permits as they drop, without the lock.
     in_flight: AtomicU32,
     /// Requests registered to hear of a freed permit ([`Store::permit_freed`] futures alive).
     waiters: AtomicU32,
@@ -87,6 +89,12 @@ impl Drop for Waiter {
     }
 }
 
+/// Takes a retired `slot` out of the map if it is still there (the sweep that retired it does so
+/// too; whoever comes first), so that the next look finds no slot or a fresh one.
+fn retire(slots: &Pinned<'_, Arc<Slot>>, org: &OrgId, slot: &Arc<Slot>) {
+    slots.remove_if(org, |current| Arc::ptr_eq(current, slot));
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
@@ -102,8 +110,8 @@ impl MemoryStore {
     /// An empty store keeping the last `calls_kept` calls per org.
     pub fn with_calls_kept(calls_kept: usize) -> Self {
         Self {
-            slots: DashMap::with_hasher(Hasher::default()),
-            usage: DashMap::with_hasher(Hasher::default()),
+            slots: OrgMap::new(),
+            usage: OrgMap::new(),
             calls_kept: calls_kept.max(1),
             last_sweep: AtomicI64::new(i64::MIN),
         }
@@ -114,39 +122,50 @@ impl MemoryStore {
         self.slots.len()
     }
 
-    fn slot(&self, org: &OrgId) -> Arc<Slot> {
-        self.with_slot(org, Arc::clone)
-    }
-
-    /// Runs `f` on the org's slot while holding its map shard for reading, so a sweep (which takes
-    /// the shard for writing) cannot retire the slot in between.
-    fn with_slot<T>(&self, org: &OrgId, f: impl FnOnce(&Arc<Slot>) -> T) -> T {
-        if let Some(slot) = self.slots.get(org) {
-            return f(slot.value());
-        }
-        let slot = self.slots.entry(org.clone()).or_default().downgrade();
-        f(slot.value())
-    }
-
-    /// Runs `f` on the org's ledger under its lock.
-    fn with_ledger<T>(&self, org: &Arc<ResolvedOrg>, f: impl FnOnce(&mut Ledger) -> T) -> T {
-        self.with_slot(org.id(), |slot| {
+    /// Runs `f` on the org's live slot with its ledger locked (a fresh ledger if it has none).
+    fn with_ledger<T>(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        f: impl FnOnce(&Arc<Slot>, &mut Ledger) -> T,
+    ) -> T {
+        let slots = self.slots.pin();
+        loop {
+            let slot = slots.get_or_insert_with(org.id(), Arc::default);
             let mut ledger = slot.ledger.lock();
-            f(ledger.get_or_insert_with(|| Ledger::new(org)))
-        })
+            if slot.retired.load(Ordering::Relaxed) {
+                drop(ledger);
+                retire(&slots, org.id(), slot);
+                continue;
+            }
+            return f(slot, ledger.get_or_insert_with(|| Ledger::new(org)));
+        }
+    }
+
+    /// Registers a waiter on the org's live slot.
+    fn waiter(&self, org: &OrgId) -> Waiter {
+        let slots = self.slots.pin();
+        loop {
+            let slot = slots.get_or_insert_with(org, Arc::default);
+            // Registered before the check: a sweep that has not retired the slot yet sees the
+            // waiter and keeps it.
+            let waiter = Waiter::new(Arc::clone(slot));
+            let retired = {
+                let _ledger = slot.ledger.lock();
+                slot.retired.load(Ordering::Relaxed)
+            };
+            if !retired {
+                return waiter;
+            }
+            drop(waiter);
+            retire(&slots, org, slot);
+        }
     }
 
     /// Runs `f` on the org's usage under its lock (usage is never swept, so no handle is kept).
     fn with_usage<T>(&self, org: &OrgId, f: impl FnOnce(&mut UsageLedger) -> T) -> T {
-        if let Some(usage) = self.usage.get(org) {
-            return f(&mut usage.value().lock());
-        }
-        let usage = self
-            .usage
-            .entry(org.clone())
-            .or_insert_with(|| Mutex::new(UsageLedger::new(self.calls_kept)))
-            .downgrade();
-        f(&mut usage.value().lock())
+        let usage = self.usage.pin();
+        let cell = usage.get_or_insert_with(org, || Mutex::new(UsageLedger::new(self.calls_kept)));
+        f(&mut cell.lock())
     }
 
     /// Drops the ledgers of orgs with every window passed and no permit held, at most once a
@@ -168,24 +187,24 @@ impl MemoryStore {
 
     /// Drops the ledgers of every org whose windows have all passed at `now` and that holds no permit.
     pub fn sweep(&self, now: Timestamp) {
-        self.slots.retain(|_, slot| {
-            // Permits only ever lower `in_flight` without the shard; raising it needs the shard,
-            // which `retain` holds for writing: a zero seen here stays zero.
-            slot.in_flight.load(Ordering::Acquire) > 0
-                || slot
-                    .ledger
-                    .lock()
-                    .as_ref()
-                    .is_some_and(|ledger| !ledger.is_idle(now))
+        self.slots.pin().retain(|slot| {
+            let ledger = slot.ledger.lock();
+            // Permits only ever lower `in_flight` without the lock; raising it needs the lock and
+            // a slot that is not retired: a zero seen here stays zero.
+            let keep = slot.in_flight.load(Ordering::Acquire) > 0
+                || slot.waiters.load(Ordering::SeqCst) > 0
+                || ledger.as_ref().is_some_and(|ledger| !ledger.is_idle(now));
+            if !keep {
+                slot.retired.store(true, Ordering::Relaxed);
+            }
+            keep
         });
     }
 
     /// Admits synchronously (what the async [`Store::admit`] does, without a future).
     pub fn admit_now(&self, org: &Arc<ResolvedOrg>, charge: Charge, now: Timestamp) -> Decision {
         self.maybe_sweep(now);
-        self.with_slot(org.id(), |slot| {
-            let mut guard = slot.ledger.lock();
-            let ledger = guard.get_or_insert_with(|| Ledger::new(org));
+        self.with_ledger(org, |slot, ledger| {
             let Some(concurrency) = org.concurrency() else {
                 return Decision {
                     verdict: ledger.admit(org, charge, now),
@@ -218,7 +237,9 @@ impl MemoryStore {
             at,
         } = settlement;
         if correction.latency_ms > 0 || correction.cost_delta != 0 {
-            self.with_ledger(org, |ledger| ledger.settle(org, &receipt, correction, at));
+            self.with_ledger(org, |_, ledger| {
+                ledger.settle(org, &receipt, correction, at)
+            });
         }
         if let Some(call) = call {
             self.record_now(org, call);
@@ -264,7 +285,7 @@ impl Store for MemoryStore {
         org: &Arc<ResolvedOrg>,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<LimitStatus>, StoreError>> + Send {
-        let statuses = self.with_ledger(org, |ledger| ledger.peek(org, now));
+        let statuses = self.with_ledger(org, |_, ledger| ledger.peek(org, now));
         std::future::ready(Ok(statuses))
     }
 
@@ -273,7 +294,7 @@ impl Store for MemoryStore {
         org: &Arc<ResolvedOrg>,
         limit: Option<&str>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.with_ledger(org, |ledger| ledger.reset(org, limit));
+        self.with_ledger(org, |_, ledger| ledger.reset(org, limit));
         std::future::ready(Ok(()))
     }
 
@@ -286,6 +307,7 @@ impl Store for MemoryStore {
         let usage = self.with_usage(org.id(), |usage| usage.snapshot(org.time_zone(), now, days));
         let in_flight = self
             .slots
+            .pin()
             .get(org.id())
             .map_or(0, |slot| slot.in_flight.load(Ordering::Acquire));
         std::future::ready(Ok(OrgUsage { usage, in_flight }))
@@ -293,7 +315,7 @@ impl Store for MemoryStore {
 
     fn permit_freed(&self, org: &OrgId) -> impl Future<Output = ()> + Send {
         // Registered now, not at the first poll: a release from here on wakes this future.
-        let waiter = Waiter::new(self.slot(org));
+        let waiter = self.waiter(org);
         async move { waiter.0.freed.notified().await }
     }
 
@@ -314,5 +336,95 @@ impl Store for MemoryStore {
     fn try_record(&self, org: &Arc<ResolvedOrg>, call: CallRecord) -> Option<CallRecord> {
         self.record_now(org, call);
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::MemoryStore;
+    use crate::{
+        Charge, Concurrency, Dimension, Limit, LimitZone, Org, Plan, Policy, ResolvedOrg, Tier,
+        Timestamp, Window,
+    };
+
+    const T0: i64 = 1_800_000_000;
+
+    fn org() -> Arc<ResolvedOrg> {
+        let count = Limit::new(
+            "count",
+            Dimension::Requests,
+            LimitZone::Org,
+            vec![Tier::new(Window::Minute, 1).expect("tier")],
+        )
+        .expect("limit");
+        let plan = Plan::new("p", vec![count])
+            .expect("plan")
+            .with_concurrency(Concurrency::new(1, Duration::ZERO).expect("concurrency"));
+        let policy = Policy::builder()
+            .plan(plan)
+            .org(Org::new("o", "p"))
+            .build()
+            .expect("policy");
+        Arc::clone(policy.org("o").expect("org"))
+    }
+
+    /// Marks the org's slot retired without taking it out of the map: what a request sees between
+    /// a sweep's mark and its removal.
+    fn retire_in_place(store: &MemoryStore, org: &ResolvedOrg) -> Arc<super::Slot> {
+        let slots = store.slots.pin();
+        let slot = slots.get(org.id()).expect("the org has a slot");
+        let _ledger = slot.ledger.lock();
+        slot.retired.store(true, Ordering::Relaxed);
+        Arc::clone(slot)
+    }
+
+    #[test]
+    fn an_admission_that_finds_a_retired_slot_starts_a_fresh_one() {
+        let org = org();
+        let store = MemoryStore::new();
+        let first = store.admit_now(&org, Charge::default(), Timestamp::from_secs(T0));
+        assert!(first.verdict.is_admitted());
+        drop(first.permit);
+        let retired = retire_in_place(&store, &org);
+        // The minute's one request is used in the retired slot; a fresh slot admits.
+        let second = store.admit_now(&org, Charge::default(), Timestamp::from_secs(T0 + 1));
+        assert!(second.verdict.is_admitted());
+        let slots = store.slots.pin();
+        let live = slots.get(org.id()).expect("a fresh slot");
+        assert!(
+            !Arc::ptr_eq(live, &retired),
+            "the retired slot was replaced"
+        );
+        assert_eq!(live.in_flight.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            retired.in_flight.load(Ordering::SeqCst),
+            0,
+            "never raised once retired"
+        );
+    }
+
+    #[test]
+    fn a_waiter_registers_on_the_live_slot_and_keeps_it_from_the_sweep() {
+        let org = org();
+        let store = MemoryStore::new();
+        drop(
+            store
+                .admit_now(&org, Charge::default(), Timestamp::from_secs(T0))
+                .permit,
+        );
+        let retired = retire_in_place(&store, &org);
+        let waiter = store.waiter(org.id());
+        assert!(!Arc::ptr_eq(&waiter.0, &retired));
+        assert_eq!(retired.waiters.load(Ordering::SeqCst), 0);
+        // Every window has passed and no permit is held, but a request waits on the slot.
+        store.sweep(Timestamp::from_secs(T0 + 600));
+        assert_eq!(store.tracked_orgs(), 1, "a waiter keeps its slot");
+        drop(waiter);
+        store.sweep(Timestamp::from_secs(T0 + 600));
+        assert_eq!(store.tracked_orgs(), 0);
     }
 }

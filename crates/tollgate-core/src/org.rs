@@ -15,9 +15,9 @@
 
 use std::borrow::Borrow;
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use chrono_tz::Tz;
 use sha2::{Digest, Sha256};
@@ -26,66 +26,95 @@ use crate::error::PolicyError;
 use crate::time::Timestamp;
 
 /// An org's identifier; cheap to clone.
-#[derive(Clone, Eq, PartialOrd, Ord)]
-pub struct OrgId(Arc<str>);
+#[derive(Clone, Eq)]
+pub struct OrgId {
+    text: Arc<str>,
+    /// [`OrgId::prehash`], computed once.
+    prehash: u64,
+}
+
+/// Seeds [`OrgId::prehash`]: random per process, the same for every id in it.
+static PREHASH: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
 
 impl Hash for OrgId {
+    /// Hashes the text, as `str` does (maps keyed by `OrgId` are searched with `&str`).
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
+        self.text.hash(state);
     }
 }
 
 impl PartialEq for OrgId {
     fn eq(&self, other: &Self) -> bool {
         // Ids taken from one policy share their text: most comparisons end at the pointer.
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+        Arc::ptr_eq(&self.text, &other.text)
+            || (self.prehash == other.prehash && self.text == other.text)
+    }
+}
+
+impl PartialOrd for OrgId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrgId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
     }
 }
 
 impl OrgId {
     /// An org id.
     pub fn new(id: impl Into<Arc<str>>) -> Self {
-        Self(id.into())
+        let text: Arc<str> = id.into();
+        let prehash = PREHASH.hash_one(&*text);
+        Self { text, prehash }
+    }
+
+    /// A hash of the id (seeded per process), computed when the id was made: maps that key by org
+    /// on every request hash with it, without reading the id's text.
+    pub const fn prehash(&self) -> u64 {
+        self.prehash
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     /// The id as a shared string (cheap to clone into log records and metric labels).
     pub fn as_arc(&self) -> &Arc<str> {
-        &self.0
+        &self.text
     }
 }
 
 impl fmt::Debug for OrgId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&*self.text, f)
     }
 }
 
 impl fmt::Display for OrgId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
 impl Borrow<str> for OrgId {
     fn borrow(&self) -> &str {
-        &self.0
+        &self.text
     }
 }
 
 impl From<&str> for OrgId {
     fn from(id: &str) -> Self {
-        Self(id.into())
+        Self::new(id)
     }
 }
 
 impl From<String> for OrgId {
     fn from(id: String) -> Self {
-        Self(id.into())
+        Self::new(id)
     }
 }
 

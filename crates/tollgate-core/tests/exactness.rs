@@ -507,3 +507,55 @@ async fn a_waiting_request_is_rejected_when_its_wait_ends() {
     );
     assert_eq!(started.elapsed(), Duration::ZERO);
 }
+
+#[test]
+fn sweeps_running_alongside_requests_never_let_more_in_flight_than_the_plan_allows() {
+    // Every window has passed by the sweeps' clock, so each sweep retires the slot whenever no
+    // permit is held; a slot retired while a permit was out would let a second one in.
+    let org = org_with(
+        vec![limit(
+            "count",
+            Dimension::Requests,
+            &[(Window::Minute, 1 << 40)],
+        )],
+        Some(1),
+    );
+    let store = MemoryStore::new();
+    let now = Timestamp::from_secs(1_800_000_000);
+    let later = Timestamp::from_secs(1_800_000_000 + 600);
+    let held = AtomicU32::new(0);
+    let admitted = AtomicU64::new(0);
+    let overlaps = AtomicU64::new(0);
+    let workers_left = AtomicU32::new(3);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while workers_left.load(Ordering::Relaxed) > 0 {
+                store.sweep(later);
+            }
+        });
+        for _ in 0..3 {
+            scope.spawn(|| {
+                for _ in 0..20_000 {
+                    let decision = store.admit_now(&org, Charge::default(), now);
+                    if let Some(permit) = decision.permit {
+                        if held.fetch_add(1, Ordering::SeqCst) > 0 {
+                            overlaps.fetch_add(1, Ordering::Relaxed);
+                        }
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                        // Hold it a while: the sweeps and the other workers get their turn.
+                        std::thread::yield_now();
+                        held.fetch_sub(1, Ordering::SeqCst);
+                        drop(permit);
+                    }
+                }
+                workers_left.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    });
+    assert_eq!(
+        overlaps.load(Ordering::Relaxed),
+        0,
+        "two permits were out at once"
+    );
+    assert!(admitted.load(Ordering::Relaxed) > 0);
+}

@@ -40,10 +40,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-use dashmap::DashMap;
 use tollgate_core::{
-    Clock, DynStore, LimitStatus, MemoryStore, OrgId, Policy, ResolvedOrg, RouteRule, StoreError,
-    SystemClock, Timestamp, Treatment,
+    Clock, DynStore, LimitStatus, MemoryStore, Policy, ResolvedOrg, RouteRule, StoreError,
+    SystemClock, Timestamp, Treatment, org_map::OrgMap,
 };
 
 use crate::headers::Quotas;
@@ -59,11 +58,8 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     last_store_error: AtomicI64,
     suppressed_store_errors: AtomicU64,
-    quotas: DashMap<OrgId, Arc<Quotas>, Hasher>,
+    quotas: OrgMap<Arc<Quotas>>,
 }
-
-/// The hasher of the engine's caches: their keys come from the policy.
-type Hasher = foldhash::fast::RandomState;
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -95,7 +91,7 @@ impl Engine {
             clock: Arc::new(SystemClock),
             last_store_error: AtomicI64::new(i64::MIN),
             suppressed_store_errors: AtomicU64::new(0),
-            quotas: DashMap::default(),
+            quotas: OrgMap::new(),
         }
     }
 
@@ -121,7 +117,7 @@ impl Engine {
             clock: Arc::clone(&self.clock),
             last_store_error: AtomicI64::new(i64::MIN),
             suppressed_store_errors: AtomicU64::new(0),
-            quotas: DashMap::default(),
+            quotas: OrgMap::new(),
         }
     }
 
@@ -202,13 +198,14 @@ impl Engine {
 
     /// The header parts of `org`'s quotas, computed once per org and plan.
     pub(crate) fn quotas(&self, org: &ResolvedOrg, statuses: &[LimitStatus]) -> Arc<Quotas> {
-        if let Some(cached) = self.quotas.get(org.id())
+        let quotas = self.quotas.pin();
+        if let Some(cached) = quotas.get(org.id())
             && cached.fits(org, statuses)
         {
-            return Arc::clone(cached.value());
+            return Arc::clone(cached);
         }
         let fresh = Arc::new(Quotas::new(org, statuses));
-        self.quotas.insert(org.id().clone(), Arc::clone(&fresh));
+        quotas.insert(org.id(), Arc::clone(&fresh));
         fresh
     }
 
