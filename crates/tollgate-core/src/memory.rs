@@ -37,27 +37,35 @@ const SWEEP_EVERY_MS: i64 = 60_000;
 /// Counts in this process: exact, per-org locks, bounded memory.
 #[derive(Debug)]
 pub struct MemoryStore {
-    slots: OrgMap<Arc<Slot>>,
+    slots: OrgMap<Slot>,
     usage: OrgMap<Mutex<UsageLedger>>,
     calls_kept: usize,
     last_sweep: AtomicI64,
 }
 
+/// An org's state, held in the map itself (one pointer fewer to follow per request).
 #[derive(Debug, Default)]
 struct Slot {
     ledger: Mutex<Option<Ledger>>,
     /// Set, under the `ledger` lock, by the sweep that takes this slot out of the map. Whoever
     /// locks a retired slot looks the org up again: its counts are no longer the org's.
     retired: AtomicBool,
-    /// Permits held. Raised only under the `ledger` lock (after checking the maximum and that the
-    /// slot is not retired), lowered by permits as they drop, without the lock.
+    /// Shared with the permits, which outlive any look into the map.
+    permits: Arc<Permits>,
+}
+
+/// An org's permits in flight and the requests waiting for one.
+#[derive(Debug, Default)]
+struct Permits {
+    /// Permits held. Raised only under the slot's `ledger` lock (after checking the maximum and
+    /// that the slot is not retired), lowered by permits as they drop, without the lock.
     in_flight: AtomicU32,
     /// Requests registered to hear of a freed permit ([`Store::permit_freed`] futures alive).
     waiters: AtomicU32,
     freed: Notify,
 }
 
-impl ReleasePermit for Slot {
+impl ReleasePermit for Permits {
     fn release(&self, _lease: u64) {
         // Sequentially consistent with the waiter's side: a waiter raises `waiters` and then reads
         // `in_flight`; here `in_flight` is lowered and then `waiters` read. Either the waiter sees
@@ -74,12 +82,12 @@ impl ReleasePermit for Slot {
 }
 
 /// A registered waiter of a slot: counted from [`Store::permit_freed`] until its future is dropped.
-struct Waiter(Arc<Slot>);
+struct Waiter(Arc<Permits>);
 
 impl Waiter {
-    fn new(slot: Arc<Slot>) -> Self {
-        slot.waiters.fetch_add(1, Ordering::SeqCst);
-        Self(slot)
+    fn new(permits: Arc<Permits>) -> Self {
+        permits.waiters.fetch_add(1, Ordering::SeqCst);
+        Self(permits)
     }
 }
 
@@ -91,8 +99,8 @@ impl Drop for Waiter {
 
 /// Takes a retired `slot` out of the map if it is still there (the sweep that retired it does so
 /// too; whoever comes first), so that the next look finds no slot or a fresh one.
-fn retire(slots: &Pinned<'_, Arc<Slot>>, org: &OrgId, slot: &Arc<Slot>) {
-    slots.remove_if(org, |current| Arc::ptr_eq(current, slot));
+fn retire(slots: &Pinned<'_, Slot>, org: &OrgId, slot: &Slot) {
+    slots.remove_if(org, |current| std::ptr::eq(current, slot));
 }
 
 impl Default for MemoryStore {
@@ -123,14 +131,10 @@ impl MemoryStore {
     }
 
     /// Runs `f` on the org's live slot with its ledger locked (a fresh ledger if it has none).
-    fn with_ledger<T>(
-        &self,
-        org: &Arc<ResolvedOrg>,
-        f: impl FnOnce(&Arc<Slot>, &mut Ledger) -> T,
-    ) -> T {
+    fn with_ledger<T>(&self, org: &Arc<ResolvedOrg>, f: impl FnOnce(&Slot, &mut Ledger) -> T) -> T {
         let slots = self.slots.pin();
         loop {
-            let slot = slots.get_or_insert_with(org.id(), Arc::default);
+            let slot = slots.get_or_insert_with(org.id(), Slot::default);
             let mut ledger = slot.ledger.lock();
             if slot.retired.load(Ordering::Relaxed) {
                 drop(ledger);
@@ -145,10 +149,10 @@ impl MemoryStore {
     fn waiter(&self, org: &OrgId) -> Waiter {
         let slots = self.slots.pin();
         loop {
-            let slot = slots.get_or_insert_with(org, Arc::default);
+            let slot = slots.get_or_insert_with(org, Slot::default);
             // Registered before the check: a sweep that has not retired the slot yet sees the
             // waiter and keeps it.
-            let waiter = Waiter::new(Arc::clone(slot));
+            let waiter = Waiter::new(Arc::clone(&slot.permits));
             let retired = {
                 let _ledger = slot.ledger.lock();
                 slot.retired.load(Ordering::Relaxed)
@@ -191,8 +195,8 @@ impl MemoryStore {
             let ledger = slot.ledger.lock();
             // Permits only ever lower `in_flight` without the lock; raising it needs the lock and
             // a slot that is not retired: a zero seen here stays zero.
-            let keep = slot.in_flight.load(Ordering::Acquire) > 0
-                || slot.waiters.load(Ordering::SeqCst) > 0
+            let keep = slot.permits.in_flight.load(Ordering::Acquire) > 0
+                || slot.permits.waiters.load(Ordering::SeqCst) > 0
                 || ledger.as_ref().is_some_and(|ledger| !ledger.is_idle(now));
             if !keep {
                 slot.retired.store(true, Ordering::Relaxed);
@@ -212,7 +216,7 @@ impl MemoryStore {
                 };
             };
             // Sequentially consistent: see `Slot::release`.
-            if slot.in_flight.load(Ordering::SeqCst) >= concurrency.max() {
+            if slot.permits.in_flight.load(Ordering::SeqCst) >= concurrency.max() {
                 return Decision {
                     verdict: Verdict::concurrency(ledger.snapshot(org, now), now),
                     permit: None,
@@ -220,8 +224,9 @@ impl MemoryStore {
             }
             let verdict = ledger.admit(org, charge, now);
             let permit = verdict.is_admitted().then(|| {
-                let in_flight = slot.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-                let owner: Arc<dyn ReleasePermit> = Arc::clone(slot) as Arc<dyn ReleasePermit>;
+                let in_flight = slot.permits.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+                let owner: Arc<dyn ReleasePermit> =
+                    Arc::clone(&slot.permits) as Arc<dyn ReleasePermit>;
                 Permit::new(owner, 0).with_in_flight(in_flight)
             });
             Decision { verdict, permit }
@@ -309,7 +314,7 @@ impl Store for MemoryStore {
             .slots
             .pin()
             .get(org.id())
-            .map_or(0, |slot| slot.in_flight.load(Ordering::Acquire));
+            .map_or(0, |slot| slot.permits.in_flight.load(Ordering::Acquire));
         std::future::ready(Ok(OrgUsage { usage, in_flight }))
     }
 
@@ -374,12 +379,13 @@ mod tests {
 
     /// Marks the org's slot retired without taking it out of the map: what a request sees between
     /// a sweep's mark and its removal.
-    fn retire_in_place(store: &MemoryStore, org: &ResolvedOrg) -> Arc<super::Slot> {
+    /// Returns the retired slot's permits, by which it is told apart from a fresh slot.
+    fn retire_in_place(store: &MemoryStore, org: &ResolvedOrg) -> Arc<super::Permits> {
         let slots = store.slots.pin();
         let slot = slots.get(org.id()).expect("the org has a slot");
         let _ledger = slot.ledger.lock();
         slot.retired.store(true, Ordering::Relaxed);
-        Arc::clone(slot)
+        Arc::clone(&slot.permits)
     }
 
     #[test]
@@ -396,10 +402,10 @@ mod tests {
         let slots = store.slots.pin();
         let live = slots.get(org.id()).expect("a fresh slot");
         assert!(
-            !Arc::ptr_eq(live, &retired),
+            !Arc::ptr_eq(&live.permits, &retired),
             "the retired slot was replaced"
         );
-        assert_eq!(live.in_flight.load(Ordering::SeqCst), 1);
+        assert_eq!(live.permits.in_flight.load(Ordering::SeqCst), 1);
         assert_eq!(
             retired.in_flight.load(Ordering::SeqCst),
             0,
