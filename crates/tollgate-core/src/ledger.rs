@@ -165,13 +165,15 @@ pub struct Correction {
 
 /// The counts of one org: one [`LimitState`] per limit of its plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// In this order: what every decision reads first, what only a plan change reads last.
+#[repr(C)]
 pub struct Ledger {
     layout: u64,
-    names: Vec<std::sync::Arc<str>>,
-    windows: Vec<[Option<Window>; MAX_TIERS]>,
     /// Inline for plans of up to three limits: the counts sit in the org's slot, not behind a
     /// second pointer (one cache miss fewer per decision when many orgs are active).
     limits: SmallVec<[LimitState; 3]>,
+    names: Vec<std::sync::Arc<str>>,
+    windows: Vec<[Option<Window>; MAX_TIERS]>,
 }
 
 impl Ledger {

@@ -34,10 +34,12 @@ pub struct TierState {
 }
 
 /// The state of every tier of one limit.
+// `len` first: a one-tier limit's state is then read from one cache line, not two.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
 pub struct LimitState {
-    tiers: [TierState; MAX_TIERS],
     len: u8,
+    tiers: [TierState; MAX_TIERS],
 }
 
 fn signed(value: u64) -> i64 {
