@@ -138,10 +138,9 @@ fn threaded(
 ) -> Duration {
     let start = Instant::now();
     std::thread::scope(|scope| {
-        for t in 0..threads {
+        for (t, &stride) in STRIDES.iter().enumerate().take(threads) {
             scope.spawn(move || {
                 let mut i = t * 7_919 % spread;
-                let stride = STRIDES[t];
                 for _ in 0..iters {
                     i = (i + stride) % spread;
                     admit_settle(store, &all[i], now);
