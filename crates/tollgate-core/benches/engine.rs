@@ -1,5 +1,6 @@
 //! The engine's hot path: the pure decision, and MemoryStore admit + settle on one and two threads,
-//! for one hot org and for 10,000 orgs; and the bytes of state each tracked org costs.
+//! for one hot org and for 10,000 orgs; two threads' scaling from paired trials; and the bytes of
+//! state each tracked org costs.
 
 use std::alloc::System;
 use std::hint::black_box;
@@ -170,6 +171,36 @@ fn two_threads(c: &mut Criterion) {
     }
 }
 
+/// Two threads' throughput over one thread's on 10,000 orgs, from paired trials: one thread, then
+/// two, back to back, 31 times. On a shared machine that slows down now and then, each pair sees
+/// the same conditions, and the median of the pairs' ratios is the scaling the code allows
+/// (criterion's two separate estimates can fall on different sides of a slow spell).
+fn scaling(_: &mut Criterion) {
+    const PAIRS: usize = 31;
+    const ITERS: u64 = 200_000;
+    let policy = policy(ORGS);
+    let all = orgs(&policy, ORGS);
+    let now = Timestamp::from_secs(1_800_000_000);
+    let store = MemoryStore::new();
+    threaded(&store, &all, ORGS, 2, ITERS, now);
+    let mut ratios: Vec<f64> = (0..PAIRS)
+        .map(|_| {
+            let one = threaded(&store, &all, ORGS, 1, ITERS, now);
+            let two = threaded(&store, &all, ORGS, 2, ITERS, now);
+            // Two threads did twice the work.
+            2.0 * one.as_secs_f64() / two.as_secs_f64()
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "two threads over one on {ORGS} orgs, {PAIRS} paired trials: median {:.2}x (quartiles {:.2}x-{:.2}x, lowest {:.2}x)",
+        ratios[PAIRS / 2],
+        ratios[PAIRS / 4],
+        ratios[3 * PAIRS / 4],
+        ratios[0]
+    );
+}
+
 fn bytes_per_org(_: &mut Criterion) {
     let policy = policy(ORGS);
     let all = orgs(&policy, ORGS);
@@ -190,5 +221,12 @@ fn bytes_per_org(_: &mut Criterion) {
     assert_eq!(store.tracked_orgs(), ORGS);
 }
 
-criterion_group!(benches, decision, one_thread, two_threads, bytes_per_org);
+criterion_group!(
+    benches,
+    decision,
+    one_thread,
+    two_threads,
+    scaling,
+    bytes_per_org
+);
 criterion_main!(benches);
