@@ -350,32 +350,29 @@ impl Store for MemoryStore {
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
-    use std::time::Duration;
 
     use super::MemoryStore;
-    use crate::{
-        Charge, Concurrency, Dimension, Limit, LimitZone, Org, Plan, Policy, ResolvedOrg, Tier,
-        Timestamp, Window,
-    };
+    use crate::{Charge, Policy, ResolvedOrg, Timestamp};
 
     const T0: i64 = 1_800_000_000;
 
+    /// An org whose plan admits one request a minute and one at a time.
     fn org() -> Arc<ResolvedOrg> {
-        let count = Limit::new(
-            "count",
-            Dimension::Requests,
-            LimitZone::Org,
-            vec![Tier::new(Window::Minute, 1).expect("tier")],
+        let policy = Policy::from_toml_str(
+            r#"
+            [plans.p]
+            concurrency = 1
+            [[plans.p.limits]]
+            name = "count"
+            dimension = "requests"
+            tiers = [{ window = "minute", capacity = 1 }]
+            [[orgs]]
+            id = "o"
+            plan = "p"
+            "#,
+            "memory.toml".as_ref(),
         )
-        .expect("limit");
-        let plan = Plan::new("p", vec![count])
-            .expect("plan")
-            .with_concurrency(Concurrency::new(1, Duration::ZERO).expect("concurrency"));
-        let policy = Policy::builder()
-            .plan(plan)
-            .org(Org::new("o", "p"))
-            .build()
-            .expect("policy");
+        .expect("policy");
         Arc::clone(policy.org("o").expect("org"))
     }
 
