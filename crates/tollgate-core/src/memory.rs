@@ -217,7 +217,7 @@ impl MemoryStore {
                     permit: None,
                 };
             };
-            // Sequentially consistent: see `Slot::release`.
+            // Sequentially consistent: see `Permits::release`.
             if slot.permits.in_flight.load(Ordering::SeqCst) >= concurrency.max() {
                 return Decision {
                     verdict: Verdict::concurrency(ledger.snapshot(org, now), now),
