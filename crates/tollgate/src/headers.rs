@@ -397,13 +397,14 @@ impl HeaderSet {
 
     /// Writes the headers into `headers`, replacing any of the same names.
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
-        // Exactly what is added: a map with room for them (a small response's usually has) is not
-        // grown, and one that must grow grows once.
+        // What is added, and room for the `content-length` the server adds after the layer: a map
+        // that must grow grows once, here, while it holds the handler's few headers, rather than
+        // once they are joined by these (which it would then copy).
         let count = self.legacy.as_ref().map_or(0, |legacy| legacy.len())
             + usize::from(self.policy.is_some())
             + usize::from(self.ratelimit.is_some())
             + usize::from(self.retry_after.is_some());
-        headers.reserve(count);
+        headers.reserve(count + 1);
         if let Some([limit, remaining, reset]) = self.legacy {
             headers.insert(X_RATELIMIT_LIMIT, limit);
             headers.insert(X_RATELIMIT_REMAINING, remaining);
