@@ -120,6 +120,8 @@ impl<V> Pinned<'_, V> {
     /// The value of `org`, inserting `make()` if it has none (`make` may run and its value be
     /// dropped when another thread inserts first).
     pub fn get_or_insert_with(&self, org: &OrgId, make: impl FnOnce() -> V) -> &V {
+        // Looked up first: papaya's own call takes an owned key, and cloning the id on every call
+        // would write its reference count, shared by every thread serving the org.
         match self.0.get(&Lookup(org)) {
             Some(value) => value,
             None => self.0.get_or_insert_with(Key(org.clone()), make),
