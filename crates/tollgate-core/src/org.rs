@@ -323,6 +323,8 @@ pub struct Org {
     environment: Environment,
     overrides: Vec<Override>,
     keys: Vec<KeyDigest>,
+    /// Each key masked to its last four characters, as the usage log labels its calls.
+    key_labels: Vec<Arc<str>>,
 }
 
 impl Org {
@@ -335,6 +337,7 @@ impl Org {
             environment: Environment::Production,
             overrides: Vec::new(),
             keys: Vec::new(),
+            key_labels: Vec::new(),
         }
     }
 
@@ -359,6 +362,7 @@ impl Org {
     /// This org with one more API key (held only as its SHA-256 digest).
     pub fn with_key(mut self, key: &str) -> Self {
         self.keys.push(KeyDigest::of(key));
+        self.key_labels.push(crate::usage::mask_key(key).into());
         self
     }
 
@@ -395,6 +399,12 @@ impl Org {
     /// Digests of its API keys.
     pub fn keys(&self) -> &[KeyDigest] {
         &self.keys
+    }
+
+    /// Its API keys' labels in the usage log (masked: see [`mask_key`](crate::usage::mask_key)),
+    /// in the order of [`keys`](Self::keys).
+    pub fn key_labels(&self) -> &[Arc<str>] {
+        &self.key_labels
     }
 }
 

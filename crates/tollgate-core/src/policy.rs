@@ -240,8 +240,8 @@ pub struct Policy {
     plans: Vec<Arc<Plan>>,
     orgs: HashMap<OrgId, Arc<ResolvedOrg>>,
     definitions: Vec<Org>,
-    /// Each key's org (resolved: a request finds its org with one lookup).
-    keys: HashMap<KeyDigest, Arc<ResolvedOrg>, foldhash::fast::RandomState>,
+    /// Each key's org (resolved: a request finds its org with one lookup) and label.
+    keys: HashMap<KeyDigest, (Arc<ResolvedOrg>, Arc<str>), foldhash::fast::RandomState>,
     routes: Vec<RouteRule>,
     admin_token: Option<KeyDigest>,
 }
@@ -279,7 +279,13 @@ impl Policy {
 
     /// The org a key digest belongs to.
     pub fn org_by_digest(&self, digest: &KeyDigest) -> Option<&Arc<ResolvedOrg>> {
-        self.keys.get(digest)
+        self.keys.get(digest).map(|(org, _)| org)
+    }
+
+    /// The org a key digest belongs to, and the key's label in the usage log (masked: see
+    /// [`mask_key`](crate::usage::mask_key)).
+    pub fn key_owner(&self, digest: &KeyDigest) -> Option<(&Arc<ResolvedOrg>, &Arc<str>)> {
+        self.keys.get(digest).map(|(org, label)| (org, label))
     }
 
     /// The org definitions, as declared.
@@ -346,8 +352,9 @@ impl Policy {
         org.set_overrides(overrides);
         let resolved = Arc::new(self.resolve(org)?);
         let mut next = self.clone();
-        for key in org.keys() {
-            next.keys.insert(*key, Arc::clone(&resolved));
+        for (key, label) in org.keys().iter().zip(org.key_labels()) {
+            next.keys
+                .insert(*key, (Arc::clone(&resolved), Arc::clone(label)));
         }
         next.definitions = definitions;
         next.orgs.insert(resolved.id.clone(), resolved);
@@ -459,8 +466,11 @@ impl PolicyBuilder {
                 }
             }
             let resolved = Arc::new(resolved);
-            for (key_index, key) in org.keys().iter().enumerate() {
-                if let Some(owner) = policy.keys.insert(*key, Arc::clone(&resolved)) {
+            for (key_index, (key, label)) in org.keys().iter().zip(org.key_labels()).enumerate() {
+                if let Some((owner, _)) = policy
+                    .keys
+                    .insert(*key, (Arc::clone(&resolved), Arc::clone(label)))
+                {
                     let owner = owner.id();
                     let problem = if owner == org.id() {
                         "this key is listed twice".to_owned()
@@ -710,6 +720,19 @@ mod tests {
             Some("acme")
         );
         assert!(policy.org_by_key("three").is_none());
+        let (org, label) = policy
+            .key_owner(&KeyDigest::of("two"))
+            .expect("a key of the policy");
+        assert_eq!((org.id().as_str(), &**label), ("acme", "…two"));
+        let overridden = policy
+            .with_org_overrides("acme", Vec::new())
+            .expect("acme is defined");
+        assert_eq!(
+            overridden
+                .key_owner(&KeyDigest::of("one"))
+                .map(|(_, label)| &**label),
+            Some("…one")
+        );
     }
 
     #[test]

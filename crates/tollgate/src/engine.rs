@@ -41,8 +41,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use tollgate_core::{
-    Clock, DynStore, LimitStatus, MemoryStore, Policy, ResolvedOrg, RouteRule, StoreError,
-    SystemClock, Timestamp, Treatment, org_map::OrgMap,
+    Clock, DynStore, MemoryStore, Policy, ResolvedOrg, RouteRule, StoreError, SystemClock,
+    Timestamp, Treatment, org_map::OrgMap,
 };
 
 use crate::headers::Quotas;
@@ -196,16 +196,25 @@ impl Engine {
         }
     }
 
-    /// The header parts of `org`'s quotas, computed once per org and plan.
-    pub(crate) fn quotas(&self, org: &ResolvedOrg, statuses: &[LimitStatus]) -> Arc<Quotas> {
+    /// The header parts of `org`'s quotas, computed once per org and plan. Their capacities are
+    /// those of when they were computed: a [`HeaderBuilder`](crate::headers::HeaderBuilder) says
+    /// whether they still fit, and [`fresh_quotas`](Self::fresh_quotas) replaces them if not.
+    pub(crate) fn quotas(&self, org: &ResolvedOrg, now: Timestamp) -> Arc<Quotas> {
         let quotas = self.quotas.pin();
         if let Some(cached) = quotas.get(org.id())
-            && cached.fits(org, statuses)
+            && cached.shape_fits(org)
         {
             return Arc::clone(cached);
         }
-        let fresh = Arc::new(Quotas::new(org, statuses));
+        let fresh = Arc::new(Quotas::new(org, now));
         quotas.insert(org.id(), Arc::clone(&fresh));
+        fresh
+    }
+
+    /// `org`'s quotas computed afresh at `now`, replacing the cached ones.
+    pub(crate) fn fresh_quotas(&self, org: &ResolvedOrg, now: Timestamp) -> Arc<Quotas> {
+        let fresh = Arc::new(Quotas::new(org, now));
+        self.quotas.pin().insert(org.id(), Arc::clone(&fresh));
         fresh
     }
 

@@ -66,12 +66,13 @@ use crate::engine::Engine;
 use crate::extract::Metered;
 use crate::finish::{self, Finish};
 use crate::headers::{
-    CONCURRENCY, HeaderSet, Inputs, Legacy, RETRY_AFTER, Slots, item_names, most_constraining,
+    CONCURRENCY, HeaderBuilder, HeaderSet, Inputs, Legacy, RETRY_AFTER, Slots, item_names,
     secs_until,
 };
 use crate::identity::{IdentifyOrg, Identity, Unidentified};
 use crate::problem::Problem;
 use crate::telemetry::{self, Remaining};
+use crate::templates;
 
 /// Every limit's numbers after a decision, computed once for the headers and the events.
 type Statuses = SmallVec<[LimitStatus; 3]>;
@@ -311,10 +312,8 @@ fn identified<S, B>(
         path,
         matched.is_none(),
     );
-    // Copied rather than shared through a map: a per-request allocation stays on this thread,
-    // where a shared map's lock word would be touched by every thread for every request.
     let route = matched
-        .map(|matched| Arc::from(matched.as_str()))
+        .map(|matched| templates::shared(matched.as_str()))
         .or(classified.pattern);
     let arrived = ctx.engine.now();
     // Built whole: `CallRecord::new` would allocate an empty key first.
@@ -322,7 +321,7 @@ fn identified<S, B>(
         at: arrived,
         key: Arc::clone(&key),
         method: method_label(request.method()),
-        path: target(request),
+        path: target(request, route.as_ref()),
         route,
         status: 200,
         cost: 1,
@@ -450,7 +449,6 @@ fn decided<S, B>(
     let now = ctx.engine.now();
     match verdict {
         Verdict::Admitted { snapshot, receipt } => {
-            let statuses: Statuses = snapshot.iter(&org).collect();
             let slots = org.concurrency().map(|concurrency| {
                 let held = permit.as_ref().and_then(Permit::in_flight).unwrap_or(1);
                 Slots {
@@ -458,18 +456,25 @@ fn decided<S, B>(
                     free: concurrency.max().saturating_sub(held),
                 }
             });
-            let quotas = ctx.engine.quotas(&org, &statuses);
-            let headers = HeaderSet::new(&Inputs {
-                server,
-                quotas: &quotas,
-                statuses: &statuses,
-                legacy: most_constraining(&statuses).map(Legacy::of),
+            // Each limit's numbers are computed once, written into the headers and checked for
+            // the 80% event, one limit at a time.
+            let quotas = ctx.engine.quotas(&org, now);
+            let mut builder = HeaderBuilder::new(server, &quotas, now);
+            for status in snapshot.iter(&org) {
+                builder.limit(&status);
+                telemetry::passed_80(&org, &status, charge);
+            }
+            let fresh = (!builder.fits()).then(|| ctx.engine.fresh_quotas(&org, now));
+            let quotas = fresh.as_ref().unwrap_or(&quotas);
+            let legacy = builder.most_constraining();
+            let headers = builder.finish(
+                quotas,
+                legacy,
                 slots,
-                slot_retry: Timestamp::from_millis(now.as_millis().saturating_add(SLOT_RETRY_MS)),
-                retry_after: None,
-                now,
-            });
-            telemetry::admitted(&org, &statuses, charge);
+                Timestamp::from_millis(now.as_millis().saturating_add(SLOT_RETRY_MS)),
+                None,
+            );
+            telemetry::admitted(&org, &snapshot, charge);
             telemetry::decision("admitted", None, ctx.started);
             let metered = Metered::new(Arc::clone(&org), key, treatment, snapshot, true, false);
             // `ReportCost` is extracted from the `Metered` extension.
@@ -500,7 +505,10 @@ fn decided<S, B>(
         } => {
             let statuses: Statuses = snapshot.iter(&org).collect();
             let rejection = Rejection::new(&org, reason, retry_at, &violated, &statuses, now);
-            let quotas = ctx.engine.quotas(&org, &statuses);
+            let mut quotas = ctx.engine.quotas(&org, now);
+            if !quotas.fits(&org, &statuses) {
+                quotas = ctx.engine.fresh_quotas(&org, now);
+            }
             let inputs = Inputs {
                 server,
                 quotas: &quotas,
@@ -699,13 +707,17 @@ fn unidentified_response(unidentified: Unidentified) -> Response<Bytes> {
     response
 }
 
-/// The request target as the usage log shows it: the path the client sent, with its query.
-fn target<B>(request: &Request<B>) -> Arc<str> {
+/// The request target as the usage log shows it: the path the client sent, with its query (the
+/// route's string when they are the same).
+fn target<B>(request: &Request<B>, route: Option<&Arc<str>>) -> Arc<str> {
     let uri = request
         .extensions()
         .get::<OriginalUri>()
         .map_or(request.uri(), |original| &original.0);
-    Arc::from(uri.path_and_query().map_or(uri.path(), |pq| pq.as_str()))
+    templates::path(
+        uri.path_and_query().map_or(uri.path(), |pq| pq.as_str()),
+        route,
+    )
 }
 
 /// The method as a shared string, without allocating for the common ones.

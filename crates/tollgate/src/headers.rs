@@ -42,7 +42,7 @@ use bytes::Bytes;
 use http::header::RETRY_AFTER as RETRY_AFTER_NAME;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sfv::{Integer, KeyRef, ListSerializer, StringRef};
-use tollgate_core::{LimitStatus, ResetFormat, ResolvedOrg, ServerSettings, TierStatus, Timestamp};
+use tollgate_core::{LimitStatus, ResetFormat, ResolvedOrg, ServerSettings, Timestamp, Window};
 
 /// `X-RateLimit-Limit`: the most constraining limit's total capacity.
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -95,20 +95,24 @@ impl Legacy {
     }
 }
 
-/// The most constraining limit: the lowest remaining share, ties to the first in plan order.
+/// Whether a limit with `remaining` of `limit` left constrains more than `than`: a lower remaining
+/// share, compared exactly, without floats (ties stay with `than`).
+fn constrains_more(remaining: u64, limit: u64, than: &Legacy) -> bool {
+    u128::from(remaining) * u128::from(than.limit.max(1))
+        < u128::from(than.remaining) * u128::from(limit.max(1))
+}
+
+/// The most constraining limit: the lowest remaining share, ties to the first in plan order (what
+/// [`HeaderBuilder::most_constraining`] finds as the limits are added).
+#[cfg(test)]
 pub(crate) fn most_constraining(statuses: &[LimitStatus]) -> Option<&LimitStatus> {
     let mut best: Option<&LimitStatus> = None;
     for status in statuses {
-        best = match best {
-            // remaining/limit < best.remaining/best.limit, exactly, without floats.
-            Some(current)
-                if u128::from(status.remaining) * u128::from(current.limit.max(1))
-                    >= u128::from(current.remaining) * u128::from(status.limit.max(1)) =>
-            {
-                Some(current)
-            }
-            _ => Some(status),
-        };
+        if best.is_none_or(|current| {
+            constrains_more(status.remaining, status.limit, &Legacy::of(current))
+        }) {
+            best = Some(status);
+        }
     }
     best
 }
@@ -138,9 +142,9 @@ fn put_sf_integer(buffer: &mut Vec<u8>, value: u64) {
 }
 
 /// The name of one tier's item: the limit's name, or `limit.window` when it has several tiers.
-fn item_name<'a>(name: &'a str, tiers: usize, tier: &TierStatus) -> Cow<'a, str> {
+fn item_name(name: &str, tiers: usize, window: Window) -> Cow<'_, str> {
     if tiers > 1 {
-        Cow::Owned(format!("{name}.{}", tier.window.as_str()))
+        Cow::Owned(format!("{name}.{}", window.as_str()))
     } else {
         Cow::Borrowed(name)
     }
@@ -158,7 +162,7 @@ pub(crate) fn item_names(org: &ResolvedOrg, status: &LimitStatus) -> Vec<String>
     status
         .tiers()
         .iter()
-        .map(|tier| item_name(name, status.tiers().len(), tier).into_owned())
+        .map(|tier| item_name(name, status.tiers().len(), tier.window).into_owned())
         .collect()
 }
 
@@ -186,24 +190,25 @@ pub(crate) struct Quotas {
 const CONCURRENCY_PREFIX: &str = "\"concurrency\";r=";
 
 impl Quotas {
-    /// The quotas of `org` as `statuses` show them.
-    pub(crate) fn new(org: &ResolvedOrg, statuses: &[LimitStatus]) -> Self {
+    /// The quotas of `org` at `now` (capacities can change with time: an override ends).
+    pub(crate) fn new(org: &ResolvedOrg, now: Timestamp) -> Self {
         let mut prefixes = Vec::new();
         let mut capacities = Vec::new();
         let mut list = ListSerializer::new();
-        for status in statuses {
-            let name = limit_name(org, status);
-            for tier in status.tiers() {
-                capacities.push(tier.capacity);
-                let item = item_name(name, status.tiers().len(), tier);
+        for limit in org.limits() {
+            let tiers = limit.tiers();
+            for (index, tier) in tiers.iter().enumerate() {
+                let capacity = limit.capacity(index, now);
+                capacities.push(capacity);
+                let item = item_name(limit.name(), tiers.len(), tier.window());
                 // Limit names are letters, digits, '_', '-' and '.': always valid sf-strings.
                 let Ok(item) = sfv::String::try_from(item.into_owned()) else {
                     continue;
                 };
                 let _ = list
                     .bare_item(&*item)
-                    .parameter(Q, integer(tier.capacity))
-                    .parameter(W, integer(tier.window.nominal_secs()));
+                    .parameter(Q, integer(capacity))
+                    .parameter(W, integer(tier.window().nominal_secs()));
                 let mut name = ListSerializer::new();
                 let _ = name.bare_item(&*item);
                 let mut prefix = name.finish().unwrap_or_default();
@@ -228,78 +233,182 @@ impl Quotas {
         }
     }
 
-    /// Whether these quotas still describe `org` as `statuses` show it.
-    pub(crate) fn fits(&self, org: &ResolvedOrg, statuses: &[LimitStatus]) -> bool {
+    /// Whether these quotas have `org`'s limits, tiers and concurrency (capacities are checked as
+    /// the headers are written: see [`HeaderBuilder::fits`]).
+    pub(crate) fn shape_fits(&self, org: &ResolvedOrg) -> bool {
         self.layout == org.layout()
             && self.concurrency == org.concurrency().map(|concurrency| concurrency.max())
+    }
+
+    /// Whether these quotas still describe `org` as `statuses` show it.
+    pub(crate) fn fits(&self, org: &ResolvedOrg, statuses: &[LimitStatus]) -> bool {
+        self.shape_fits(org)
             && self.capacities.iter().copied().eq(statuses
                 .iter()
                 .flat_map(|status| status.tiers().iter().map(|tier| tier.capacity)))
     }
 }
 
-/// Appends `RateLimit` at `now` to `buffer`; `false` if it has no item (no header then).
-fn put_ratelimit(
-    buffer: &mut Vec<u8>,
-    quotas: &Quotas,
-    statuses: &[LimitStatus],
-    slots: Option<Slots>,
-    slot_retry: Timestamp,
-    now: Timestamp,
-) -> bool {
-    let start = buffer.len();
-    let tiers = statuses.iter().flat_map(|status| status.tiers());
-    for (prefix, tier) in quotas.prefixes.iter().zip(tiers) {
-        if buffer.len() > start {
-            buffer.extend_from_slice(b", ");
-        }
-        buffer.extend_from_slice(prefix.as_bytes());
-        put_sf_integer(buffer, tier.remaining);
-        buffer.extend_from_slice(b";t=");
-        put_sf_integer(buffer, secs_until(tier.reset, now));
-    }
-    if let Some(slots) = slots {
-        // A slot frees when some request ends, which nobody knows in advance: 0 while one is free,
-        // otherwise the store's retry hint.
-        let t = if slots.free > 0 {
-            0
-        } else {
-            secs_until(slot_retry, now).max(1)
-        };
-        if buffer.len() > start {
-            buffer.extend_from_slice(b", ");
-        }
-        buffer.extend_from_slice(CONCURRENCY_PREFIX.as_bytes());
-        put_sf_integer(buffer, u64::from(slots.free));
-        buffer.extend_from_slice(b";t=");
-        put_sf_integer(buffer, t);
-    }
-    buffer.len() > start
-}
-
-/// `X-RateLimit-Reset` in the configured format.
-fn reset_value(format: ResetFormat, reset: Timestamp, now: Timestamp) -> HeaderValue {
+/// `X-RateLimit-Reset` in the configured format, appended to `buffer`.
+fn put_reset(buffer: &mut Vec<u8>, format: ResetFormat, reset: Timestamp, now: Timestamp) {
     match format {
-        ResetFormat::Epoch => HeaderValue::from(reset.as_secs_ceil()),
-        ResetFormat::Delta => HeaderValue::from(secs_until(reset, now)),
+        ResetFormat::Epoch => {
+            buffer.extend_from_slice(itoa::Buffer::new().format(reset.as_secs_ceil()).as_bytes());
+        }
+        ResetFormat::Delta => put_u64(buffer, secs_until(reset, now)),
         ResetFormat::HttpDate => {
             let secs = u64::try_from(reset.as_secs_ceil()).unwrap_or(0);
             let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
-            HeaderValue::try_from(date).unwrap_or(HeaderValue::from_static("0"))
+            buffer.extend_from_slice(date.as_bytes());
         }
     }
 }
 
-/// The rate-limit headers of one response, computed at the decision.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct HeaderSet {
-    legacy: Option<[HeaderValue; 3]>,
-    policy: Option<HeaderValue>,
-    ratelimit: Option<HeaderValue>,
-    retry_after: Option<HeaderValue>,
+/// Writes the values of a [`HeaderSet`] limit by limit, so that a decision's numbers are computed,
+/// written and dropped one limit at a time.
+///
+/// `RateLimit` comes first in the buffer, then the three `X-RateLimit-*` values once the most
+/// constraining limit is known; every value is a slice of the one buffer.
+#[derive(Debug)]
+pub(crate) struct HeaderBuilder<'a> {
+    server: &'a ServerSettings,
+    quotas: &'a Quotas,
+    now: Timestamp,
+    buffer: Vec<u8>,
+    /// Tier items seen so far.
+    tiers: usize,
+    /// Whether every tier so far had the capacity `quotas` was built with.
+    fits: bool,
+    /// The most constraining limit so far.
+    most: Option<Legacy>,
 }
 
-/// Everything a [`HeaderSet`] is computed from.
+impl<'a> HeaderBuilder<'a> {
+    pub(crate) fn new(server: &'a ServerSettings, quotas: &'a Quotas, now: Timestamp) -> Self {
+        let capacity = if server.legacy_headers { 48 } else { 0 }
+            + if server.ietf_headers {
+                32 * (quotas.prefixes.len() + 1)
+            } else {
+                0
+            };
+        Self {
+            server,
+            quotas,
+            now,
+            buffer: Vec::with_capacity(capacity),
+            tiers: 0,
+            fits: true,
+            most: None,
+        }
+    }
+
+    /// Adds the next limit of the plan, in plan order.
+    pub(crate) fn limit(&mut self, status: &LimitStatus) {
+        if self
+            .most
+            .as_ref()
+            .is_none_or(|most| constrains_more(status.remaining, status.limit, most))
+        {
+            self.most = Some(Legacy::of(status));
+        }
+        for tier in status.tiers() {
+            let at = self.tiers;
+            self.tiers += 1;
+            if self.quotas.capacities.get(at) != Some(&tier.capacity) {
+                self.fits = false;
+            }
+            if !self.server.ietf_headers {
+                continue;
+            }
+            let Some(prefix) = self.quotas.prefixes.get(at) else {
+                continue;
+            };
+            if !self.buffer.is_empty() {
+                self.buffer.extend_from_slice(b", ");
+            }
+            self.buffer.extend_from_slice(prefix.as_bytes());
+            put_sf_integer(&mut self.buffer, tier.remaining);
+            self.buffer.extend_from_slice(b";t=");
+            put_sf_integer(&mut self.buffer, secs_until(tier.reset, self.now));
+        }
+    }
+
+    /// Whether the quotas matched every limit added: if not, `RateLimit-Policy` must come from
+    /// quotas built afresh (the names, and so `RateLimit`, are right either way).
+    pub(crate) fn fits(&self) -> bool {
+        self.fits && self.tiers == self.quotas.capacities.len()
+    }
+
+    /// The most constraining limit added.
+    pub(crate) fn most_constraining(&self) -> Option<Legacy> {
+        self.most
+    }
+
+    /// The headers: `RateLimit-Policy` from `quotas`, `X-RateLimit-*` from `legacy`, the
+    /// concurrency item from `slots` (`slot_retry` being when a slot may be free), and
+    /// `Retry-After` if `retry_after` is given.
+    pub(crate) fn finish(
+        mut self,
+        quotas: &Quotas,
+        legacy: Option<Legacy>,
+        slots: Option<Slots>,
+        slot_retry: Timestamp,
+        retry_after: Option<u64>,
+    ) -> HeaderSet {
+        let server = self.server;
+        let now = self.now;
+        let buffer = &mut self.buffer;
+        if server.ietf_headers
+            && let Some(slots) = slots
+        {
+            // A slot frees when some request ends, which nobody knows in advance: 0 while one is
+            // free, otherwise the store's retry hint.
+            let t = if slots.free > 0 {
+                0
+            } else {
+                secs_until(slot_retry, now).max(1)
+            };
+            if !buffer.is_empty() {
+                buffer.extend_from_slice(b", ");
+            }
+            buffer.extend_from_slice(CONCURRENCY_PREFIX.as_bytes());
+            put_sf_integer(buffer, u64::from(slots.free));
+            buffer.extend_from_slice(b";t=");
+            put_sf_integer(buffer, t);
+        }
+        let ratelimit = buffer.len();
+        let legacy = legacy.filter(|_| server.legacy_headers).map(|legacy| {
+            put_u64(buffer, legacy.limit);
+            let limit = buffer.len();
+            put_u64(buffer, legacy.remaining);
+            let remaining = buffer.len();
+            put_reset(buffer, server.reset_format, legacy.reset, now);
+            [limit, remaining, buffer.len()]
+        });
+        HeaderSet {
+            values: Bytes::from(self.buffer),
+            ratelimit,
+            legacy,
+            policy: quotas.policy.clone().filter(|_| server.ietf_headers),
+            retry_after,
+        }
+    }
+}
+
+/// The rate-limit headers of one response, computed at the decision and written into the response
+/// by [`apply`](Self::apply).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HeaderSet {
+    /// `RateLimit` (`..ratelimit`), then `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
+    values: Bytes,
+    ratelimit: usize,
+    /// Where the three `X-RateLimit-*` values end, if they are sent.
+    legacy: Option<[usize; 3]>,
+    policy: Option<HeaderValue>,
+    retry_after: Option<u64>,
+}
+
+/// Everything a [`HeaderSet`] is computed from, when every limit's numbers are at hand.
 #[derive(Debug)]
 pub(crate) struct Inputs<'a> {
     pub(crate) server: &'a ServerSettings,
@@ -317,82 +426,18 @@ pub(crate) struct Inputs<'a> {
 
 impl HeaderSet {
     /// Computes the headers the server settings ask for.
-    ///
-    /// The numeric values are written into one buffer that every header value then shares, so a
-    /// response costs one allocation for all of them.
     pub(crate) fn new(inputs: &Inputs<'_>) -> Self {
-        let server = inputs.server;
-        let legacy = inputs.legacy.filter(|_| server.legacy_headers);
-        let mut buffer = Vec::with_capacity(
-            legacy.map_or(0, |_| 48)
-                + if server.ietf_headers {
-                    32 * (inputs.quotas.prefixes.len() + 1)
-                } else {
-                    0
-                },
-        );
-        // Where each value ends in `buffer`.
-        let mut limit_end = 0;
-        let mut remaining_end = 0;
-        let mut reset_end = 0;
-        let mut date = None;
-        if let Some(legacy) = legacy {
-            put_u64(&mut buffer, legacy.limit);
-            limit_end = buffer.len();
-            put_u64(&mut buffer, legacy.remaining);
-            remaining_end = buffer.len();
-            match server.reset_format {
-                ResetFormat::Epoch => buffer.extend_from_slice(
-                    itoa::Buffer::new()
-                        .format(legacy.reset.as_secs_ceil())
-                        .as_bytes(),
-                ),
-                ResetFormat::Delta => put_u64(&mut buffer, secs_until(legacy.reset, inputs.now)),
-                format @ ResetFormat::HttpDate => {
-                    date = Some(reset_value(format, legacy.reset, inputs.now));
-                }
-            }
-            reset_end = buffer.len();
+        let mut builder = HeaderBuilder::new(inputs.server, inputs.quotas, inputs.now);
+        for status in inputs.statuses {
+            builder.limit(status);
         }
-        let ratelimit = server.ietf_headers
-            && put_ratelimit(
-                &mut buffer,
-                inputs.quotas,
-                inputs.statuses,
-                inputs.slots,
-                inputs.slot_retry,
-                inputs.now,
-            );
-        let shared = Bytes::from(buffer);
-        let value =
-            |from: usize, to: usize| HeaderValue::from_maybe_shared(shared.slice(from..to)).ok();
-        let legacy = legacy.and_then(|_| {
-            let reset = match date {
-                Some(date) => date,
-                None => value(remaining_end, reset_end)?,
-            };
-            Some([
-                value(0, limit_end)?,
-                value(limit_end, remaining_end)?,
-                reset,
-            ])
-        });
-        let (policy, ratelimit) = if server.ietf_headers {
-            (
-                inputs.quotas.policy.clone(),
-                ratelimit.then(|| value(reset_end, shared.len())).flatten(),
-            )
-        } else {
-            (None, None)
-        };
-        Self {
-            legacy,
-            policy,
-            ratelimit,
-            retry_after: inputs
-                .retry_after
-                .map(|secs| HeaderValue::from(secs.max(1))),
-        }
+        builder.finish(
+            inputs.quotas,
+            inputs.legacy,
+            inputs.slots,
+            inputs.slot_retry,
+            inputs.retry_after,
+        )
     }
 
     /// Writes the headers into `headers`, replacing any of the same names.
@@ -400,24 +445,37 @@ impl HeaderSet {
         // What is added, and room for the `content-length` the server adds after the layer: a map
         // that must grow grows once, here, while it holds the handler's few headers, rather than
         // once they are joined by these (which it would then copy).
-        let count = self.legacy.as_ref().map_or(0, |legacy| legacy.len())
+        let ratelimit = self.ratelimit > 0;
+        let count = self.legacy.map_or(0, |legacy| legacy.len())
             + usize::from(self.policy.is_some())
-            + usize::from(self.ratelimit.is_some())
+            + usize::from(ratelimit)
             + usize::from(self.retry_after.is_some());
         headers.reserve(count + 1);
+        // Every value is a slice of `values`, which holds only digits and the names the `sfv`
+        // serializer wrote, so none fails the header-value check.
+        let value = |from: usize, to: usize| {
+            HeaderValue::from_maybe_shared(self.values.slice(from..to)).ok()
+        };
         if let Some([limit, remaining, reset]) = self.legacy {
-            headers.insert(X_RATELIMIT_LIMIT, limit);
-            headers.insert(X_RATELIMIT_REMAINING, remaining);
-            headers.insert(X_RATELIMIT_RESET, reset);
+            let start = self.ratelimit;
+            if let Some(value) = value(start, limit) {
+                headers.insert(X_RATELIMIT_LIMIT, value);
+            }
+            if let Some(value) = value(limit, remaining) {
+                headers.insert(X_RATELIMIT_REMAINING, value);
+            }
+            if let Some(value) = value(remaining, reset) {
+                headers.insert(X_RATELIMIT_RESET, value);
+            }
         }
         if let Some(policy) = self.policy {
             headers.insert(RATELIMIT_POLICY, policy);
         }
-        if let Some(ratelimit) = self.ratelimit {
-            headers.insert(RATELIMIT, ratelimit);
+        if ratelimit && let Some(value) = value(0, self.ratelimit) {
+            headers.insert(RATELIMIT, value);
         }
-        if let Some(retry_after) = self.retry_after {
-            headers.insert(RETRY_AFTER, retry_after);
+        if let Some(secs) = self.retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
     }
 }
@@ -476,7 +534,7 @@ mod tests {
         for status in statuses {
             let name = limit_name(org, status);
             for tier in status.tiers() {
-                let item = item_name(name, status.tiers().len(), tier);
+                let item = item_name(name, status.tiers().len(), tier.window);
                 let item = sfv::String::try_from(item.into_owned()).expect("a valid sf-string");
                 let _ = list
                     .bare_item(&*item)
@@ -527,7 +585,7 @@ mod tests {
         let mut map = HeaderMap::new();
         HeaderSet::new(&Inputs {
             server: policy.server(),
-            quotas: &Quotas::new(org, statuses),
+            quotas: &Quotas::new(org, now),
             statuses,
             legacy: most_constraining(statuses).map(Legacy::of),
             slots: Some(Slots { max: 3, free: 2 }),
@@ -635,7 +693,7 @@ mod tests {
                     verdict = ledger.admit(org, Charge::points(400_000_000_000_000), now);
                 }
                 let statuses = &verdict.statuses(org);
-                let quotas = Quotas::new(org, statuses);
+                let quotas = Quotas::new(org, now);
                 for slots in [
                     None,
                     Some(Slots { max: 1, free: 0 }),
@@ -693,13 +751,29 @@ mod tests {
                         );
                         assert_eq!(
                             map[X_RATELIMIT_RESET],
-                            reset_value(format, legacy.reset, now)
+                            reset_value(format, legacy.reset, now).as_str()
                         );
                         assert_eq!(map[RETRY_AFTER], "3");
                     }
                 }
             }
         }
+    }
+
+    /// What a [`HeaderBuilder`] fed `statuses` picks for `X-RateLimit-*`, and whether the quotas
+    /// fit.
+    fn built(
+        org: &ResolvedOrg,
+        statuses: &[LimitStatus],
+        now: Timestamp,
+    ) -> (Option<Legacy>, bool) {
+        let server = ServerSettings::default();
+        let quotas = Quotas::new(org, now);
+        let mut builder = HeaderBuilder::new(&server, &quotas, now);
+        for status in statuses {
+            builder.limit(status);
+        }
+        (builder.most_constraining(), builder.fits())
     }
 
     #[test]
@@ -710,12 +784,53 @@ mod tests {
         let now = Timestamp::from_secs(1_800_000_000);
         let statuses = ledger.peek(org, now);
         assert_eq!(most_constraining(&statuses).map(|s| s.index), Some(0));
-        let verdict = ledger.admit(org, Charge::points(1), now);
+        assert_eq!(built(org, &statuses, now).0, Some(Legacy::of(&statuses[0])));
+        let statuses = ledger.admit(org, Charge::points(1), now).statuses(org);
         // points 99/100 = 0.99, count 29/30 = 0.9667 -> count.
-        assert_eq!(
-            most_constraining(&verdict.statuses(org)).map(|s| s.index),
-            Some(1)
+        assert_eq!(most_constraining(&statuses).map(|s| s.index), Some(1));
+        assert_eq!(built(org, &statuses, now).0, Some(Legacy::of(&statuses[1])));
+        // Equal shares (98/100 and 29.4/30 cannot tie; 0/100 and 0/30 do): the first wins.
+        let mut tied = statuses.clone();
+        tied[0].remaining = 0;
+        tied[1].remaining = 0;
+        assert_eq!(most_constraining(&tied).map(|s| s.index), Some(0));
+        assert_eq!(built(org, &tied, now).0, Some(Legacy::of(&tied[0])));
+    }
+
+    #[test]
+    fn the_builder_sees_capacities_change() {
+        // `points` doubled until t = 60 s: quotas built before then no longer fit after it.
+        let policy = policy()
+            .with_org_overrides(
+                "acme",
+                vec![
+                    tollgate_core::Override::new(
+                        "points",
+                        tollgate_core::Adjustment::Capacity(200),
+                    )
+                    .until(Timestamp::from_secs(60)),
+                ],
+            )
+            .expect("an override");
+        let org = policy.org("acme").expect("org");
+        let (before, after) = (Timestamp::from_secs(0), Timestamp::from_secs(61));
+        let quotas = Quotas::new(org, before);
+        let server = ServerSettings::default();
+        let fits = |statuses: &[LimitStatus], now| {
+            let mut builder = HeaderBuilder::new(&server, &quotas, now);
+            for status in statuses {
+                builder.limit(status);
+            }
+            builder.fits()
+        };
+        let mut ledger = Ledger::new(org);
+        assert!(fits(&ledger.peek(org, before), before));
+        assert!(!fits(&ledger.peek(org, after), after), "the override ended");
+        assert!(
+            !fits(&ledger.peek(org, before)[..1], before),
+            "a limit missing"
         );
+        assert!(Quotas::new(org, after).fits(org, &ledger.peek(org, after)));
     }
 
     #[test]
@@ -724,11 +839,18 @@ mod tests {
         let org = policy.org("acme").expect("org");
         let now = Timestamp::from_secs(0);
         let statuses = Ledger::new(org).peek(org, now);
-        let quotas = Quotas::new(org, &statuses);
+        let quotas = Quotas::new(org, now);
         assert!(quotas.fits(org, &statuses));
         let mut changed = statuses.clone();
         changed.truncate(1);
         assert!(!quotas.fits(org, &changed));
+    }
+
+    /// `X-RateLimit-Reset` as [`put_reset`] writes it.
+    fn reset_value(format: ResetFormat, reset: Timestamp, now: Timestamp) -> String {
+        let mut buffer = Vec::new();
+        put_reset(&mut buffer, format, reset, now);
+        String::from_utf8(buffer).expect("ascii")
     }
 
     #[test]
@@ -761,7 +883,7 @@ mod tests {
         let mut map = HeaderMap::new();
         HeaderSet::new(&Inputs {
             server: &server,
-            quotas: &Quotas::new(org, &statuses),
+            quotas: &Quotas::new(org, now),
             statuses: &statuses,
             legacy: most_constraining(&statuses).map(Legacy::of),
             slots: None,

@@ -287,10 +287,13 @@ impl BearerKeys {
     /// Identifies the request synchronously (what [`IdentifyOrg::identify`] does).
     pub fn identify_now(request: &Parts, policy: &Policy) -> Result<Identity, Unidentified> {
         let key = bearer_token(request)?;
-        let org = policy
-            .org_by_digest(&KeyDigest::of(key))
+        let (org, label) = policy
+            .key_owner(&KeyDigest::of(key))
             .ok_or(Unidentified::Unknown)?;
-        Ok(Identity::new(Arc::clone(org), key))
+        Ok(Identity {
+            org: Who::Resolved(Arc::clone(org)),
+            key: Arc::clone(label),
+        })
     }
 }
 
@@ -323,14 +326,23 @@ pub fn bearer_token(request: &Parts) -> Result<&str, Unidentified> {
     let value = request
         .headers
         .get(AUTHORIZATION)
-        .ok_or(Unidentified::Missing)?;
-    let value = value.to_str().map_err(|_| Unidentified::Malformed)?.trim();
-    let (scheme, key) = value.split_once(' ').ok_or(Unidentified::Malformed)?;
-    let key = key.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || key.is_empty() || key.contains([' ', '\t']) {
+        .ok_or(Unidentified::Missing)?
+        .as_bytes()
+        .trim_ascii();
+    let space = value
+        .iter()
+        .position(|&byte| byte == b' ')
+        .ok_or(Unidentified::Malformed)?;
+    let (scheme, key) = value.split_at(space);
+    let key = key.trim_ascii();
+    // The key: visible ASCII, so no spaces, tabs or bytes outside ASCII.
+    if !scheme.eq_ignore_ascii_case(b"bearer")
+        || key.is_empty()
+        || !key.iter().all(u8::is_ascii_graphic)
+    {
         return Err(Unidentified::Malformed);
     }
-    Ok(key)
+    std::str::from_utf8(key).map_err(|_| Unidentified::Malformed)
 }
 
 #[cfg(test)]
@@ -357,13 +369,28 @@ mod tests {
         assert_eq!(bearer_token(&parts(Some("Bearer k-1"))), Ok("k-1"));
         assert_eq!(bearer_token(&parts(Some("bearer   k-1  "))), Ok("k-1"));
         assert_eq!(bearer_token(&parts(None)), Err(Unidentified::Missing));
-        for bad in ["Basic k-1", "Bearer", "Bearer ", "k-1", "Bearer a b"] {
+        assert_eq!(bearer_token(&parts(Some("BEARER \tk-1\t"))), Ok("k-1"));
+        for bad in [
+            "Basic k-1",
+            "Bearer",
+            "Bearer ",
+            "k-1",
+            "Bearer a b",
+            "Bearer a\tb",
+            "Bearer\tk-1",
+        ] {
             assert_eq!(
                 bearer_token(&parts(Some(bad))),
                 Err(Unidentified::Malformed),
                 "{bad}"
             );
         }
+        let mut request = parts(None);
+        request.headers.insert(
+            AUTHORIZATION,
+            http::HeaderValue::from_bytes(b"Bearer k\xe9y").expect("obs-text is a valid value"),
+        );
+        assert_eq!(bearer_token(&request), Err(Unidentified::Malformed));
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub mod layer;
 mod problem;
 pub mod service;
 mod telemetry;
+mod templates;
 #[cfg(test)]
 mod test_support;
 pub mod usage;

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tollgate_core::{Charge, Dimension, LimitStatus, ResolvedOrg};
+use tollgate_core::{Charge, Dimension, LimitStatus, ResolvedOrg, Snapshot};
 
 /// Every limit's remaining count as `name=remaining` pairs, formatted only if an event is enabled.
 pub(crate) struct Remaining<'a> {
@@ -20,19 +20,38 @@ pub(crate) struct Remaining<'a> {
 
 impl fmt::Display for Remaining<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (position, status) in self.statuses.iter().enumerate() {
-            let name = self
-                .org
-                .limits()
-                .get(status.index)
-                .map_or("?", |limit| limit.name());
-            if position > 0 {
-                f.write_str(" ")?;
-            }
-            write!(f, "{name}={}/{}", status.remaining, status.limit)?;
-        }
-        Ok(())
+        write_remaining(f, self.org, self.statuses.iter().copied())
     }
+}
+
+/// [`Remaining`] of a snapshot, whose numbers are computed only if an event is enabled.
+pub(crate) struct SnapshotRemaining<'a> {
+    pub(crate) org: &'a ResolvedOrg,
+    pub(crate) snapshot: &'a Snapshot,
+}
+
+impl fmt::Display for SnapshotRemaining<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_remaining(f, self.org, self.snapshot.iter(self.org))
+    }
+}
+
+fn write_remaining(
+    f: &mut fmt::Formatter<'_>,
+    org: &ResolvedOrg,
+    statuses: impl Iterator<Item = LimitStatus>,
+) -> fmt::Result {
+    for (position, status) in statuses.enumerate() {
+        let name = org
+            .limits()
+            .get(status.index)
+            .map_or("?", |limit| limit.name());
+        if position > 0 {
+            f.write_str(" ")?;
+        }
+        write!(f, "{name}={}/{}", status.remaining, status.limit)?;
+    }
+    Ok(())
 }
 
 /// Counts one decision and times it. The decisions no limit caused (`limit = None`) use static
@@ -81,35 +100,37 @@ pub(crate) fn in_flight(key: &metrics::Key, delta: f64) {
     metrics::with_recorder(|recorder| recorder.register_gauge(key, &METADATA)).increment(delta);
 }
 
-/// Logs an admission, and an org passing 80% of a limit with this charge.
-pub(crate) fn admitted(org: &ResolvedOrg, statuses: &[LimitStatus], charge: Charge) {
+/// Logs an admission (the numbers are computed from `snapshot` only if the event is enabled).
+pub(crate) fn admitted(org: &ResolvedOrg, snapshot: &Snapshot, charge: Charge) {
     tracing::debug!(
         org = org.id().as_str(),
         cost = charge.points,
-        remaining = %Remaining { org, statuses },
+        remaining = %SnapshotRemaining { org, snapshot },
         "tollgate: admitted"
     );
-    for status in statuses {
-        let Some(limit) = org.limits().get(status.index) else {
-            continue;
-        };
-        let amount = match limit.dimension() {
-            Dimension::Requests | Dimension::Points => charge.amount(limit.dimension()),
-            Dimension::LatencyMs => continue,
-        };
-        let capacity = u128::from(status.limit);
-        let used_after = capacity.saturating_sub(u128::from(status.remaining));
-        let used_before = used_after.saturating_sub(u128::from(amount));
-        if used_before * 5 < capacity * 4 && used_after * 5 >= capacity * 4 {
-            tracing::info!(
-                org = org.id().as_str(),
-                limit = limit.name(),
-                remaining = status.remaining,
-                capacity = status.limit,
-                reset = %status.reset,
-                "tollgate: org passed 80% of a limit"
-            );
-        }
+}
+
+/// Logs an org passing 80% of a `requests` or `points` limit with this charge.
+pub(crate) fn passed_80(org: &ResolvedOrg, status: &LimitStatus, charge: Charge) {
+    let Some(limit) = org.limits().get(status.index) else {
+        return;
+    };
+    let amount = match limit.dimension() {
+        Dimension::Requests | Dimension::Points => charge.amount(limit.dimension()),
+        Dimension::LatencyMs => return,
+    };
+    let capacity = u128::from(status.limit);
+    let used_after = capacity.saturating_sub(u128::from(status.remaining));
+    let used_before = used_after.saturating_sub(u128::from(amount));
+    if used_before * 5 < capacity * 4 && used_after * 5 >= capacity * 4 {
+        tracing::info!(
+            org = org.id().as_str(),
+            limit = limit.name(),
+            remaining = status.remaining,
+            capacity = status.limit,
+            reset = %status.reset,
+            "tollgate: org passed 80% of a limit"
+        );
     }
 }
 
