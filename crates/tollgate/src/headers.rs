@@ -180,6 +180,8 @@ pub(crate) struct Quotas {
     /// One `RateLimit` item start per tier item, in header order: the name as the `sfv` serializer
     /// writes it, then `;r=`.
     prefixes: Vec<Box<str>>,
+    /// The prefixes' total length.
+    prefix_bytes: usize,
     policy: Option<HeaderValue>,
     /// The key of the org's `tollgate_in_flight` gauge (kept here, with the org's other per-request
     /// constants, so that moving the gauge does not build its labels).
@@ -227,6 +229,7 @@ impl Quotas {
             layout: org.layout(),
             capacities,
             concurrency,
+            prefix_bytes: prefixes.iter().map(|prefix| prefix.len()).sum(),
             prefixes,
             policy: header(list.finish()),
             in_flight: Arc::new(crate::telemetry::in_flight_key(org)),
@@ -285,12 +288,19 @@ pub(crate) struct HeaderBuilder<'a> {
 
 impl<'a> HeaderBuilder<'a> {
     pub(crate) fn new(server: &'a ServerSettings, quotas: &'a Quotas, now: Timestamp) -> Self {
-        let capacity = if server.legacy_headers { 48 } else { 0 }
-            + if server.ietf_headers {
-                32 * (quotas.prefixes.len() + 1)
-            } else {
-                0
-            };
+        // Room for the longest values: every number at its widest, an HTTP date for the reset.
+        const NUMBER: usize = 20;
+        let capacity = if server.legacy_headers {
+            2 * NUMBER + 29
+        } else {
+            0
+        } + if server.ietf_headers {
+            quotas.prefix_bytes
+                + (quotas.prefixes.len() + 1) * (", ;t=".len() + 2 * NUMBER)
+                + CONCURRENCY_PREFIX.len()
+        } else {
+            0
+        };
         Self {
             server,
             quotas,
