@@ -53,7 +53,7 @@ fn main() {
         let per_request = long.saturating_sub(short) / (2 * REQUESTS);
         let base = *bare.get_or_insert(per_request);
         println!(
-            "{name:>16}: {per_request:>7} instructions, overhead {:>7}",
+            "{name:>22}: {per_request:>7} instructions, overhead {:>7}",
             per_request.saturating_sub(base)
         );
     }

@@ -106,9 +106,34 @@ pub(crate) fn governed() -> Router {
     router().layer(tower_governor::GovernorLayer::new(config))
 }
 
-/// The routers compared: bare, tollgate (the full path), tower_governor, and tollgate on a route
-/// exempt from limits (identification, the usage record and the settlement only).
-pub(crate) const NAMES: [&str; 4] = ["bare", "tollgate", "tower_governor", "tollgate_exempt"];
+/// A plan doing what the tower_governor router does: one limit, the `X-RateLimit-*` headers only,
+/// no concurrency limit (identity, the `Metered` extension and the usage record remain).
+pub(crate) const LIKE_GOVERNOR: &str = r#"
+[server]
+legacy_headers = true
+ietf_headers = false
+
+[[plans.bench.limits]]
+name = "requests"
+dimension = "requests"
+tiers = [{ window = "minute", capacity = 1000000000000 }]
+
+[[orgs]]
+id = "acme"
+plan = "bench"
+keys = ["acme-key-1"]
+"#;
+
+/// The routers compared: bare, tollgate (the full path), tower_governor, tollgate on a route
+/// exempt from limits (identification, the usage record and the settlement only), and tollgate
+/// with a plan like the tower_governor router's ([`LIKE_GOVERNOR`]).
+pub(crate) const NAMES: [&str; 5] = [
+    "bare",
+    "tollgate",
+    "tower_governor",
+    "tollgate_exempt",
+    "tollgate_like_governor",
+];
 
 /// The router called `name` (one of [`NAMES`]), prepared as `axum::serve` prepares a router for a
 /// connection (`with_state(())` turns every handler into a route with its layers applied once),
@@ -121,6 +146,7 @@ pub(crate) fn router_named(name: &str) -> Router {
         "tollgate_exempt" => metered(|policy| {
             format!("{policy}\n[[routes]]\nmatch = \"GET /v1/items\"\nexempt = true\n")
         }),
+        "tollgate_like_governor" => metered(|_| LIKE_GOVERNOR.to_owned()),
         other => panic!("no router called {other:?} in the benchmark"),
     };
     router.with_state(())
