@@ -1,11 +1,15 @@
 //! [`ResponseFuture`]: identify, classify, admit, call the inner service, add the headers.
 //!
-//! The future goes through three steps. It waits for the org ([`IdentifyOrg`]); an exempt route
-//! goes straight to the inner service. A metered one is admitted by the store (a boxed future
-//! that owns what it needs, waiting for a concurrency slot if the plan allows); a rejection
-//! becomes a 429 at once. Once admitted, the inner service runs, and its response gets the
-//! rate-limit headers and a [`ResponseBody`] that holds the permit and the timer until the body
-//! ends.
+//! A decision has three steps. The org is identified ([`IdentifyOrg`]); an exempt route goes
+//! straight to the inner service. A metered one is admitted by the store; a rejection becomes a
+//! 429 at once. Once admitted, the inner service runs, and its response gets the rate-limit headers
+//! and a [`ResponseBody`] that holds the permit and the timer until the body ends.
+//!
+//! When the identification and the store answer at once ([`IdentifyOrg::try_identify`],
+//! `Store::try_admit`), all of it happens inside `call`, and the future only wraps the inner
+//! service's. Otherwise the future waits, in a box that owns the request and the ready inner
+//! service: for an async identification, for a store over the network, or for a concurrency slot
+//! when the plan allows waiting for one.
 //!
 //! # Example
 //!
@@ -90,50 +94,47 @@ pin_project! {
         I: IdentifyOrg,
     {
         #[pin]
-        state: State<I::Future, S::Future, S, B>,
-        ctx: Ctx,
+        state: State<S::Future, Waiting<I::Future, S, B>>,
+        // Boxed, with the response's headers: it goes on into the body.
+        finish: Option<Box<Finish>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, W> {
+        // Identification or the store has to be waited for (boxed: it holds the request).
+        Waiting {
+            future: Pin<Box<W>>,
+        },
+        // The inner service is running.
+        Called {
+            #[pin]
+            future: F,
+        },
+        // The layer answers itself (401, 429, 503).
+        Answered {
+            response: Option<Response<Bytes>>,
+        },
+        Done,
     }
 }
 
 /// What the store's answer comes with when it had to be waited for.
 type Admitted = BoxFuture<'static, (Result<Decision, StoreError>, Admission)>;
 
-pin_project! {
-    // The request is held only by the states before the call, so that the future is no larger
-    // than the larger of the two: it is moved through every wrapping future.
-    #[project = StateProj]
-    enum State<Id, F, S, B> {
-        Identifying {
-            #[pin]
-            future: Id,
-            pending: Option<Pending<S, B>>,
-        },
-        Admitting {
-            future: Admitted,
-            pending: Option<Pending<S, B>>,
-        },
-        Called {
-            #[pin]
-            future: F,
-        },
-        Done,
-    }
-}
-
-/// The inner service (ready) and the request, until the request is let through.
+/// The inner service (ready) and the request, while the decision is waited for.
 struct Pending<S, B> {
     inner: S,
     request: Request<B>,
 }
 
-/// What the steps hand on to each other.
-struct Ctx {
-    engine: Arc<Engine>,
-    policy: Arc<Policy>,
+/// What each step of a decision needs.
+#[derive(Clone, Copy)]
+struct Meter<'a> {
+    engine: &'a Arc<Engine>,
+    policy: &'a Policy,
     started: Instant,
-    /// Boxed, with the response's headers: it travels with the response through every wrapping
-    /// future and into the body.
-    finish: Option<Box<Finish>>,
 }
 
 /// An identified request on a metered route, waiting for the store.
@@ -148,11 +149,11 @@ struct Admission {
 /// What a step leads to.
 enum Step {
     /// Answer without calling the inner service.
-    Respond(Response<Bytes>),
-    /// Ask the store.
+    Answer(Response<Bytes>),
+    /// Wait for the store.
     Admit(Admitted),
-    /// Let the request through.
-    Call,
+    /// Let the request through; the finish state (if metered) goes with the response.
+    Call(Option<Box<Finish>>),
 }
 
 impl<S, I, B> ResponseFuture<S, I, B>
@@ -160,27 +161,100 @@ where
     S: Service<Request<B>>,
     I: IdentifyOrg,
 {
-    pub(crate) fn new(
-        engine: Arc<Engine>,
-        policy: Arc<Policy>,
-        identify: I::Future,
-        inner: S,
+    /// Decides `request`: inside `call` when the identification and the store answer at once
+    /// (the inner service, driven to readiness, is called at once), otherwise in a boxed future
+    /// that takes the ready inner service with it and leaves a clone in its place.
+    pub(crate) fn start(
+        engine: &Arc<Engine>,
+        identify: &I,
+        inner: &mut S,
         request: Request<B>,
-        started: Instant,
-    ) -> Self {
-        Self {
-            state: State::Identifying {
-                future: identify,
-                pending: Some(Pending { inner, request }),
-            },
-            ctx: Ctx {
+    ) -> Self
+    where
+        S: Clone,
+    {
+        let started = Instant::now();
+        let policy = engine.policy();
+        let (parts, body) = request.into_parts();
+        let Some(identity) = identify.try_identify(&parts, &policy) else {
+            let future = identify.identify(&parts, &policy);
+            let pending = Pending {
+                inner: take_ready(inner),
+                request: Request::from_parts(parts, body),
+            };
+            return Self::waiting(
+                WaitStep::Identifying { future },
+                pending,
                 engine,
                 policy,
                 started,
-                finish: None,
+            );
+        };
+        let mut request = Request::from_parts(parts, body);
+        let meter = Meter {
+            engine,
+            policy: &policy,
+            started,
+        };
+        match identified(meter, &mut request, identity) {
+            Step::Answer(response) => Self::answered(response),
+            Step::Call(finish) => Self {
+                state: State::Called {
+                    future: inner.call(request),
+                },
+                finish,
             },
+            Step::Admit(future) => {
+                let pending = Pending {
+                    inner: take_ready(inner),
+                    request,
+                };
+                Self::waiting(
+                    WaitStep::Admitting { future },
+                    pending,
+                    engine,
+                    policy,
+                    started,
+                )
+            }
         }
     }
+
+    fn answered(response: Response<Bytes>) -> Self {
+        Self {
+            state: State::Answered {
+                response: Some(response),
+            },
+            finish: None,
+        }
+    }
+
+    fn waiting(
+        step: WaitStep<I::Future>,
+        pending: Pending<S, B>,
+        engine: &Arc<Engine>,
+        policy: Arc<Policy>,
+        started: Instant,
+    ) -> Self {
+        Self {
+            state: State::Waiting {
+                future: Box::pin(Waiting {
+                    step,
+                    pending: Some(pending),
+                    engine: Arc::clone(engine),
+                    policy,
+                    started,
+                }),
+            },
+            finish: None,
+        }
+    }
+}
+
+/// The inner service driven to readiness, leaving a clone (not yet ready) in its place.
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
 }
 
 impl<S, I, B> fmt::Debug for ResponseFuture<S, I, B>
@@ -190,9 +264,9 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::Identifying { .. } => "identifying",
-            State::Admitting { .. } => "admitting",
+            State::Waiting { .. } => "waiting",
             State::Called { .. } => "called",
+            State::Answered { .. } => "answered",
             State::Done => "done",
         };
         f.debug_struct("ResponseFuture")
@@ -211,89 +285,143 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let step = match this.state.as_mut().project() {
-                StateProj::Identifying { future, pending } => {
-                    let identity = ready!(future.poll(cx));
-                    identified(this.ctx, pending, identity)
-                }
-                StateProj::Admitting { future, pending } => {
-                    let (decision, admission) = ready!(future.as_mut().poll(cx));
-                    decided(this.ctx, pending, admission, decision)
-                }
+            match this.state.as_mut().project() {
+                StateProj::Waiting { future } => match ready!(future.as_mut().poll(cx)) {
+                    Waited::Answer(response) => this.state.set(State::Answered {
+                        response: Some(response),
+                    }),
+                    Waited::Call {
+                        pending: Pending { mut inner, request },
+                        finish,
+                    } => {
+                        *this.finish = finish;
+                        this.state.set(State::Called {
+                            future: inner.call(request),
+                        });
+                    }
+                },
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));
                     this.state.set(State::Done);
                     return Poll::Ready(match result {
-                        Ok(response) => Ok(respond(this.ctx, response)),
+                        Ok(response) => Ok(respond(this.finish.take(), response)),
                         Err(error) => {
-                            if let Some(mut finish) = this.ctx.finish.take() {
+                            if let Some(mut finish) = this.finish.take() {
                                 finish.set_status(500);
                             }
                             Err(error)
                         }
                     });
                 }
+                StateProj::Answered { response } => {
+                    let response = response.take();
+                    this.state.set(State::Done);
+                    if let Some(response) = response {
+                        return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                    }
+                }
                 StateProj::Done => {
                     panic!("tollgate's ResponseFuture was polled after it completed")
-                }
-            };
-            match step {
-                Step::Respond(response) => {
-                    this.state.set(State::Done);
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
-                }
-                Step::Admit(future) => {
-                    let pending = take_pending(this.state.as_mut());
-                    this.state.set(State::Admitting { future, pending });
-                }
-                Step::Call => {
-                    let Pending { mut inner, request } = take_pending(this.state.as_mut())
-                        .expect("the request is held until the inner service is called, once");
-                    this.state.set(State::Called {
-                        future: inner.call(request),
-                    });
                 }
             }
         }
     }
 }
 
-/// Takes the request (and the inner service) out of a state before the call.
-fn take_pending<Id, F, S, B>(state: Pin<&mut State<Id, F, S, B>>) -> Option<Pending<S, B>> {
-    match state.project() {
-        StateProj::Identifying { pending, .. } | StateProj::Admitting { pending, .. } => {
-            pending.take()
-        }
-        StateProj::Called { .. } | StateProj::Done => None,
+pin_project! {
+    /// A decision that waits for the identification or the store.
+    struct Waiting<Id, S, B> {
+        #[pin]
+        step: WaitStep<Id>,
+        // Taken when the request is let through.
+        pending: Option<Pending<S, B>>,
+        engine: Arc<Engine>,
+        policy: Arc<Policy>,
+        started: Instant,
     }
 }
 
-/// The pending request, which every step before the call has.
-fn request_of<S, B>(pending: &mut Option<Pending<S, B>>) -> &mut Request<B> {
-    &mut pending
-        .as_mut()
-        .expect("the request is held until the inner service is called")
-        .request
+pin_project! {
+    #[project = WaitStepProj]
+    enum WaitStep<Id> {
+        Identifying {
+            #[pin]
+            future: Id,
+        },
+        Admitting {
+            future: Admitted,
+        },
+    }
+}
+
+/// Where a wait ends.
+enum Waited<S, B> {
+    Answer(Response<Bytes>),
+    Call {
+        pending: Pending<S, B>,
+        finish: Option<Box<Finish>>,
+    },
+}
+
+impl<Id, S, B> Future for Waiting<Id, S, B>
+where
+    Id: Future<Output = Result<Identity, Unidentified>>,
+{
+    type Output = Waited<S, B>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let meter = Meter {
+                engine: this.engine,
+                policy: this.policy,
+                started: *this.started,
+            };
+            let Some(pending) = this.pending.as_mut() else {
+                panic!("tollgate's decision was polled after it completed")
+            };
+            let step = match this.step.as_mut().project() {
+                WaitStepProj::Identifying { future } => {
+                    let identity = ready!(future.poll(cx));
+                    identified(meter, &mut pending.request, identity)
+                }
+                WaitStepProj::Admitting { future } => {
+                    let (decision, admission) = ready!(future.as_mut().poll(cx));
+                    let now = meter.engine.now();
+                    decided(meter, &mut pending.request, admission, decision, now)
+                }
+            };
+            match step {
+                Step::Answer(response) => return Poll::Ready(Waited::Answer(response)),
+                Step::Admit(future) => this.step.set(WaitStep::Admitting { future }),
+                Step::Call(finish) => {
+                    if let Some(pending) = this.pending.take() {
+                        return Poll::Ready(Waited::Call { pending, finish });
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The org is known (or not): answer 401, let an exempt route through, or ask the store.
-fn identified<S, B>(
-    ctx: &mut Ctx,
-    pending: &mut Option<Pending<S, B>>,
+fn identified<B>(
+    meter: Meter<'_>,
+    request: &mut Request<B>,
     identity: Result<Identity, Unidentified>,
 ) -> Step {
     let identity = match identity {
         Ok(identity) => identity,
         Err(unidentified) => {
             tracing::debug!(reason = %unidentified, "tollgate: caller not identified");
-            return Step::Respond(unidentified_response(unidentified));
+            return Step::Answer(unidentified_response(unidentified));
         }
     };
-    let (org, key) = match identity.resolve(&ctx.policy) {
+    let (org, key) = match identity.resolve(meter.policy) {
         Ok(resolved) => resolved,
         Err(error) => {
             tracing::error!(%error, "tollgate: the identified org does not fit the policy");
-            return Step::Respond(
+            return Step::Answer(
                 Problem::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "Internal Server Error",
@@ -303,11 +431,11 @@ fn identified<S, B>(
             );
         }
     };
-    let request = request_of(pending);
+    let engine = meter.engine;
     let matched = request.extensions().get::<MatchedPath>();
     let path = matched.map_or_else(|| request.uri().path(), MatchedPath::as_str);
-    let classified = ctx.engine.classify(
-        &ctx.policy,
+    let classified = engine.classify(
+        meter.policy,
         request.method().as_str(),
         path,
         matched.is_none(),
@@ -315,7 +443,7 @@ fn identified<S, B>(
     let route = matched
         .map(|matched| templates::shared(matched.as_str()))
         .or(classified.pattern);
-    let arrived = ctx.engine.now();
+    let arrived = engine.now();
     // Built whole: `CallRecord::new` would allocate an empty key first.
     let mut call = CallRecord {
         at: arrived,
@@ -340,7 +468,7 @@ fn identified<S, B>(
                 billable,
                 "tollgate: exempt"
             );
-            telemetry::decision("exempt", None, ctx.started);
+            telemetry::decision("exempt", None, meter.started);
             request.extensions_mut().insert(Metered::new(
                 Arc::clone(&org),
                 key,
@@ -349,19 +477,18 @@ fn identified<S, B>(
                 false,
                 false,
             ));
-            ctx.finish = Some(Box::new(Finish::recorded(
-                Arc::clone(&ctx.engine),
+            Step::Call(Some(Box::new(Finish::recorded(
+                Arc::clone(engine),
                 org,
                 arrived,
                 call,
-            )));
-            Step::Call
+            ))))
         }
         Treatment::Cost(points) => {
             let charge = Charge::points(points);
             // A store that answers at once (the memory store) needs no boxed future, unless the
             // org is full and its plan says to wait for a slot.
-            let immediate = ctx.engine.store().try_admit(&org, charge, arrived);
+            let immediate = engine.store().try_admit(&org, charge, arrived);
             let admission = Admission {
                 org: Arc::clone(&org),
                 key,
@@ -371,9 +498,9 @@ fn identified<S, B>(
             };
             match immediate {
                 Some(decision) if !must_wait(&org, &decision) => {
-                    decided(ctx, pending, admission, decision)
+                    decided(meter, request, admission, decision, arrived)
                 }
-                _ => Step::Admit(admit(Arc::clone(&ctx.engine), admission)),
+                _ => Step::Admit(admit(Arc::clone(engine), admission)),
             }
         }
     }
@@ -409,12 +536,13 @@ fn admit(engine: Arc<Engine>, admission: Admission) -> Admitted {
     })
 }
 
-/// The store answered: let the request through with its headers, or answer 429 (or 503).
-fn decided<S, B>(
-    ctx: &mut Ctx,
-    pending: &mut Option<Pending<S, B>>,
+/// The store answered at `now`: let the request through with its headers, or answer 429 (or 503).
+fn decided<B>(
+    meter: Meter<'_>,
+    request: &mut Request<B>,
     admission: Admission,
     decision: Result<Decision, StoreError>,
+    now: Timestamp,
 ) -> Step {
     let Admission {
         org,
@@ -423,14 +551,15 @@ fn decided<S, B>(
         charge,
         mut call,
     } = admission;
-    let server = ctx.policy.server();
+    let engine = meter.engine;
+    let server = meter.policy.server();
     let Decision { verdict, permit } = match decision {
         Ok(decision) => decision,
         Err(error) => {
-            ctx.engine.store_failed("admit", &error);
-            telemetry::decision("store_error", None, ctx.started);
+            engine.store_failed("admit", &error);
+            telemetry::decision("store_error", None, meter.started);
             return match server.on_store_error {
-                OnStoreError::Allow => Step::Call,
+                OnStoreError::Allow => Step::Call(None),
                 OnStoreError::Deny => {
                     let mut response = Problem::new(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -441,12 +570,11 @@ fn decided<S, B>(
                     response
                         .headers_mut()
                         .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-                    Step::Respond(response)
+                    Step::Answer(response)
                 }
             };
         }
     };
-    let now = ctx.engine.now();
     match verdict {
         Verdict::Admitted { snapshot, receipt } => {
             let slots = org.concurrency().map(|concurrency| {
@@ -458,13 +586,13 @@ fn decided<S, B>(
             });
             // Each limit's numbers are computed once, written into the headers and checked for
             // the 80% event, one limit at a time.
-            let quotas = ctx.engine.quotas(&org, now);
+            let quotas = engine.quotas(&org, now);
             let mut builder = HeaderBuilder::new(server, &quotas, now);
             for status in snapshot.iter(&org) {
                 builder.limit(&status);
                 telemetry::passed_80(&org, &status, charge);
             }
-            let fresh = (!builder.fits()).then(|| ctx.engine.fresh_quotas(&org, now));
+            let fresh = (!builder.fits()).then(|| engine.fresh_quotas(&org, now));
             let quotas = fresh.as_ref().unwrap_or(&quotas);
             let legacy = builder.most_constraining();
             let headers = builder.finish(
@@ -475,18 +603,12 @@ fn decided<S, B>(
                 None,
             );
             telemetry::admitted(&org, &snapshot, charge);
-            telemetry::decision("admitted", None, ctx.started);
+            telemetry::decision("admitted", None, meter.started);
             let metered = Metered::new(Arc::clone(&org), key, treatment, snapshot, true, false);
             // `ReportCost` is extracted from the `Metered` extension.
             let report = metered.report_handle();
-            request_of(pending).extensions_mut().insert(metered);
-            // Filled in place: the finish state is large.
-            let finish = ctx.finish.insert(Box::new(Finish::recorded(
-                Arc::clone(&ctx.engine),
-                org,
-                now,
-                call,
-            )));
+            request.extensions_mut().insert(metered);
+            let mut finish = Box::new(Finish::recorded(Arc::clone(engine), org, now, call));
             finish.charge(
                 receipt,
                 charge.points,
@@ -495,7 +617,7 @@ fn decided<S, B>(
                 Arc::clone(&quotas.in_flight),
             );
             finish.set_headers(headers);
-            Step::Call
+            Step::Call(Some(finish))
         }
         Verdict::Rejected {
             reason,
@@ -505,9 +627,9 @@ fn decided<S, B>(
         } => {
             let statuses: Statuses = snapshot.iter(&org).collect();
             let rejection = Rejection::new(&org, reason, retry_at, &violated, &statuses, now);
-            let mut quotas = ctx.engine.quotas(&org, now);
+            let mut quotas = engine.quotas(&org, now);
             if !quotas.fits(&org, &statuses) {
-                quotas = ctx.engine.fresh_quotas(&org, now);
+                quotas = engine.fresh_quotas(&org, now);
             }
             let inputs = Inputs {
                 server,
@@ -526,9 +648,8 @@ fn decided<S, B>(
                     remaining = %Remaining { org: &org, statuses: &statuses },
                     "tollgate: shadow plan would have rejected this request; letting it through"
                 );
-                telemetry::decision("shadow_rejected", Some(&rejection.limit), ctx.started);
+                telemetry::decision("shadow_rejected", Some(&rejection.limit), meter.started);
                 let headers = HeaderSet::new(&inputs);
-                let request = request_of(pending);
                 request.extensions_mut().insert(Metered::new(
                     Arc::clone(&org),
                     key,
@@ -538,15 +659,9 @@ fn decided<S, B>(
                     true,
                 ));
                 call.cost = 0;
-                ctx.finish
-                    .insert(Box::new(Finish::recorded(
-                        Arc::clone(&ctx.engine),
-                        org,
-                        now,
-                        call,
-                    )))
-                    .set_headers(headers);
-                return Step::Call;
+                let mut finish = Box::new(Finish::recorded(Arc::clone(engine), org, now, call));
+                finish.set_headers(headers);
+                return Step::Call(Some(finish));
             }
             tracing::warn!(
                 org = org.id().as_str(),
@@ -556,7 +671,7 @@ fn decided<S, B>(
                 remaining = %Remaining { org: &org, statuses: &statuses },
                 "tollgate: rejected"
             );
-            telemetry::decision("rejected", Some(&rejection.limit), ctx.started);
+            telemetry::decision("rejected", Some(&rejection.limit), meter.started);
             let mut response = Problem::quota_exceeded(
                 rejection.detail(&org, charge),
                 rejection.limit.to_string(),
@@ -571,8 +686,8 @@ fn decided<S, B>(
             call.status = StatusCode::TOO_MANY_REQUESTS.as_u16();
             call.cost = 0;
             call.latency_ms = 0;
-            finish::record(&ctx.engine, org, call);
-            Step::Respond(response)
+            finish::record(engine, org, call);
+            Step::Answer(response)
         }
     }
 }
@@ -677,10 +792,9 @@ impl Rejection {
 
 /// The inner service answered: add the headers, note the status and real cost, and hand the
 /// permit and the timer to the body.
-fn respond<B>(ctx: &mut Ctx, response: Response<B>) -> Response<ResponseBody<B>> {
+fn respond<B>(mut finish: Option<Box<Finish>>, response: Response<B>) -> Response<ResponseBody<B>> {
     let (mut parts, body) = response.into_parts();
     let actual = parts.extensions.remove::<ActualCost>();
-    let mut finish = ctx.finish.take();
     if let Some(finish) = finish.as_mut() {
         if let Some(headers) = finish.take_headers() {
             headers.apply(&mut parts.headers);

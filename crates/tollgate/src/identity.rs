@@ -201,6 +201,21 @@ pub trait IdentifyOrg<M = ()>: Clone + Send + Sync + 'static {
 
     /// Identifies the org of the request whose head is `request`, under the current `policy`.
     fn identify(&self, request: &Parts, policy: &Arc<Policy>) -> Self::Future;
+
+    /// Identifies the org at once, if that needs no waiting; `None` (the default) makes the layer
+    /// call [`identify`](Self::identify) and wait for its future.
+    ///
+    /// An answer here lets the layer decide the request inside `call`, with no future of its own
+    /// to box: implement it whenever the answer is at hand (a lookup in memory). It must agree with
+    /// [`identify`](Self::identify).
+    fn try_identify(
+        &self,
+        request: &Parts,
+        policy: &Arc<Policy>,
+    ) -> Option<Result<Identity, Unidentified>> {
+        let _ = (request, policy);
+        None
+    }
 }
 
 /// Marks the blanket impl of [`IdentifyOrg`] for closures that answer at once.
@@ -219,6 +234,14 @@ where
 
     fn identify(&self, request: &Parts, policy: &Arc<Policy>) -> Self::Future {
         ready(self(request, policy))
+    }
+
+    fn try_identify(
+        &self,
+        request: &Parts,
+        policy: &Arc<Policy>,
+    ) -> Option<Result<Identity, Unidentified>> {
+        Some(self(request, policy))
     }
 }
 
@@ -276,6 +299,14 @@ where
     fn identify(&self, request: &Parts, policy: &Arc<Policy>) -> Self::Future {
         self.inner.identify(request, policy)
     }
+
+    fn try_identify(
+        &self,
+        request: &Parts,
+        policy: &Arc<Policy>,
+    ) -> Option<Result<Identity, Unidentified>> {
+        self.inner.try_identify(request, policy)
+    }
 }
 
 /// The default identification: `Authorization: Bearer <key>`, looked up by the key's SHA-256 digest
@@ -302,6 +333,14 @@ impl IdentifyOrg for BearerKeys {
 
     fn identify(&self, request: &Parts, policy: &Arc<Policy>) -> Self::Future {
         ready(Self::identify_now(request, policy))
+    }
+
+    fn try_identify(
+        &self,
+        request: &Parts,
+        policy: &Arc<Policy>,
+    ) -> Option<Result<Identity, Unidentified>> {
+        Some(Self::identify_now(request, policy))
     }
 }
 

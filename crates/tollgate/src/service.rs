@@ -1,8 +1,10 @@
 //! [`RateLimit`]: the service the layer wraps around each route (or around the whole app).
 //!
-//! `poll_ready` only forwards to the inner service: quota is never waited for there. Everything is
-//! decided in `call`'s [`ResponseFuture`], and every outcome (401, 429, 503) is a response, so the
-//! error type stays the inner service's and axum needs no `HandleErrorLayer`.
+//! `poll_ready` only forwards to the inner service: quota is never waited for there. `call`
+//! decides at once when the identification and the store answer at once (the default bearer keys
+//! and the memory store do) and then calls the inner service, driven to readiness, straight away;
+//! otherwise its [`ResponseFuture`] waits for them. Every outcome (401, 429, 503) is a response, so
+//! the error type stays the inner service's and axum needs no `HandleErrorLayer`.
 //!
 //! # Example
 //!
@@ -11,7 +13,6 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http::{Request, Response};
 use tower_service::Service;
@@ -84,22 +85,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let started = Instant::now();
-        // The inner service that was driven to readiness goes with this request.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let policy = self.engine.policy();
-        let (parts, body) = request.into_parts();
-        let identify = self.identify.identify(&parts, &policy);
-        let request = Request::from_parts(parts, body);
-        ResponseFuture::new(
-            Arc::clone(&self.engine),
-            policy,
-            identify,
-            inner,
-            request,
-            started,
-        )
+        ResponseFuture::start(&self.engine, &self.identify, &mut self.inner, request)
     }
 }
 
@@ -787,6 +773,109 @@ keys = ["trial-key"]
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         // Acme's own counts were untouched by the db org.
         assert_eq!(statuses(&f).await[0].remaining, 15);
+        Ok(())
+    }
+
+    /// A service that must be driven to readiness before each call, as tower requires (a clone
+    /// is not ready): it answers 200 only if the instance called is the one made ready.
+    #[derive(Debug, Default)]
+    struct MustBeReady {
+        ready: bool,
+    }
+
+    impl Clone for MustBeReady {
+        fn clone(&self) -> Self {
+            Self { ready: false }
+        }
+    }
+
+    impl Service<Request<Body>> for MustBeReady {
+        type Response = Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+        fn poll_ready(
+            &mut self,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            self.ready = true;
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: Request<Body>) -> Self::Future {
+            let mut response = Response::new(Body::empty());
+            if !std::mem::take(&mut self.ready) {
+                *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            std::future::ready(Ok(response))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_inner_service_called_is_the_one_made_ready() -> TestResult {
+        let f = fixture(policy(
+            r#"
+[plans.waiting]
+concurrency = 1
+concurrency_wait_ms = 500
+
+[[plans.waiting.limits]]
+name = "daily"
+dimension = "requests"
+tiers = [{ window = "day", capacity = 100 }]
+
+[[orgs]]
+id = "patient"
+plan = "waiting"
+keys = ["patient-key"]
+"#,
+        ));
+        // Decided inside `call` (bearer keys, memory store).
+        let response = f
+            .layer
+            .clone()
+            .layer(MustBeReady::default())
+            .oneshot(get_req("/items", Some("acme-key-1")))
+            .await?;
+        assert_eq!(response.status(), StatusCode::OK);
+
+        // Decided in the future: an async identification ...
+        let deferred = f.layer.clone().identify(
+            |_parts: &http::request::Parts, policy: &Arc<tollgate_core::Policy>| {
+                let org = policy.org("acme").map(Arc::clone);
+                async move {
+                    tokio::task::yield_now().await;
+                    Ok(Identity::new(org.ok_or(Unidentified::Unknown)?, "acme"))
+                }
+            },
+        );
+        let response = deferred
+            .layer(MustBeReady::default())
+            .oneshot(get_req("/items", None))
+            .await?;
+        assert_eq!(response.status(), StatusCode::OK);
+
+        // ... and a wait for a concurrency slot.
+        let (handler, mut senders) = streaming();
+        let mut streaming_svc = f.layer.clone().layer(handler);
+        let first = streaming_svc
+            .ready()
+            .await?
+            .call(get_req("/items", Some("patient-key")))
+            .await?;
+        let mut svc = f.layer.clone().layer(MustBeReady::default());
+        let second = tokio::spawn(async move {
+            let request = get_req("/items", Some("patient-key"));
+            svc.ready().await?.call(request).await
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !second.is_finished(),
+            "the second request waits for the slot"
+        );
+        drop(senders.recv().await);
+        first.into_body().collect().await?;
+        assert_eq!(second.await??.status(), StatusCode::OK);
         Ok(())
     }
 
