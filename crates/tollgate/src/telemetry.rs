@@ -208,4 +208,90 @@ mod tests {
         );
         Ok(())
     }
+
+    /// The value of the metric `name` whose labels include `labels`, from a debugging recorder.
+    fn metric<'a>(
+        snapshot: &'a [(
+            metrics_util::CompositeKey,
+            Option<metrics::Unit>,
+            Option<metrics::SharedString>,
+            metrics_util::debugging::DebugValue,
+        )],
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<&'a metrics_util::debugging::DebugValue> {
+        snapshot
+            .iter()
+            .find(|(key, ..)| {
+                key.key().name() == name
+                    && labels.iter().all(|(label, value)| {
+                        key.key()
+                            .labels()
+                            .any(|l| l.key() == *label && l.value() == *value)
+                    })
+            })
+            .map(|(.., value)| value)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn counts_and_times_decisions_and_tracks_requests_in_flight()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+
+        let f = fixture(policy(""));
+        let mut svc = f.layer.clone().layer(tower::service_fn(
+            |_request: http::Request<axum::body::Body>| async { ok(axum::body::Body::empty()) },
+        ));
+        // Four admitted (20 points: three 5-point reports and an item), then a report with 4
+        // points left is rejected by the `points` limit. The first response is kept: its
+        // request stays in flight until its body is dropped.
+        let mut kept = None;
+        for path in ["/reports", "/reports", "/reports", "/items", "/reports"] {
+            let response = svc
+                .ready()
+                .await?
+                .call(get(path, Some("acme-key-1")))
+                .await?;
+            kept.get_or_insert(response);
+        }
+        let snapshot = snapshotter.snapshot().into_vec();
+        assert_eq!(
+            metric(
+                &snapshot,
+                "tollgate_decisions_total",
+                &[("outcome", "admitted"), ("limit", "")]
+            ),
+            Some(&DebugValue::Counter(4))
+        );
+        assert_eq!(
+            metric(
+                &snapshot,
+                "tollgate_decisions_total",
+                &[("outcome", "rejected"), ("limit", "points")]
+            ),
+            Some(&DebugValue::Counter(1))
+        );
+        match metric(&snapshot, "tollgate_decision_seconds", &[]) {
+            Some(DebugValue::Histogram(samples)) => assert_eq!(samples.len(), 5),
+            other => panic!("no decision-time histogram: {other:?}"),
+        }
+        assert_eq!(
+            metric(&snapshot, "tollgate_in_flight", &[("org", "acme")]),
+            Some(&DebugValue::Gauge(1.0.into())),
+            "the kept response's request is in flight"
+        );
+
+        // A snapshot takes the values and resets them: the second one shows the drop's move.
+        drop(kept);
+        let snapshot = snapshotter.snapshot().into_vec();
+        assert_eq!(
+            metric(&snapshot, "tollgate_in_flight", &[("org", "acme")]),
+            Some(&DebugValue::Gauge((-1.0).into()))
+        );
+        Ok(())
+    }
 }
