@@ -136,78 +136,9 @@ pub(crate) fn passed_80(org: &ResolvedOrg, status: &LimitStatus, charge: Charge)
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
     use tower::{Layer, Service, ServiceExt};
 
     use crate::test_support::{fixture, get, ok, policy};
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::Error::other("poisoned"))?
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[tokio::test]
-    async fn logs_decisions_the_80_percent_mark_and_rejections()
-    -> Result<(), Box<dyn std::error::Error>> {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
-
-        let f = fixture(policy(""));
-        let mut svc = f.layer.clone().layer(tower::service_fn(
-            |_request: http::Request<axum::body::Body>| async { ok(axum::body::Body::empty()) },
-        ));
-        // 20 points: three 5-point reports use 75%, one 1-point item takes the org to 80%, and a
-        // fifth report (5 points, 4 left) is rejected.
-        for path in ["/reports", "/reports", "/reports", "/items", "/reports"] {
-            let response = svc
-                .ready()
-                .await?
-                .call(get(path, Some("acme-key-1")))
-                .await?;
-            drop(response);
-        }
-        let logs = String::from_utf8(captured.0.lock().map_err(|_| "poisoned")?.clone())?;
-        assert_eq!(logs.matches("tollgate: admitted").count(), 4, "{logs}");
-        let passed: Vec<&str> = logs
-            .lines()
-            .filter(|line| line.contains("passed 80% of a limit"))
-            .collect();
-        assert_eq!(passed.len(), 1, "{logs}");
-        assert!(passed[0].contains("INFO"), "{}", passed[0]);
-        assert!(passed[0].contains("limit=\"points\"") && passed[0].contains("remaining=4"));
-        let rejected: Vec<&str> = logs
-            .lines()
-            .filter(|line| line.contains("tollgate: rejected"))
-            .collect();
-        assert_eq!(rejected.len(), 1, "{logs}");
-        assert!(rejected[0].contains("WARN"), "{}", rejected[0]);
-        assert!(
-            rejected[0].contains("remaining=points=4/20 daily=2496/2500"),
-            "{}",
-            rejected[0]
-        );
-        Ok(())
-    }
 
     /// The value of the metric `name` whose labels include `labels`, from a debugging recorder.
     fn metric<'a>(
@@ -292,6 +223,59 @@ mod tests {
             metric(&snapshot, "tollgate_in_flight", &[("org", "acme")]),
             Some(&DebugValue::Gauge((-1.0).into()))
         );
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_recorder_that_takes_over_gets_the_next_requests()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let f = fixture(policy(""));
+        let mut svc = f.layer.clone().layer(tower::service_fn(
+            |_request: http::Request<axum::body::Body>| async { ok(axum::body::Body::empty()) },
+        ));
+        // No recorder for the first request, then one, then another: each sees its own requests.
+        drop(
+            svc.ready()
+                .await?
+                .call(get("/items", Some("acme-key-1")))
+                .await?,
+        );
+        for requests in [2, 3] {
+            let recorder = DebuggingRecorder::new();
+            let snapshotter = recorder.snapshotter();
+            let guard = metrics::set_default_local_recorder(&recorder);
+            for _ in 0..requests {
+                drop(
+                    svc.ready()
+                        .await?
+                        .call(get("/items", Some("acme-key-1")))
+                        .await?,
+                );
+            }
+            drop(guard);
+            let snapshot = snapshotter.snapshot().into_vec();
+            assert_eq!(
+                metric(
+                    &snapshot,
+                    "tollgate_decisions_total",
+                    &[("outcome", "admitted")]
+                ),
+                Some(&DebugValue::Counter(requests))
+            );
+            match metric(&snapshot, "tollgate_decision_seconds", &[]) {
+                Some(DebugValue::Histogram(samples)) => {
+                    assert_eq!(samples.len(), usize::try_from(requests)?);
+                }
+                other => panic!("no decision-time histogram: {other:?}"),
+            }
+            // Each request moved the gauge up and back down.
+            assert_eq!(
+                metric(&snapshot, "tollgate_in_flight", &[("org", "acme")]),
+                Some(&DebugValue::Gauge(0.0.into()))
+            );
+        }
         Ok(())
     }
 }
