@@ -53,6 +53,7 @@ pub(crate) fn router() -> Router {
         .route("/v1/reports", get(|| async { "report" }))
 }
 
+#[allow(dead_code, reason = "the served benchmark sends its requests with wrk")]
 pub(crate) fn request() -> Request<Body> {
     Request::get("/v1/items")
         .header("authorization", "Bearer acme-key-1")
@@ -76,6 +77,7 @@ impl KeyExtractor for BearerKey {
     }
 }
 
+#[allow(dead_code, reason = "the served benchmark sends its requests with wrk")]
 pub(crate) async fn drive(app: Router) {
     let response = app.oneshot(request()).await.expect("infallible");
     assert!(response.status().is_success(), "{}", response.status());
@@ -155,7 +157,7 @@ pub(crate) fn router_named(name: &str) -> Router {
 /// Every router of [`NAMES`], by name.
 #[allow(
     dead_code,
-    reason = "the timed benchmark uses it, the instruction count does not"
+    reason = "the timed benchmark uses it, the instruction count and the served one do not"
 )]
 pub(crate) fn routers() -> Vec<(&'static str, Router)> {
     NAMES
