@@ -3,7 +3,7 @@
 //! The same routers as the `layer` and `instructions` benchmarks (`benches/common`): bare,
 //! tollgate's full path, tower_governor with its headers, tollgate on an exempt route and tollgate
 //! with a plan like tower_governor's. Each is served by `axum::serve` on its own port, in one tokio
-//! runtime with two worker threads, and loaded in turn with `wrk --latency` (wrk and the server
+//! runtime with two worker threads (`SERVER_THREADS`), and loaded in turn with `wrk --latency` (wrk and the server
 //! share the machine's cores), the rounds interleaved so that a slow spell of the machine hits
 //! every router alike. For every router it prints requests per second, p50 and p99 of each round,
 //! and the machine time per request beyond the bare router's (cores ÷ requests per second: wrk's
@@ -11,6 +11,7 @@
 //!
 //! ```text
 //! cargo bench -p tollgate --bench served     # DURATION=8s CONNECTIONS=32 ROUNDS=2
+//! ROUTERS=bare,tollgate SERVER_THREADS=1 cargo bench -p tollgate --bench served
 //! ```
 //!
 //! Without `wrk` on the `PATH` it says so and measures nothing.
@@ -33,18 +34,27 @@ fn main() {
         .unwrap_or(2);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
 
+    let threads: usize = std::env::var("SERVER_THREADS")
+        .ok()
+        .and_then(|threads| threads.parse().ok())
+        .unwrap_or(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .build()
         .expect("a runtime");
+    let only = std::env::var("ROUTERS").ok();
     let servers: Vec<(&str, SocketAddr)> = common::NAMES
         .into_iter()
+        .filter(|name| {
+            only.as_deref()
+                .is_none_or(|only| only.split(',').any(|n| n == *name))
+        })
         .map(|name| (name, runtime.block_on(serve(name))))
         .collect();
 
     println!(
-        "served: {cores} cores, 2 server threads, wrk -t2 -c{connections} -d{duration}, GET /v1/items"
+        "served: {cores} cores, {threads} server threads, wrk -t2 -c{connections} -d{duration}, GET /v1/items"
     );
     let mut results: Vec<Vec<Load>> = vec![Vec::new(); servers.len()];
     for _ in 0..rounds {
@@ -55,7 +65,10 @@ fn main() {
         }
     }
     let best = |loads: &[Load]| loads.iter().map(|load| load.per_second).fold(0.0, f64::max);
-    let bare = results.first().map_or(0.0, |loads| best(loads));
+    let bare = servers
+        .iter()
+        .position(|(name, _)| *name == "bare")
+        .map_or(0.0, |at| best(&results[at]));
     for ((name, _), loads) in servers.iter().zip(&results) {
         let rounds: Vec<String> = loads
             .iter()
@@ -82,6 +95,7 @@ async fn serve(name: &'static str) -> SocketAddr {
         .await
         .expect("a loopback port");
     let address = listener.local_addr().expect("a bound address");
+    eprintln!("served: {name} on http://{address}");
     let app = common::router_named(name);
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {

@@ -126,15 +126,38 @@ plan = "bench"
 keys = ["acme-key-1"]
 "#;
 
+/// The five rate-limit header lines the tollgate router sends, with values of the same length, as
+/// constants: what sending them costs a router that computes nothing.
+const HEADER_LINES: [(&str, &str); 5] = [
+    ("x-ratelimit-limit", "1000000000000"),
+    ("x-ratelimit-remaining", "999999999999"),
+    ("x-ratelimit-reset", "1768471260"),
+    (
+        "ratelimit-policy",
+        r#""points";q=1000000000000;w=60, "daily";q=1000000000000;w=86400, "latency";q=1000000000000;w=60, "concurrency";q=64;qu="concurrent-requests""#,
+    ),
+    (
+        "ratelimit",
+        r#""points";r=999999999999;t=30, "daily";r=999999999999;t=50430, "latency";r=1000000000000;t=30, "concurrency";r=63;t=0"#,
+    ),
+];
+
+/// The bare router's route answering with [`HEADER_LINES`] added.
+fn with_header_lines() -> Router {
+    Router::new().route("/v1/items", get(|| async { (HEADER_LINES, "[]") }))
+}
+
 /// The routers compared: bare, tollgate (the full path), tower_governor, tollgate on a route
 /// exempt from limits (identification, the usage record and the settlement only), and tollgate
-/// with a plan like the tower_governor router's ([`LIKE_GOVERNOR`]).
-pub(crate) const NAMES: [&str; 5] = [
+/// with a plan like the tower_governor router's ([`LIKE_GOVERNOR`]), and the bare router sending
+/// the tollgate router's five header lines as constants ([`HEADER_LINES`]).
+pub(crate) const NAMES: [&str; 6] = [
     "bare",
     "tollgate",
     "tower_governor",
     "tollgate_exempt",
     "tollgate_like_governor",
+    "bare_with_headers",
 ];
 
 /// The router called `name` (one of [`NAMES`]), prepared as `axum::serve` prepares a router for a
@@ -149,6 +172,7 @@ pub(crate) fn router_named(name: &str) -> Router {
             format!("{policy}\n[[routes]]\nmatch = \"GET /v1/items\"\nexempt = true\n")
         }),
         "tollgate_like_governor" => metered(|_| LIKE_GOVERNOR.to_owned()),
+        "bare_with_headers" => with_header_lines(),
         other => panic!("no router called {other:?} in the benchmark"),
     };
     router.with_state(())
