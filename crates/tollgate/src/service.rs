@@ -550,10 +550,8 @@ mod tests {
         Ok(())
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_plan_may_wait_for_a_concurrency_slot() -> TestResult {
-        let f = fixture(policy(
-            r#"
+    /// A plan whose org ("patient") waits up to 500 ms for its one concurrency slot.
+    const WAITING: &str = r#"
 [plans.waiting]
 concurrency = 1
 concurrency_wait_ms = 500
@@ -567,8 +565,11 @@ tiers = [{ window = "day", capacity = 100 }]
 id = "patient"
 plan = "waiting"
 keys = ["patient-key"]
-"#,
-        ));
+"#;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plan_may_wait_for_a_concurrency_slot() -> TestResult {
+        let f = fixture(policy(WAITING));
         let (handler, mut senders) = streaming();
         let mut svc = f.layer.clone().layer(handler);
         let first = svc
@@ -813,23 +814,7 @@ keys = ["trial-key"]
 
     #[tokio::test(start_paused = true)]
     async fn the_inner_service_called_is_the_one_made_ready() -> TestResult {
-        let f = fixture(policy(
-            r#"
-[plans.waiting]
-concurrency = 1
-concurrency_wait_ms = 500
-
-[[plans.waiting.limits]]
-name = "daily"
-dimension = "requests"
-tiers = [{ window = "day", capacity = 100 }]
-
-[[orgs]]
-id = "patient"
-plan = "waiting"
-keys = ["patient-key"]
-"#,
-        ));
+        let f = fixture(policy(WAITING));
         // Decided inside `call` (bearer keys, memory store).
         let response = f
             .layer
