@@ -178,17 +178,9 @@ where
         let (parts, body) = request.into_parts();
         let Some(identity) = identify.try_identify(&parts, &policy) else {
             let future = identify.identify(&parts, &policy);
-            let pending = Pending {
-                inner: take_ready(inner),
-                request: Request::from_parts(parts, body),
-            };
-            return Self::waiting(
-                WaitStep::Identifying { future },
-                pending,
-                engine,
-                policy,
-                started,
-            );
+            let request = Request::from_parts(parts, body);
+            let step = WaitStep::Identifying { future };
+            return Self::waiting(step, inner, request, engine, policy, started);
         };
         let mut request = Request::from_parts(parts, body);
         let meter = Meter {
@@ -204,19 +196,14 @@ where
                 },
                 finish,
             },
-            Step::Admit(future) => {
-                let pending = Pending {
-                    inner: take_ready(inner),
-                    request,
-                };
-                Self::waiting(
-                    WaitStep::Admitting { future },
-                    pending,
-                    engine,
-                    policy,
-                    started,
-                )
-            }
+            Step::Admit(future) => Self::waiting(
+                WaitStep::Admitting { future },
+                inner,
+                request,
+                engine,
+                policy,
+                started,
+            ),
         }
     }
 
@@ -229,13 +216,23 @@ where
         }
     }
 
+    /// Waits for `step` in a box that takes the ready inner service (a clone stays in `inner`'s
+    /// place) and the request.
     fn waiting(
         step: WaitStep<I::Future>,
-        pending: Pending<S, B>,
+        inner: &mut S,
+        request: Request<B>,
         engine: &Arc<Engine>,
         policy: Arc<Policy>,
         started: Instant,
-    ) -> Self {
+    ) -> Self
+    where
+        S: Clone,
+    {
+        let pending = Pending {
+            inner: take_ready(inner),
+            request,
+        };
         Self {
             state: State::Waiting {
                 future: Box::pin(Waiting {
