@@ -1,4 +1,4 @@
-//! The engine's hot path: the pure decision, and MemoryStore admit + settle on one and two threads,
+//! The engine's hot path: the pure decision, finding an org by its key, and MemoryStore admit + settle on one and two threads,
 //! for one hot org and for 10,000 orgs; two threads' scaling from paired trials; and the bytes of
 //! state each tracked org costs.
 
@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tollgate_core::{
-    Charge, Clock, Concurrency, Correction, Dimension, Ledger, Limit, LimitZone, ManualClock,
-    MemoryStore, Org, Plan, Policy, ResolvedOrg, Settlement, Tier, Timestamp, Verdict, Window,
+    Charge, Clock, Concurrency, Correction, Dimension, KeyDigest, Ledger, Limit, LimitZone,
+    ManualClock, MemoryStore, Org, Plan, Policy, ResolvedOrg, Settlement, Tier, Timestamp, Verdict,
+    Window,
 };
 
 /// Counts heap bytes, to report the state each org costs.
@@ -96,6 +97,26 @@ fn decision(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("pure_admit_3_limits_5_tiers", |b| {
         b.iter(|| black_box(ledger.admit(&org, Charge::points(3), clock.now())))
+    });
+    group.finish();
+}
+
+/// Finding a caller's org by its key: hashing the key with SHA-256 on every request, against the
+/// per-thread memo of known keys' digests that `Policy::owner_of_key` consults first.
+fn key_lookup(c: &mut Criterion) {
+    let policy = Policy::builder()
+        .plan(Plan::new("bench", Vec::new()).expect("plan"))
+        .org(Org::new("acme", "bench").with_key("acme-live-4f0c9e7d1b2a48c6a3e5d7f9"))
+        .build()
+        .expect("policy");
+    let key = "acme-live-4f0c9e7d1b2a48c6a3e5d7f9";
+    let mut group = c.benchmark_group("key_lookup");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("sha256_every_time", |b| {
+        b.iter(|| black_box(policy.key_owner(&KeyDigest::of(black_box(key))).is_some()))
+    });
+    group.bench_function("owner_of_key", |b| {
+        b.iter(|| black_box(policy.owner_of_key(black_box(key)).is_some()))
     });
     group.finish();
 }
@@ -224,6 +245,7 @@ fn bytes_per_org(_: &mut Criterion) {
 criterion_group!(
     benches,
     decision,
+    key_lookup,
     one_thread,
     two_threads,
     scaling,

@@ -39,6 +39,7 @@
 
 pub mod error;
 pub mod file;
+mod key_memo;
 pub mod ledger;
 pub mod memory;
 pub mod org;

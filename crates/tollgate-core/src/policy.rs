@@ -23,6 +23,7 @@ use std::sync::Arc;
 use chrono_tz::Tz;
 
 use crate::error::PolicyError;
+use crate::key_memo;
 use crate::org::{Environment, KeyDigest, Org, OrgId};
 use crate::plan::{Concurrency, Dimension, LimitZone, Plan};
 use crate::route::{RouteRule, Treatment};
@@ -274,7 +275,16 @@ impl Policy {
 
     /// The org a plaintext API key belongs to.
     pub fn org_by_key(&self, key: &str) -> Option<&Arc<ResolvedOrg>> {
-        self.org_by_digest(&KeyDigest::of(key))
+        self.owner_of_key(key).map(|(org, _)| org)
+    }
+
+    /// The org a plaintext API key belongs to, and the key's label in the usage log: what
+    /// [`key_owner`](Self::key_owner) says for the key's digest. The digest of a key this policy
+    /// holds is remembered per thread (under a keyed tag, never the key), so a caller's key is
+    /// hashed with SHA-256 once per thread rather than on every request.
+    pub fn owner_of_key(&self, key: &str) -> Option<(&Arc<ResolvedOrg>, &Arc<str>)> {
+        let digest = key_memo::digest(key, |digest| self.keys.contains_key(digest));
+        self.key_owner(&digest)
     }
 
     /// The org a key digest belongs to.
@@ -732,6 +742,34 @@ mod tests {
                 .key_owner(&KeyDigest::of("one"))
                 .map(|(_, label)| &**label),
             Some("…one")
+        );
+    }
+
+    #[test]
+    fn a_remembered_key_is_refused_by_a_policy_without_it() {
+        let with = |keys: &[&str]| {
+            let org = keys
+                .iter()
+                .fold(Org::new("acme", "build"), |org, key| org.with_key(key));
+            Policy::builder()
+                .plan(plan())
+                .org(org)
+                .build()
+                .expect("policy")
+        };
+        let before = with(&["kept", "revoked"]);
+        let after = with(&["kept"]);
+        for _ in 0..2 {
+            let owner = before
+                .owner_of_key("revoked")
+                .map(|(o, l)| (o.id().as_str(), &**l));
+            assert_eq!(owner, Some(("acme", "…oked")));
+        }
+        assert!(after.owner_of_key("revoked").is_none());
+        assert!(after.org_by_key("revoked").is_none());
+        assert_eq!(
+            after.owner_of_key("kept").map(|(_, label)| &**label),
+            Some("…kept")
         );
     }
 

@@ -2,7 +2,8 @@
 //!
 //! The layer asks an [`IdentifyOrg`] for the caller's org before anything else. The default,
 //! [`BearerKeys`], reads `Authorization: Bearer <key>` and looks the key up by its SHA-256 digest in
-//! the policy, so several keys of one org share its limits. Any closure works too, sync or async
+//! the policy ([`Policy::owner_of_key`]: each thread remembers the digests of keys the policy
+//! accepted, so a key is hashed once per thread), so several keys of one org share its limits. Any closure works too, sync or async
 //! (a database lookup), through the blanket impls; an async one returns a future that owns what it
 //! needs (clone the header before `async move`).
 //!
@@ -66,7 +67,7 @@ use http::StatusCode;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::request::Parts;
 use tollgate_core::usage::mask_key;
-use tollgate_core::{KeyDigest, Org, Policy, PolicyError, ResolvedOrg};
+use tollgate_core::{Org, Policy, PolicyError, ResolvedOrg};
 
 use crate::problem::Problem;
 
@@ -318,9 +319,7 @@ impl BearerKeys {
     /// Identifies the request synchronously (what [`IdentifyOrg::identify`] does).
     pub fn identify_now(request: &Parts, policy: &Policy) -> Result<Identity, Unidentified> {
         let key = bearer_token(request)?;
-        let (org, label) = policy
-            .key_owner(&KeyDigest::of(key))
-            .ok_or(Unidentified::Unknown)?;
+        let (org, label) = policy.owner_of_key(key).ok_or(Unidentified::Unknown)?;
         Ok(Identity {
             org: Who::Resolved(Arc::clone(org)),
             key: Arc::clone(label),
