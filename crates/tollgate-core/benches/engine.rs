@@ -1,6 +1,6 @@
-//! The engine's hot path: the pure decision, finding an org by its key, and MemoryStore admit + settle on one and two threads,
-//! for one hot org and for 10,000 orgs; two threads' scaling from paired trials; and the bytes of
-//! state each tracked org costs.
+//! The engine's hot path: the pure decision, finding an org by its key, and MemoryStore admit +
+//! settle on one and two threads, for one hot org and for 10,000 orgs; two threads' scaling from
+//! paired trials; and the bytes of state each tracked org costs.
 
 use std::alloc::System;
 use std::hint::black_box;

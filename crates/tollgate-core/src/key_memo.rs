@@ -29,7 +29,7 @@ use siphasher::sip128::{Hasher128, SipHasher24};
 use crate::org::KeyDigest;
 
 /// Keys remembered per thread at most.
-pub(crate) const CAPACITY: usize = 4_096;
+const CAPACITY: usize = 4_096;
 
 /// One thread's memo.
 struct Memo {
@@ -82,15 +82,14 @@ pub(crate) fn digest(key: &str, known: impl FnOnce(&KeyDigest) -> bool) -> KeyDi
     .unwrap_or_else(|| KeyDigest::of(key))
 }
 
-/// How many keys this thread remembers.
-#[cfg(test)]
-pub(crate) fn remembered() -> usize {
-    MEMO.with(|memo| memo.borrow().as_ref().map_or(0, |memo| memo.digests.len()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How many keys this thread remembers.
+    fn remembered() -> usize {
+        MEMO.with(|memo| memo.borrow().as_ref().map_or(0, |memo| memo.digests.len()))
+    }
 
     #[test]
     fn the_digest_is_the_keys_sha256_whether_remembered_or_not() {

@@ -289,7 +289,7 @@ impl Policy {
 
     /// The org a key digest belongs to.
     pub fn org_by_digest(&self, digest: &KeyDigest) -> Option<&Arc<ResolvedOrg>> {
-        self.keys.get(digest).map(|(org, _)| org)
+        self.key_owner(digest).map(|(org, _)| org)
     }
 
     /// The org a key digest belongs to, and the key's label in the usage log (masked: see

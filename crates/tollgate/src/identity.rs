@@ -2,10 +2,10 @@
 //!
 //! The layer asks an [`IdentifyOrg`] for the caller's org before anything else. The default,
 //! [`BearerKeys`], reads `Authorization: Bearer <key>` and looks the key up by its SHA-256 digest in
-//! the policy ([`Policy::owner_of_key`]: each thread remembers the digests of keys the policy
-//! accepted, so a key is hashed once per thread), so several keys of one org share its limits. Any closure works too, sync or async
-//! (a database lookup), through the blanket impls; an async one returns a future that owns what it
-//! needs (clone the header before `async move`).
+//! the policy, so several keys of one org share its limits ([`Policy::owner_of_key`]: each thread
+//! remembers the digests of keys the policy accepted, and hashes a key once). Any closure works
+//! too, sync or async (a database lookup), through the blanket impls; an async one returns a future
+//! that owns what it needs (clone the header before `async move`).
 //!
 //! A caller that cannot be identified gets `401 Unauthorized` with `WWW-Authenticate: Bearer` and an
 //! `application/problem+json` body, no rate-limit headers, and nothing is charged or allocated
