@@ -1,11 +1,12 @@
 //! The layer benchmark's routers served over HTTP/1.1 on loopback and loaded with `wrk`, in one run.
 //!
 //! The same routers as the `layer` and `instructions` benchmarks (`benches/common`): bare,
-//! tollgate's full path, tower_governor with its headers, tollgate on an exempt route and tollgate
-//! with a plan like tower_governor's. Each is served by `axum::serve` on its own port, in one tokio
-//! runtime with two worker threads (`SERVER_THREADS`), and loaded in turn with `wrk --latency` (wrk and the server
-//! share the machine's cores), the rounds interleaved so that a slow spell of the machine hits
-//! every router alike. For every router it prints requests per second, p50 and p99 of each round,
+//! tollgate's full path, tower_governor with its headers, tollgate on an exempt route, tollgate
+//! with a plan like tower_governor's, and the bare router writing tollgate's five header lines.
+//! Each is served by `axum::serve` on its own port, in one tokio runtime with two worker threads
+//! (`SERVER_THREADS`), and loaded in turn with `wrk --latency` (wrk and the server share the
+//! machine's cores), the rounds interleaved so that a slow spell of the machine hits every router
+//! alike. For every router it prints requests per second, p50 and p99 of each round,
 //! and the machine time per request beyond the bare router's (cores ÷ requests per second: wrk's
 //! share, such as parsing the extra headers, is in it).
 //!
