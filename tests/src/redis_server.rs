@@ -14,10 +14,12 @@
 //! println!("{} {prefix}", redis.url());
 //! ```
 
+use std::collections::BTreeSet;
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The variable naming a Redis to test against (`redis://127.0.0.1:6379/`).
@@ -25,6 +27,29 @@ pub const URL_VAR: &str = "TOLLGATE_REDIS_URL";
 
 /// How long a started server may take to answer `PING`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ports given to this process's servers. A server that is stopped and restarted keeps its port,
+/// and a test's store keeps connecting to it meanwhile; were another test's server given the same
+/// port in between (the kernel hands a freed port out again), that store would reach the other
+/// server. So a port goes to one server of the process only.
+static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A free loopback port that no server of this process has had.
+fn free_port() -> io::Result<u16> {
+    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
+    for _ in 0..100 {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no free port that another redis-server of this process has not had",
+    ))
+}
 
 /// A `redis-server` process on a free loopback port, without persistence; killed when dropped.
 #[derive(Debug)]
@@ -36,10 +61,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts `redis-server` from `PATH` on a free port and waits until it answers `PING`.
     pub fn start() -> io::Result<Self> {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port();
-        Self::start_on(port)
+        Self::start_on(free_port()?)
     }
 
     /// Starts `redis-server` on `port` and waits until it answers `PING`.
