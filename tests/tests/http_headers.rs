@@ -58,6 +58,11 @@ async fn headers_parse_as_structured_fields_and_agree_with_each_other() {
     assert_eq!(int_header(&rejected, "x-ratelimit-remaining"), 9);
     let limits = parse_list(&rejected.headers()["ratelimit"]);
     assert_eq!(limits[0].integers["t"], retry_after);
+    // A 429 still has one `RateLimit` item per `RateLimit-Policy` item: no request is in flight,
+    // so every slot is free.
+    let names: Vec<&str> = limits.iter().map(|item| item.name.as_str()).collect();
+    assert_eq!(names, ["points", "daily", "concurrency"]);
+    assert_eq!((limits[2].integers["r"], limits[2].integers["t"]), (3, 0));
     assert_eq!(
         rejected.headers()["content-type"],
         "application/problem+json"

@@ -499,6 +499,27 @@ async fn peek_charges_nothing<S: Store>(store: &S) {
     assert_eq!(after.verdict.statuses(&org)[0].remaining, 1069);
 }
 
+async fn a_limit_rejection_says_how_many_are_in_flight<S: Store>(store: &S) {
+    let points = PER_MINUTE_5.replace("\"requests\"", "\"points\"");
+    let org = acme(&format!("concurrency = 3\n{points}"), "");
+    let now = secs(t0(), 1);
+    let mut held = Vec::new();
+    for expected in 1..=3 {
+        let decision = admit(store, &org, 1, now).await;
+        assert_eq!(decision.in_flight, Some(expected));
+        held.push(decision.permit.expect("a permit"));
+    }
+    drop(held.pop());
+    in_flight_becomes(store, &org, 2).await;
+    let over = admit(store, &org, 3, now).await;
+    assert!(matches!(rejection(&over).0, RejectReason::Limit(0)));
+    assert!(over.permit.is_none());
+    assert_eq!(over.in_flight, Some(2), "the two permits still held");
+    // Without a concurrency limit there is nothing to count.
+    let unlimited = acme(PER_MINUTE_5, "");
+    assert_eq!(admit(store, &unlimited, 1, now).await.in_flight, None);
+}
+
 async fn concurrency_permits<S: Store>(store: &S) {
     let org = acme(
         &format!("concurrency = 2\n{PER_MINUTE_5}").replace("capacity = 5", "capacity = 100"),
@@ -506,14 +527,17 @@ async fn concurrency_permits<S: Store>(store: &S) {
     );
     let now = secs(t0(), 1);
     let first = admit(store, &org, 1, now).await;
+    assert_eq!(first.in_flight, Some(1));
     let p1 = first.permit.expect("a permit");
-    assert_eq!(p1.in_flight(), Some(1));
-    let p2 = admit(store, &org, 1, now)
-        .await
-        .permit
-        .expect("a second permit");
-    assert_eq!(p2.in_flight(), Some(2));
+    let second = admit(store, &org, 1, now).await;
+    assert_eq!(second.in_flight, Some(2));
+    let p2 = second.permit.expect("a second permit");
     let third = admit(store, &org, 1, now).await;
+    assert_eq!(
+        third.in_flight,
+        Some(2),
+        "a rejection says how many are in flight"
+    );
     assert_eq!(
         rejection(&third),
         (RejectReason::Concurrency, Some(secs(now, 1)), vec![])
@@ -538,9 +562,9 @@ async fn concurrency_permits<S: Store>(store: &S) {
         RejectReason::Concurrency
     );
     drop(p3);
-    let p4 = admit_when_free(store, &org, now).await.permit;
-    assert_eq!(p4.as_ref().and_then(|p| p.in_flight()), Some(2));
-    drop(p4);
+    let fourth = admit_when_free(store, &org, now).await;
+    assert_eq!(fourth.in_flight, Some(2));
+    drop(fourth);
     in_flight_becomes(store, &org, 1).await;
 }
 
@@ -859,6 +883,7 @@ suite!(
     reset_forgets_current_windows,
     peek_charges_nothing,
     concurrency_permits,
+    a_limit_rejection_says_how_many_are_in_flight,
     usage_counts_calls_today,
     call_log_keeps_the_newest,
     billable_days,

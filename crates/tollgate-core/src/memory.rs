@@ -215,23 +215,33 @@ impl MemoryStore {
                 return Decision {
                     verdict: ledger.admit(org, charge, now),
                     permit: None,
+                    in_flight: None,
                 };
             };
             // Sequentially consistent: see `Permits::release`.
-            if slot.permits.in_flight.load(Ordering::SeqCst) >= concurrency.max() {
+            let held = slot.permits.in_flight.load(Ordering::SeqCst);
+            if held >= concurrency.max() {
                 return Decision {
                     verdict: Verdict::concurrency(ledger.snapshot(org, now), now),
                     permit: None,
+                    in_flight: Some(held),
                 };
             }
             let verdict = ledger.admit(org, charge, now);
-            let permit = verdict.is_admitted().then(|| {
-                let in_flight = slot.permits.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-                let owner: Arc<dyn ReleasePermit> =
-                    Arc::clone(&slot.permits) as Arc<dyn ReleasePermit>;
-                Permit::new(owner, 0).with_in_flight(in_flight)
-            });
-            Decision { verdict, permit }
+            if !verdict.is_admitted() {
+                return Decision {
+                    verdict,
+                    permit: None,
+                    in_flight: Some(held),
+                };
+            }
+            let in_flight = slot.permits.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+            let owner: Arc<dyn ReleasePermit> = Arc::clone(&slot.permits) as Arc<dyn ReleasePermit>;
+            Decision {
+                verdict,
+                permit: Some(Permit::new(owner, 0)),
+                in_flight: Some(in_flight),
+            }
         })
     }
 

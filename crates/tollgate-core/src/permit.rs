@@ -17,30 +17,12 @@ pub trait ReleasePermit: Send + Sync + fmt::Debug + 'static {
 pub struct Permit {
     owner: Arc<dyn ReleasePermit>,
     lease: u64,
-    in_flight: Option<u32>,
 }
 
 impl Permit {
     /// A permit that calls `owner.release(lease)` when dropped.
     pub fn new(owner: Arc<dyn ReleasePermit>, lease: u64) -> Self {
-        Self {
-            owner,
-            lease,
-            in_flight: None,
-        }
-    }
-
-    /// This permit, noting that `in_flight` permits of its org (this one included) were held right
-    /// after it was taken: the layer shows the free slots in the `RateLimit` header.
-    pub fn with_in_flight(mut self, in_flight: u32) -> Self {
-        self.in_flight = Some(in_flight);
-        self
-    }
-
-    /// How many permits of the org (this one included) were held right after it was taken, if the
-    /// store said.
-    pub const fn in_flight(&self) -> Option<u32> {
-        self.in_flight
+        Self { owner, lease }
     }
 
     /// The lease id the store gave this permit.
@@ -53,7 +35,6 @@ impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("lease", &self.lease)
-            .field("in_flight", &self.in_flight)
             .finish_non_exhaustive()
     }
 }

@@ -47,6 +47,10 @@ pub struct Decision {
     pub verdict: Verdict,
     /// The in-flight slot, when the plan limits concurrency and the request was admitted.
     pub permit: Option<Permit>,
+    /// How many requests of the org were in flight right after the decision (this one included if
+    /// it was admitted), when the plan limits concurrency and the store said: the layer shows the
+    /// free slots in the `RateLimit` header, on a rejection too.
+    pub in_flight: Option<u32>,
 }
 
 impl Decision {

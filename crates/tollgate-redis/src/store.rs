@@ -344,10 +344,10 @@ impl PendingLease<'_> {
     }
 
     /// Admitted: the lease now belongs to a permit.
-    fn into_permit(mut self, in_flight: u32) -> Permit {
+    fn into_permit(mut self) -> Permit {
         self.armed = false;
         let owner: Arc<dyn ReleasePermit> = Arc::clone(self.inner) as Arc<dyn ReleasePermit>;
-        Permit::new(owner, self.lease).with_in_flight(in_flight)
+        Permit::new(owner, self.lease)
     }
 }
 
@@ -527,6 +527,7 @@ impl Inner {
             return Ok(Decision {
                 verdict: decide(org, &mut [], charge, now),
                 permit: None,
+                in_flight: None,
             });
         }
         let keys = self.keys(org.id());
@@ -596,16 +597,20 @@ impl Inner {
             }
             verdict
         };
-        let in_flight = u32::try_from(in_flight).unwrap_or(u32::MAX);
+        let in_flight = (concurrency > 0).then(|| u32::try_from(in_flight).unwrap_or(u32::MAX));
         let permit = match pending {
-            Some(pending) if verdict.is_admitted() => Some(pending.into_permit(in_flight)),
+            Some(pending) if verdict.is_admitted() => Some(pending.into_permit()),
             Some(pending) => {
                 pending.forget();
                 None
             }
             None => None,
         };
-        Ok(Decision { verdict, permit })
+        Ok(Decision {
+            verdict,
+            permit,
+            in_flight,
+        })
     }
 
     async fn peek(

@@ -59,7 +59,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use smallvec::SmallVec;
 use tollgate_core::{
-    BoxFuture, CallRecord, Charge, Decision, LimitStatus, OnStoreError, Outcome, Permit, Policy,
+    BoxFuture, CallRecord, Charge, Decision, LimitStatus, OnStoreError, Outcome, Policy,
     RejectReason, ResolvedOrg, Snapshot, StoreError, Timestamp, Treatment, Verdict, admit_waiting,
 };
 use tower_service::Service;
@@ -550,7 +550,11 @@ fn decided<B>(
     } = admission;
     let engine = meter.engine;
     let server = meter.policy.server();
-    let Decision { verdict, permit } = match decision {
+    let Decision {
+        verdict,
+        permit,
+        in_flight,
+    } = match decision {
         Ok(decision) => decision,
         Err(error) => {
             engine.store_failed("admit", &error);
@@ -574,13 +578,7 @@ fn decided<B>(
     };
     match verdict {
         Verdict::Admitted { snapshot, receipt } => {
-            let slots = org.concurrency().map(|concurrency| {
-                let held = permit.as_ref().and_then(Permit::in_flight).unwrap_or(1);
-                Slots {
-                    max: concurrency.max(),
-                    free: concurrency.max().saturating_sub(held),
-                }
-            });
+            let slots = slots(&org, Some(in_flight.unwrap_or(1)));
             // Each limit's numbers are computed once, written into the headers and checked for
             // the 80% event, one limit at a time.
             let quotas = engine.quotas(&org, now);
@@ -623,7 +621,15 @@ fn decided<B>(
             snapshot,
         } => {
             let statuses: Statuses = snapshot.iter(&org).collect();
-            let rejection = Rejection::new(&org, reason, retry_at, &violated, &statuses, now);
+            let rejection = Rejection::new(
+                &org,
+                reason,
+                retry_at,
+                &violated,
+                &statuses,
+                slots(&org, in_flight),
+                now,
+            );
             let mut quotas = engine.quotas(&org, now);
             if !quotas.fits(&org, &statuses) {
                 quotas = engine.fresh_quotas(&org, now);
@@ -634,7 +640,7 @@ fn decided<B>(
                 statuses: &statuses,
                 legacy: Some(rejection.legacy),
                 slots: rejection.slots,
-                slot_retry: rejection.legacy.reset,
+                slot_retry: rejection.slot_retry,
                 retry_after: (!org.shadow()).then_some(rejection.retry_after),
                 now,
             };
@@ -689,11 +695,22 @@ fn decided<B>(
     }
 }
 
+/// The org's concurrency slots, when its plan limits concurrency and `in_flight` is known.
+fn slots(org: &ResolvedOrg, in_flight: Option<u32>) -> Option<Slots> {
+    let max = org.concurrency()?.max();
+    Some(Slots {
+        max,
+        free: max.saturating_sub(in_flight?),
+    })
+}
+
 /// What a 429 says.
 struct Rejection {
     limit: Arc<str>,
     legacy: Legacy,
     slots: Option<Slots>,
+    /// When a concurrency slot may be free, for the concurrency item's `t` when none is.
+    slot_retry: Timestamp,
     retry_after: u64,
     violated: Vec<String>,
 }
@@ -707,14 +724,14 @@ impl Rejection {
         retry_at: Option<Timestamp>,
         violated: &[usize],
         statuses: &[LimitStatus],
+        slots: Option<Slots>,
         now: Timestamp,
     ) -> Self {
+        let slot_retry = Timestamp::from_millis(now.as_millis().saturating_add(SLOT_RETRY_MS));
         match reason {
             RejectReason::Concurrency => {
                 let max = org.concurrency().map_or(0, |c| c.max());
-                let reset = retry_at.unwrap_or(Timestamp::from_millis(
-                    now.as_millis().saturating_add(SLOT_RETRY_MS),
-                ));
+                let reset = retry_at.unwrap_or(slot_retry);
                 Self {
                     limit: Arc::clone(&CONCURRENCY_NAME),
                     legacy: Legacy {
@@ -723,6 +740,7 @@ impl Rejection {
                         reset,
                     },
                     slots: Some(Slots { max, free: 0 }),
+                    slot_retry: reset,
                     retry_after: secs_until(reset, now).max(1),
                     violated: vec![CONCURRENCY.to_owned()],
                 }
@@ -755,9 +773,10 @@ impl Rejection {
                         .get(index)
                         .map_or_else(|| Arc::from("?"), |limit| Arc::clone(limit.name_arc())),
                     legacy,
-                    // The store checked concurrency first and it was not the reason, but how many
-                    // slots are free is not known: leave the item out of `RateLimit`.
-                    slots: None,
+                    // Concurrency was checked first and was not the reason: the item shows the
+                    // slots the store saw (left out if it did not say).
+                    slots,
+                    slot_retry,
                     retry_after: secs_until(retry_at, now).max(1),
                     violated,
                 }

@@ -688,6 +688,7 @@ keys = ["patient-key"]
             r#"
 [plans.trial]
 shadow = true
+concurrency = 2
 
 [[plans.trial.limits]]
 name = "daily"
@@ -715,6 +716,12 @@ keys = ["trial-key"]
         assert_eq!(second.status(), StatusCode::OK);
         assert_eq!(second.headers()[X_RATELIMIT_REMAINING], "0");
         assert!(second.headers().get(RETRY_AFTER).is_none());
+        // Every item of `RateLimit-Policy` is in `RateLimit`, the concurrency slots too (a request
+        // let through by a shadow plan holds none).
+        assert_eq!(
+            second.headers()[RATELIMIT],
+            r#""daily";r=0;t=50370, "concurrency";r=2;t=0"#
+        );
         assert_eq!(&second.into_body().collect().await?.to_bytes()[..], b"true");
         Ok(())
     }
