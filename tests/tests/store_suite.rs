@@ -642,6 +642,18 @@ async fn call_log_keeps_the_newest<S: Store>(store: &S) {
     calls.reverse();
     assert_eq!(usage.calls, calls[..100]);
     assert_eq!(usage.calls_today, 101);
+
+    // A slow call is recorded when it ends, after a quicker one that arrived later; the log lists
+    // calls by arrival.
+    record(store, &org, call(secs(t0(), 150), "/quick")).await;
+    record(store, &org, call(secs(t0(), 149), "/slow")).await;
+    let usage = store
+        .usage(&org, secs(t0(), 200), 31)
+        .await
+        .expect("usage")
+        .usage;
+    let paths: Vec<&str> = usage.calls[..3].iter().map(|call| &*call.path).collect();
+    assert_eq!(paths, ["/quick", "/slow", "/v1/items?i=100"]);
 }
 
 async fn billable_days<S: Store>(store: &S) {

@@ -242,12 +242,20 @@ pub struct UsageSnapshot {
     pub billable_today: u64,
     /// Billable calls per local date, oldest first, today last.
     pub billable_days: Vec<(NaiveDate, u64)>,
-    /// The most recent calls, newest first.
+    /// The most recent calls to end, newest first by arrival ([`CallRecord::at`]; see
+    /// [`sort_newest_first`]).
     pub calls: Vec<CallRecord>,
     /// Endpoints by calls today, most first.
     pub endpoints: Vec<EndpointUsage>,
     /// Identical requests seen at least [`REPEAT_THRESHOLD`] times today, most frequent first.
     pub repeated: Vec<RepeatedRequest>,
+}
+
+/// Orders `calls`, given latest-ended first, newest first by arrival ([`CallRecord::at`]): a call
+/// is recorded when it ends, so a slow call that arrived before a quick one is recorded after it.
+/// Calls that arrived at the same time keep their order. Every store's snapshot goes through this.
+pub fn sort_newest_first(calls: &mut [CallRecord]) {
+    calls.sort_by(|a, b| b.at.cmp(&a.at));
 }
 
 /// The usage of one org; bounded whatever arrives.
@@ -454,12 +462,14 @@ impl UsageLedger {
             Vec::new()
         };
         repeated.sort_by(|a, b| b.count.cmp(&a.count).then(a.path.cmp(&b.path)));
+        let mut calls: Vec<CallRecord> = self.calls.iter().rev().cloned().collect();
+        sort_newest_first(&mut calls);
         UsageSnapshot {
             date,
             calls_today: if current { self.admitted_today } else { 0 },
             billable_today: billable_days.last().map_or(0, |(_, count)| *count),
             billable_days,
-            calls: self.calls.iter().rev().cloned().collect(),
+            calls,
             endpoints,
             repeated,
         }
@@ -485,6 +495,18 @@ mod tests {
         assert_eq!(&*snapshot.calls[0].path, "/v1/items?i=100");
         assert_eq!(&*snapshot.calls[99].path, "/v1/items?i=1");
         assert_eq!(snapshot.calls_today, 101);
+    }
+
+    #[test]
+    fn calls_are_listed_by_arrival_not_by_end() {
+        let mut usage = UsageLedger::new(10);
+        // A slow call arrives at 10 s and ends after a quick one that arrived at 11 s.
+        usage.record(Tz::UTC, call(11, "/quick"));
+        usage.record(Tz::UTC, call(10, "/slow"));
+        usage.record(Tz::UTC, call(12, "/later"));
+        let snapshot = usage.snapshot(Tz::UTC, Timestamp::from_secs(20), 31);
+        let paths: Vec<&str> = snapshot.calls.iter().map(|call| &*call.path).collect();
+        assert_eq!(paths, ["/later", "/quick", "/slow"]);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use tollgate_core::ledger::decide;
 use tollgate_core::tier::LimitState;
 use tollgate_core::usage::{
     DAYS_KEPT, EndpointUsage, MAX_ENDPOINTS, MAX_REPEATED, REPEAT_THRESHOLD, RepeatedRequest,
-    local_date,
+    local_date, sort_newest_first,
 };
 use tollgate_core::{
     CallRecord, Charge, Decision, Dimension, LimitStatus, OrgId, OrgUsage, Outcome, Permit,
@@ -849,13 +849,14 @@ impl Inner {
         });
         let mut repeated = repeated_requests(array(repeated)?)?;
         repeated.sort_by(|a, b| b.count.cmp(&a.count).then(a.path.cmp(&b.path)));
-        let calls = array(log)?
+        let mut calls = array(log)?
             .iter()
             .map(|entry| match entry {
                 Value::BulkString(bytes) => codec::decode(bytes),
                 _ => Err(protocol("a call log entry that is not a string")),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        sort_newest_first(&mut calls);
         let usage = UsageSnapshot {
             date,
             calls_today: if current {
