@@ -255,7 +255,7 @@ pub struct UsageSnapshot {
 /// is recorded when it ends, so a slow call that arrived before a quick one is recorded after it.
 /// Calls that arrived at the same time keep their order. Every store's snapshot goes through this.
 pub fn sort_newest_first(calls: &mut [CallRecord]) {
-    calls.sort_by(|a, b| b.at.cmp(&a.at));
+    calls.sort_by_key(|call| std::cmp::Reverse(call.at));
 }
 
 /// The usage of one org; bounded whatever arrives.
