@@ -140,3 +140,33 @@ async fn a_panicking_handler_behind_catch_panic_frees_the_permit() {
     // The five panicked calls were charged (admitted) and are in the log.
     assert_eq!(app.statuses("acme").await[0].remaining, 20 - 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_counted_without_a_concurrency_limit() {
+    // `flat` has no concurrency limit: nothing is refused for it, but its requests in flight are
+    // still counted (the usage shows them).
+    let app = std::sync::Arc::new(TestApp::start(POLICY, Placement::Layer).await);
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let app = std::sync::Arc::clone(&app);
+        slow.push(tokio::spawn(async move {
+            let response = app.get("/v1/held", "flat-key").await;
+            let status = response.status().as_u16();
+            response.text().await.expect("the body");
+            status
+        }));
+    }
+    app.wait_in_flight("flat", 2).await;
+    let response = app.get("/v1/items", "flat-key").await;
+    assert_eq!(response.status(), 200);
+    let ratelimit = response.headers()["ratelimit"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    assert!(!ratelimit.contains("concurrency"), "{ratelimit}");
+    app.release(2);
+    for handler in slow {
+        assert_eq!(handler.await.expect("the client task"), 200);
+    }
+    app.wait_in_flight("flat", 0).await;
+}

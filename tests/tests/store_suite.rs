@@ -204,13 +204,17 @@ async fn admits_until_capacity<S: Store>(store: &S) {
         let decision = admit(store, &org, 1, now).await;
         assert!(decision.is_admitted());
         assert_eq!(remaining(&decision.verdict.statuses(&org)), vec![left]);
-        assert!(decision.permit.is_none(), "no concurrency limit, no permit");
+        assert!(
+            decision.permit.is_some(),
+            "an admitted request is counted in flight, with or without a concurrency limit"
+        );
     }
     let rejected = admit(store, &org, 1, now).await;
     assert_eq!(
         rejection(&rejected),
         (RejectReason::Limit(0), Some(secs(t0(), 60)), vec![0])
     );
+    assert!(rejected.permit.is_none());
     let status = rejected.verdict.statuses(&org)[0];
     assert_eq!((status.limit, status.remaining), (5, 0));
     assert_eq!(status.reset, secs(t0(), 60));
@@ -515,9 +519,20 @@ async fn a_limit_rejection_says_how_many_are_in_flight<S: Store>(store: &S) {
     assert!(matches!(rejection(&over).0, RejectReason::Limit(0)));
     assert!(over.permit.is_none());
     assert_eq!(over.in_flight, Some(2), "the two permits still held");
-    // Without a concurrency limit there is nothing to count.
-    let unlimited = acme(PER_MINUTE_5, "");
-    assert_eq!(admit(store, &unlimited, 1, now).await.in_flight, None);
+}
+
+async fn requests_in_flight_count_without_a_concurrency_limit<S: Store>(store: &S) {
+    let org = acme(PER_MINUTE_5, "");
+    let now = secs(t0(), 1);
+    let first = admit(store, &org, 1, now).await;
+    assert_eq!(first.in_flight, Some(1));
+    let second = admit(store, &org, 1, now).await;
+    assert_eq!(second.in_flight, Some(2));
+    in_flight_becomes(store, &org, 2).await;
+    drop(first);
+    in_flight_becomes(store, &org, 1).await;
+    drop(second);
+    in_flight_becomes(store, &org, 0).await;
 }
 
 async fn concurrency_permits<S: Store>(store: &S) {
@@ -896,6 +911,7 @@ suite!(
     peek_charges_nothing,
     concurrency_permits,
     a_limit_rejection_says_how_many_are_in_flight,
+    requests_in_flight_count_without_a_concurrency_limit,
     usage_counts_calls_today,
     call_log_keeps_the_newest,
     billable_days,

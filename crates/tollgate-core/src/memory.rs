@@ -211,16 +211,11 @@ impl MemoryStore {
     pub fn admit_now(&self, org: &Arc<ResolvedOrg>, charge: Charge, now: Timestamp) -> Decision {
         self.maybe_sweep(now);
         self.with_ledger(org, |slot, ledger| {
-            let Some(concurrency) = org.concurrency() else {
-                return Decision {
-                    verdict: ledger.admit(org, charge, now),
-                    permit: None,
-                    in_flight: None,
-                };
-            };
             // Sequentially consistent: see `Permits::release`.
             let held = slot.permits.in_flight.load(Ordering::SeqCst);
-            if held >= concurrency.max() {
+            if let Some(concurrency) = org.concurrency()
+                && held >= concurrency.max()
+            {
                 return Decision {
                     verdict: Verdict::concurrency(ledger.snapshot(org, now), now),
                     permit: None,

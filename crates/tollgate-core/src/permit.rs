@@ -1,4 +1,5 @@
-//! Concurrency permits: a slot of an org's in-flight limit, given back when dropped.
+//! In-flight permits: one admitted request of an org (a slot of its concurrency limit, if the plan
+//! has one), given back when dropped.
 //!
 //! A [`Permit`] is taken at admission and released exactly once, by `Drop`: when the response body
 //! ends, when a client hangs up, when a handler panics, or when a future holding it is cancelled.

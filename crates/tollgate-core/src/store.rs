@@ -1,7 +1,7 @@
 //! The store trait: where counts live, atomically per org.
 //!
 //! A [`Store`] runs the [`Ledger`](crate::Ledger) arithmetic for one org atomically: check and charge
-//! every tier of every limit and take a concurrency permit in one step, settle latency and cost
+//! every tier of every limit and take an in-flight permit in one step, settle latency and cost
 //! corrections afterwards, and keep each org's usage. [`MemoryStore`](crate::MemoryStore) keeps it
 //! in this process; a Redis store shares it between instances. The trait is async so that a store
 //! can do I/O; [`DynStore`] is its object-safe form, implemented for every `Store`.
@@ -45,11 +45,13 @@ use crate::usage::{CallRecord, UsageSnapshot};
 pub struct Decision {
     /// Admitted with every limit charged, or rejected with nothing charged.
     pub verdict: Verdict,
-    /// The in-flight slot, when the plan limits concurrency and the request was admitted.
+    /// The request's in-flight permit, when it was admitted: it counts in the org's requests in
+    /// flight (and against its concurrency limit, if the plan has one) until it is dropped. A
+    /// store that counts nothing in flight may give none.
     pub permit: Option<Permit>,
     /// How many requests of the org were in flight right after the decision (this one included if
-    /// it was admitted), when the plan limits concurrency and the store said: the layer shows the
-    /// free slots in the `RateLimit` header, on a rejection too.
+    /// it was admitted), if the store said: the layer shows the free slots in the `RateLimit`
+    /// header when the plan limits concurrency, on a rejection too.
     pub in_flight: Option<u32>,
 }
 
@@ -78,14 +80,15 @@ pub struct Settlement {
 pub struct OrgUsage {
     /// Calls, billing and the polling report.
     pub usage: UsageSnapshot,
-    /// Requests in flight now.
+    /// Requests in flight now: admitted, and their responses not yet ended (whether or not the
+    /// plan limits concurrency).
     pub in_flight: u32,
 }
 
 /// Where counts live: atomic per org, exact under any concurrency.
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Checks concurrency and every limit of `org`'s plan at `now`; if all admit, charges all of
-    /// them and takes a permit, in one atomic step. A rejection charges nothing.
+    /// them and takes an in-flight permit, in one atomic step. A rejection charges nothing.
     fn admit(
         &self,
         org: &Arc<ResolvedOrg>,

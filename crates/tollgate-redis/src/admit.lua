@@ -13,14 +13,15 @@
 -- ARGV[1]   now (instance clock, ms)
 -- ARGV[2]   margin (ms): index entries whose window ended this long ago are dropped
 -- ARGV[3]   concurrency limit (0: none)
--- ARGV[4]   lease id to add when admitted
+-- ARGV[4]   lease id to add when admitted: every admitted request holds a lease while in flight,
+--           so the lease set counts an org's requests in flight with or without a limit
 -- ARGV[5]   lease time to live (ms)
 -- ARGV[6]   number of limits
 -- then per limit: latency (1 or 0), amount to charge, number of tiers n,
 --                 then n times: capacity, counter ttl (ms), window end (instance ms)
 --
 -- Returns {status, in flight, used...}: status 1 admitted, 0 rejected by a limit, 2 rejected for
--- concurrency; the leases held after this request (0 without a concurrency limit); then what each
+-- concurrency; the leases held after this request; then what each
 -- counter (KEYS[3..]) held before this request.
 
 if redis.replicate_commands then
@@ -45,13 +46,14 @@ local function reply(status)
 end
 
 local concurrency = tonumber(ARGV[3])
+local lease = ARGV[4]
 local server_ms = 0
-if concurrency > 0 then
+if lease ~= '' then
   local time = redis.call('TIME')
   server_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', server_ms)
   in_flight = redis.call('ZCARD', KEYS[1])
-  if in_flight >= concurrency then
+  if concurrency > 0 and in_flight >= concurrency then
     return reply(2)
   end
 end
@@ -133,9 +135,9 @@ for _, limit in ipairs(limits) do
   end
 end
 
-if concurrency > 0 then
+if lease ~= '' then
   local ttl = tonumber(ARGV[5])
-  redis.call('ZADD', KEYS[1], server_ms + ttl, ARGV[4])
+  redis.call('ZADD', KEYS[1], server_ms + ttl, lease)
   redis.call('PEXPIRE', KEYS[1], ttl * 2)
   in_flight = in_flight + 1
 end

@@ -76,7 +76,9 @@
 //!
 //! # Leases
 //!
-//! A plan's concurrency limit is a sorted set of leases per org, scored by their expiry in
+//! Every admitted request holds a lease while it is in flight, so that the usage counts an org's
+//! requests in flight on every instance, whether or not its plan limits them; a plan's
+//! concurrency limit is the most leases the set may hold. The set is sorted, scored by expiry in
 //! **Redis server time** (`TIME` inside the scripts), so that instances with different clocks
 //! agree on when a lease has expired. The admission script drops expired leases, counts the rest
 //! and adds the new one in the same atomic step as the limits. The [`Permit`](tollgate_core::Permit)

@@ -523,25 +523,18 @@ impl Inner {
         now: Timestamp,
     ) -> Result<Decision, StoreError> {
         let concurrency = org.concurrency().map_or(0, |c| c.max());
-        if org.limits().is_empty() && concurrency == 0 {
-            return Ok(Decision {
-                verdict: decide(org, &mut [], charge, now),
-                permit: None,
-                in_flight: None,
-            });
-        }
         let keys = self.keys(org.id());
         let mut layout = Layout::new(org, &keys, now);
         let leases = keys.leases();
-        let pending = (concurrency > 0).then(|| {
-            let lease = self.next_lease.fetch_add(1, Ordering::Relaxed);
-            self.leases.lock().insert(lease, Arc::from(leases.as_str()));
-            PendingLease {
-                inner: self,
-                lease,
-                armed: true,
-            }
-        });
+        // Every admitted request holds a lease while in flight: the lease set is the org's
+        // in-flight count (what the usage shows), and its limit when the plan has one.
+        let lease = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        self.leases.lock().insert(lease, Arc::from(leases.as_str()));
+        let pending = PendingLease {
+            inner: self,
+            lease,
+            armed: true,
+        };
         let mut invocation = self.scripts.admit.prepare_invoke();
         invocation.key(&leases).key(keys.index());
         for key in &layout.keys {
@@ -551,11 +544,7 @@ impl Inner {
             .arg(now.as_millis())
             .arg(self.margin_ms)
             .arg(concurrency)
-            .arg(
-                pending
-                    .as_ref()
-                    .map_or(String::new(), |p| self.member(p.lease)),
-            )
+            .arg(self.member(pending.lease))
             .arg(self.lease_ttl_ms)
             .arg(org.limits().len());
         for (limit, state) in org.limits().iter().zip(&layout.states) {
@@ -597,14 +586,12 @@ impl Inner {
             }
             verdict
         };
-        let in_flight = (concurrency > 0).then(|| u32::try_from(in_flight).unwrap_or(u32::MAX));
-        let permit = match pending {
-            Some(pending) if verdict.is_admitted() => Some(pending.into_permit()),
-            Some(pending) => {
-                pending.forget();
-                None
-            }
-            None => None,
+        let in_flight = Some(u32::try_from(in_flight).unwrap_or(u32::MAX));
+        let permit = if verdict.is_admitted() {
+            Some(pending.into_permit())
+        } else {
+            pending.forget();
+            None
         };
         Ok(Decision {
             verdict,
