@@ -4,19 +4,30 @@
 use bytes::Bytes;
 use tollgate_tests::http::{POLICY, Placement, TestApp, eventually, int_header};
 
+/// Sends `count` requests to `/v1/held` with `key`, each in a task that reads the body to its end
+/// and gives the status.
+fn held(
+    app: &std::sync::Arc<TestApp>,
+    key: &'static str,
+    count: usize,
+) -> Vec<tokio::task::JoinHandle<u16>> {
+    (0..count)
+        .map(|_| {
+            let app = std::sync::Arc::clone(app);
+            tokio::spawn(async move {
+                let response = app.get("/v1/held", key).await;
+                let status = response.status().as_u16();
+                response.text().await.expect("the body");
+                status
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_3_with_slow_handlers_rejects_a_4th_until_one_ends() {
     let app = std::sync::Arc::new(TestApp::start(POLICY, Placement::Layer).await);
-    let mut slow = Vec::new();
-    for _ in 0..3 {
-        let app = std::sync::Arc::clone(&app);
-        slow.push(tokio::spawn(async move {
-            let response = app.get("/v1/held", "acme-key-1").await;
-            let status = response.status().as_u16();
-            response.text().await.expect("the body");
-            status
-        }));
-    }
+    let slow = held(&app, "acme-key-1", 3);
     app.wait_in_flight("acme", 3).await;
 
     let fourth = app.get("/v1/items", "acme-key-2").await;
@@ -146,16 +157,7 @@ async fn requests_in_flight_are_counted_without_a_concurrency_limit() {
     // `flat` has no concurrency limit: nothing is refused for it, but its requests in flight are
     // still counted (the usage shows them).
     let app = std::sync::Arc::new(TestApp::start(POLICY, Placement::Layer).await);
-    let mut slow = Vec::new();
-    for _ in 0..2 {
-        let app = std::sync::Arc::clone(&app);
-        slow.push(tokio::spawn(async move {
-            let response = app.get("/v1/held", "flat-key").await;
-            let status = response.status().as_u16();
-            response.text().await.expect("the body");
-            status
-        }));
-    }
+    let slow = held(&app, "flat-key", 2);
     app.wait_in_flight("flat", 2).await;
     let response = app.get("/v1/items", "flat-key").await;
     assert_eq!(response.status(), 200);
