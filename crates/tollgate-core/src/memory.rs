@@ -213,16 +213,12 @@ impl MemoryStore {
         self.with_ledger(org, |slot, ledger| {
             // Sequentially consistent: see `Permits::release`.
             let held = slot.permits.in_flight.load(Ordering::SeqCst);
-            if let Some(concurrency) = org.concurrency()
-                && held >= concurrency.max()
-            {
-                return Decision {
-                    verdict: Verdict::concurrency(ledger.snapshot(org, now), now),
-                    permit: None,
-                    in_flight: Some(held),
-                };
-            }
-            let verdict = ledger.admit(org, charge, now);
+            let verdict = match org.concurrency() {
+                Some(concurrency) if held >= concurrency.max() => {
+                    Verdict::concurrency(ledger.snapshot(org, now), now)
+                }
+                _ => ledger.admit(org, charge, now),
+            };
             if !verdict.is_admitted() {
                 return Decision {
                     verdict,

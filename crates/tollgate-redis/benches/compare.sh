@@ -7,8 +7,9 @@
 #
 # redis-benchmark calls src/admit.lua with exactly the keys and arguments RedisStore sends for the
 # bench's plan (benches/redis.rs: `points` minute + hour, `daily` day, cost 3, 2026-03-10T12:00:30Z,
-# no concurrency limit, a lease added as every admission adds one), from CLIENTS connections, one command at a time each (-P 1). The Rust
-# bench keeps 64 admissions in flight on its one multiplexed connection.
+# no concurrency limit, a lease added as every admission adds one), from CLIENTS connections, one
+# command at a time each (-P 1). The Rust bench keeps 64 admissions in flight on its one
+# multiplexed connection.
 set -euo pipefail
 
 cd "$(dirname "$0")/../../.."

@@ -21,8 +21,8 @@
 --                 then n times: capacity, counter ttl (ms), window end (instance ms)
 --
 -- Returns {status, in flight, used...}: status 1 admitted, 0 rejected by a limit, 2 rejected for
--- concurrency; the leases held after this request; then what each
--- counter (KEYS[3..]) held before this request.
+-- concurrency; the leases held after this request; then what each counter (KEYS[3..]) held before
+-- this request.
 
 if redis.replicate_commands then
   redis.replicate_commands()
@@ -46,16 +46,12 @@ local function reply(status)
 end
 
 local concurrency = tonumber(ARGV[3])
-local lease = ARGV[4]
-local server_ms = 0
-if lease ~= '' then
-  local time = redis.call('TIME')
-  server_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', server_ms)
-  in_flight = redis.call('ZCARD', KEYS[1])
-  if concurrency > 0 and in_flight >= concurrency then
-    return reply(2)
-  end
+local time = redis.call('TIME')
+local server_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', server_ms)
+in_flight = redis.call('ZCARD', KEYS[1])
+if concurrency > 0 and in_flight >= concurrency then
+  return reply(2)
 end
 
 local limits = {}
@@ -135,11 +131,9 @@ for _, limit in ipairs(limits) do
   end
 end
 
-if lease ~= '' then
-  local ttl = tonumber(ARGV[5])
-  redis.call('ZADD', KEYS[1], server_ms + ttl, lease)
-  redis.call('PEXPIRE', KEYS[1], ttl * 2)
-  in_flight = in_flight + 1
-end
+local ttl = tonumber(ARGV[5])
+redis.call('ZADD', KEYS[1], server_ms + ttl, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+in_flight = in_flight + 1
 
 return reply(1)

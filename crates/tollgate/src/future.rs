@@ -578,7 +578,7 @@ fn decided<B>(
     };
     match verdict {
         Verdict::Admitted { snapshot, receipt } => {
-            let slots = slots(&org, Some(in_flight.unwrap_or(1)));
+            let slots = slots(&org, in_flight.or(Some(1)));
             // Each limit's numbers are computed once, written into the headers and checked for
             // the 80% event, one limit at a time.
             let quotas = engine.quotas(&org, now);
