@@ -1021,7 +1021,9 @@ tiers = [{ window = "minute", capacity = 3000 }, { window = "hour", capacity = 2
 mod redis_only {
     use super::*;
     use futures_util::future::join_all;
+    use tollgate_core::StoreError;
     use tollgate_redis::cluster_slot;
+    use tollgate_tests::redis_server::RedisServer;
 
     async fn raw(url: &str) -> ::redis::aio::MultiplexedConnection {
         ::redis::Client::open(url)
@@ -1322,6 +1324,107 @@ tiers = [{ window = "minute", capacity = 1000 }]
             permits.push(decision.permit);
         }
         assert_eq!(admitted, 5, "the limit is enforced again");
+    }
+
+    /// Runs `admission` while Redis holds back scripts for a second, then lets them run: the
+    /// admission gives up (or is dropped) before its script runs. Redis must then run exactly
+    /// `scripts` scripts (the admission, and a refund if it charged) and the org's counts and
+    /// leases, as `observer` reads them on its own connection, must be as before.
+    async fn late_admission_charges_nothing(
+        server: &RedisServer,
+        observer: &RedisStore,
+        org: &Arc<ResolvedOrg>,
+        now: Timestamp,
+        scripts: u64,
+        admission: impl Future<Output = ()>,
+    ) {
+        let mut conn = raw(&server.url()).await;
+        let before = peek(observer, org, now).await;
+        let (evalsha_before, _) = command_counts(&mut conn).await;
+        let _: () = ::redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(1000)
+            .arg("WRITE")
+            .query_async(&mut conn)
+            .await
+            .expect("CLIENT PAUSE");
+        admission.await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ran = loop {
+            let (evalsha, _) = command_counts(&mut conn).await;
+            // `peek` reads the counters with MGET: it runs no script.
+            let statuses = peek(observer, org, now).await;
+            if evalsha >= evalsha_before + scripts && statuses == before {
+                break evalsha - evalsha_before;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the late admission charged: {} scripts ran, {statuses:?} (before: {before:?})",
+                evalsha - evalsha_before
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(ran, scripts, "scripts run after the admission gave up");
+        in_flight_becomes(observer, org, 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_admission_answered_without_the_store_is_never_charged() {
+        let Some(server) = own_redis_server("late_admission") else {
+            return;
+        };
+        let url = server.url();
+        let prefix = unique_prefix("late");
+        let connect = |timeout| {
+            RedisStore::builder()
+                .prefix(prefix.clone())
+                .timeout(timeout)
+                .connect(&url)
+        };
+        let hasty = connect(Duration::from_millis(200)).await.expect("connect");
+        let patient = connect(Duration::from_secs(5)).await.expect("connect");
+        let observer = connect(Duration::from_secs(5)).await.expect("connect");
+        let org = acme(
+            &format!("concurrency = 5\n{POINTS_MINUTE_HOUR}{PER_MINUTE_5}"),
+            "",
+        );
+        let now = secs(t0(), 1);
+        // 30 points are left in the minute: a charge of 50 would take 30 there and 20 from the
+        // hour. The reply also tells `hasty` how Redis's clock stands to its own.
+        let first = admit(&hasty, &org, 70, now).await;
+        drop(first);
+        in_flight_becomes(&hasty, &org, 0).await;
+
+        // Past the store's timeout: the caller gets an error at once, and the script, run after
+        // its deadline, charges nothing (one script: nothing to give back).
+        late_admission_charges_nothing(&server, &observer, &org, now, 1, async {
+            let started = Instant::now();
+            let result = hasty.admit(&org, Charge::points(50), now).await;
+            assert!(
+                matches!(result, Err(StoreError::Timeout(_))),
+                "the admission times out: {result:?}"
+            );
+            assert!(started.elapsed() < Duration::from_millis(900));
+        })
+        .await;
+
+        // The request went away while its admission waited, well within the store's timeout: the
+        // script runs before its deadline and charges, and what it took is given back (two
+        // scripts).
+        late_admission_charges_nothing(&server, &observer, &org, now, 2, async {
+            let gone = tokio::time::timeout(
+                Duration::from_millis(50),
+                patient.admit(&org, Charge::points(50), now),
+            )
+            .await;
+            assert!(gone.is_err(), "the admission waits for the paused Redis");
+        })
+        .await;
+
+        let statuses = peek(&hasty, &org, now).await;
+        assert_eq!(used(&statuses[0]), vec![70, 0]);
+        assert_eq!(used(&statuses[1]), vec![1]);
+        assert!(admit(&hasty, &org, 50, now).await.is_admitted());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,9 +7,10 @@
 #
 # redis-benchmark calls src/admit.lua with exactly the keys and arguments RedisStore sends for the
 # bench's plan (benches/redis.rs: `points` minute + hour, `daily` day, cost 3, 2026-03-10T12:00:30Z,
-# no concurrency limit, a lease added as every admission adds one), from CLIENTS connections, one
-# command at a time each (-P 1). The Rust bench keeps 64 admissions in flight on its one
-# multiplexed connection.
+# no concurrency limit, a lease added as every admission adds one; no deadline, which RedisStore
+# computes per call and the script compares with Redis's clock either way), from CLIENTS
+# connections, one command at a time each (-P 1). The Rust bench keeps 64 admissions in flight on
+# its one multiplexed connection.
 set -euo pipefail
 
 cd "$(dirname "$0")/../../.."
@@ -40,7 +41,7 @@ ttl() { echo $(( $1 - NOW + MARGIN )); }
 P='bench:{acme}'
 
 KEYS=("$P:c" "$P:w" "$P:l:points:minute:$MINUTE" "$P:l:points:hour:$HOUR" "$P:l:daily:day:$DAY")
-ARGS=("$NOW" "$MARGIN" 0 "bench-lease" 15000 2
+ARGS=("$NOW" "$MARGIN" 0 "bench-lease" 15000 2 0
       0 3 2 "$CAP" "$(ttl $MINUTE_END)" "$MINUTE_END" "$CAP" "$(ttl $HOUR_END)" "$HOUR_END"
       0 1 1 "$CAP" "$(ttl $DAY_END)" "$DAY_END")
 

@@ -17,15 +17,25 @@
 --           so the lease set counts an org's requests in flight with or without a limit
 -- ARGV[5]   lease time to live (ms)
 -- ARGV[6]   number of limits
+-- ARGV[7]   deadline (Redis server ms; 0: none): the instance stops waiting for the reply then,
+--           so a script that runs later (Redis was stalled) charges nothing
 -- then per limit: latency (1 or 0), amount to charge, number of tiers n,
 --                 then n times: capacity, counter ttl (ms), window end (instance ms)
 --
--- Returns {status, in flight, used...}: status 1 admitted, 0 rejected by a limit, 2 rejected for
--- concurrency; the leases held after this request; then what each counter (KEYS[3..]) held before
--- this request.
+-- Returns {status, in flight, server ms, used...}: status 1 admitted, 0 rejected by a limit, 2
+-- rejected for concurrency, 3 too late (past the deadline; nothing else follows); the leases held
+-- after this request; Redis's clock when the script ran; then what each counter (KEYS[3..]) held
+-- before this request.
 
 if redis.replicate_commands then
   redis.replicate_commands()
+end
+
+local time = redis.call('TIME')
+local server_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local deadline = tonumber(ARGV[7])
+if deadline > 0 and server_ms > deadline then
+  return { 3, 0, server_ms }
 end
 
 local used = {}
@@ -38,7 +48,7 @@ end
 
 local in_flight = 0
 local function reply(status)
-  local out = { status, in_flight }
+  local out = { status, in_flight, server_ms }
   for i = 3, #KEYS do
     out[#out + 1] = used[i]
   end
@@ -46,8 +56,6 @@ local function reply(status)
 end
 
 local concurrency = tonumber(ARGV[3])
-local time = redis.call('TIME')
-local server_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', server_ms)
 in_flight = redis.call('ZCARD', KEYS[1])
 if concurrency > 0 and in_flight >= concurrency then
@@ -55,7 +63,7 @@ if concurrency > 0 and in_flight >= concurrency then
 end
 
 local limits = {}
-local pos = 7
+local pos = 8
 local key = 3
 local admitted = true
 for l = 1, tonumber(ARGV[6]) do

@@ -113,8 +113,17 @@
 //! the layer then lets the request through or refuses it, per `on_store_error`. Nothing panics and
 //! nothing waits past the timeout. The connection is a reconnecting
 //! [`ConnectionManager`](redis::aio::ConnectionManager): when Redis comes back, the store recovers
-//! by itself (and reloads its scripts on `NOSCRIPT`). An admission that timed out may still have
-//! been charged by Redis; a settlement that failed is lost (and counted).
+//! by itself (and reloads its scripts on `NOSCRIPT`). A settlement that failed is lost (and
+//! counted).
+//!
+//! An admission answered without the store (it timed out, or its request went away while it
+//! waited) is not charged, even when a stalled Redis runs its script later: the script carries a
+//! deadline on Redis's clock (the instance's send time plus the timeout, moved by the clock offset
+//! the last reply showed) and charges nothing past it, and a script that ran in time but whose
+//! reply nobody read is given back by a refund in the background (counted in
+//! `tollgate_store_late_refunds_total{store="redis"}`). Until that refund lands the org holds the
+//! extra charge, so it may see less capacity for that moment, never more. A reply lost with its
+//! connection cannot be read: what its script did stays.
 //!
 //! The operator sees the store's state in [`RedisStore::health`], in one log line per transition
 //! (a warning on the first failure of a burst, an info line when Redis answers again) and in two

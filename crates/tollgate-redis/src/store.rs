@@ -23,7 +23,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use chrono::{Datelike, Days, NaiveDate};
@@ -49,6 +49,10 @@ use crate::codec;
 use crate::error::ConnectError;
 use crate::health::{Health, HealthState};
 use crate::keys::OrgKeys;
+
+mod late;
+
+use late::{AdmissionReply, Late, ServerClock, Unanswered, wall_ms};
 
 /// How long [`Store::permit_freed`] waits at most before the caller tries again.
 pub const PERMIT_POLL: Duration = Duration::from_millis(10);
@@ -190,12 +194,12 @@ impl RedisStoreBuilder {
             calls_kept: self.calls_kept,
             lease_ttl_ms: millis(self.lease_ttl),
             margin_ms: millis(self.key_margin),
-            scripts: Scripts::new(),
             leases: Mutex::new(HashMap::new()),
             instance: random,
             next_lease: AtomicU64::new(1),
             freed: Notify::new(),
             health: HealthState::new(),
+            server_clock: ServerClock::default(),
             runtime: runtime.clone(),
         });
         let every = self.lease_ttl / 3;
@@ -243,6 +247,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The scripts every store runs (static, so that an admission's call can outlive the store's
+/// borrow: see [`late`]).
 #[derive(Debug)]
 struct Scripts {
     admit: Script,
@@ -252,17 +258,13 @@ struct Scripts {
     reset: Script,
 }
 
-impl Scripts {
-    fn new() -> Self {
-        Self {
-            admit: Script::new(include_str!("admit.lua")),
-            settle: Script::new(include_str!("settle.lua")),
-            usage: Script::new(include_str!("usage.lua")),
-            renew: Script::new(include_str!("renew.lua")),
-            reset: Script::new(include_str!("reset.lua")),
-        }
-    }
-}
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    admit: Script::new(include_str!("admit.lua")),
+    settle: Script::new(include_str!("settle.lua")),
+    usage: Script::new(include_str!("usage.lua")),
+    renew: Script::new(include_str!("renew.lua")),
+    reset: Script::new(include_str!("reset.lua")),
+});
 
 struct Inner {
     me: Weak<Inner>,
@@ -272,13 +274,14 @@ struct Inner {
     calls_kept: usize,
     lease_ttl_ms: i64,
     margin_ms: i64,
-    scripts: Scripts,
     /// The leases this instance holds: lease id -> the org's lease set.
     leases: Mutex<HashMap<u64, Arc<str>>>,
     instance: u64,
     next_lease: AtomicU64,
     freed: Notify,
     health: HealthState,
+    /// How far Redis's clock is ahead of this instance's, for admission deadlines.
+    server_clock: ServerClock,
     runtime: Handle,
 }
 
@@ -488,7 +491,15 @@ impl Inner {
 
     /// Runs one call to Redis, bounded by the timeout, and keeps the health up to date.
     async fn run<T>(&self, call: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
-        let error = match tokio::time::timeout(self.timeout, call).await {
+        self.checked(tokio::time::timeout(self.timeout, call).await)
+    }
+
+    /// What a call bounded by the timeout came to, with the health kept up to date.
+    fn checked<T>(
+        &self,
+        outcome: Result<RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StoreError> {
+        let error = match outcome {
             Ok(Ok(value)) => {
                 self.health.success();
                 return Ok(value);
@@ -503,7 +514,7 @@ impl Inner {
     /// Loads every script, so that the first admission is one round trip too.
     async fn load_scripts(&self) -> RedisResult<()> {
         let mut conn = self.conn.clone();
-        let scripts = &self.scripts;
+        let scripts = &*SCRIPTS;
         for script in [
             &scripts.admit,
             &scripts.settle,
@@ -518,13 +529,13 @@ impl Inner {
 
     async fn admit(
         self: &Arc<Self>,
-        org: &ResolvedOrg,
+        org: &Arc<ResolvedOrg>,
         charge: Charge,
         now: Timestamp,
     ) -> Result<Decision, StoreError> {
         let concurrency = org.concurrency().map_or(0, |c| c.max());
         let keys = self.keys(org.id());
-        let mut layout = Layout::new(org, &keys, now);
+        let layout = Layout::new(org, &keys, now);
         let leases = keys.leases();
         // Every admitted request holds a lease while in flight: the lease set is the org's
         // in-flight count (what the usage shows), and its limit when the plan has one.
@@ -535,18 +546,20 @@ impl Inner {
             lease,
             armed: true,
         };
-        let mut invocation = self.scripts.admit.prepare_invoke();
+        let mut invocation = SCRIPTS.admit.prepare_invoke();
         invocation.key(&leases).key(keys.index());
         for key in &layout.keys {
             invocation.key(key);
         }
+        let sent = wall_ms();
         invocation
             .arg(now.as_millis())
             .arg(self.margin_ms)
             .arg(concurrency)
             .arg(self.member(pending.lease))
             .arg(self.lease_ttl_ms)
-            .arg(org.limits().len());
+            .arg(org.limits().len())
+            .arg(self.server_clock.deadline(sent, self.timeout));
         for (limit, state) in org.limits().iter().zip(&layout.states) {
             let latency = limit.dimension() == Dimension::LatencyMs;
             invocation
@@ -561,25 +574,39 @@ impl Inner {
             }
         }
         let mut conn = self.conn.clone();
-        let reply = array(
-            self.run(invocation.invoke_async::<Value>(&mut conn))
-                .await?,
-        )?;
-        let (status, in_flight) = match reply.as_slice() {
-            [status, in_flight, ..] => (int(status)?, int(in_flight)?),
-            _ => return Err(protocol("an admission reply without its status")),
+        let call = Box::pin(async move { invocation.invoke_async::<Value>(&mut conn).await });
+        let late = Late {
+            inner: Arc::clone(self),
+            org: Arc::clone(org),
+            layout,
+            charge,
+            now,
         };
-        if reply.len() != 2 + layout.keys.len() {
-            return Err(protocol(
-                "an admission reply with the wrong number of counts",
-            ));
+        // Given up (the timeout) or dropped (the request went away), the call goes on in the
+        // background and what the script charged, if it ran, is given back.
+        let (reply, late) = Unanswered::new(call, late).reply().await?;
+        let received = wall_ms();
+        let mut layout = late.layout;
+        let AdmissionReply {
+            status,
+            in_flight,
+            server_ms,
+            used,
+        } = AdmissionReply::parse(reply, layout.keys.len())?;
+        self.server_clock.observe(server_ms, received);
+        if status == AdmissionReply::TOO_LATE {
+            // The script ran past the deadline (the clocks' offset moved): nothing was charged.
+            pending.forget();
+            let error = StoreError::Timeout(self.timeout);
+            self.health.failure(&error);
+            return Err(error);
         }
-        layout.fill(reply[2..].iter().map(int).collect::<Result<Vec<_>, _>>()?)?;
-        let verdict = if status == 2 {
+        layout.fill(used)?;
+        let verdict = if status == AdmissionReply::CONCURRENCY {
             Verdict::concurrency(Snapshot::new(&layout.states, now), now)
         } else {
             let verdict = decide(org, &mut layout.states, charge, now);
-            if verdict.is_admitted() != (status == 1) {
+            if verdict.is_admitted() != (status == AdmissionReply::ADMITTED) {
                 let error = protocol("the admission script and the ledger disagree");
                 self.health.failure(&error);
                 return Err(error);
@@ -628,7 +655,7 @@ impl Inner {
         let mut range = redis::cmd("ZRANGE");
         range.arg(&index).arg(0).arg(-1);
         let counters = array(self.run(range.query_async::<Value>(&mut conn)).await?)?;
-        let mut invocation = self.scripts.reset.prepare_invoke();
+        let mut invocation = SCRIPTS.reset.prepare_invoke();
         invocation.key(&index);
         let mut any = false;
         for counter in &counters {
@@ -645,16 +672,10 @@ impl Inner {
         Ok(())
     }
 
-    fn settle_job(&self, org: &ResolvedOrg, settlement: Settlement) -> Option<Job> {
-        let Settlement {
-            receipt,
-            correction,
-            call,
-            at,
-        } = settlement;
-        let keys = self.keys(org.id());
-        let date = local_date(org.time_zone(), call.as_ref().map_or(at, |call| call.at));
-        let mut job = Job {
+    /// A settle script's job at `at` on `date`, before its corrections and record: the org's
+    /// fixed keys, and room for the number of corrections in `args[2]`.
+    fn job(&self, keys: &OrgKeys, date: NaiveDate, at: Timestamp) -> Job {
+        Job {
             keys: vec![
                 keys.index(),
                 keys.log(),
@@ -669,7 +690,19 @@ impl Inner {
                 self.margin_ms.to_string(),
                 String::new(),
             ],
-        };
+        }
+    }
+
+    fn settle_job(&self, org: &ResolvedOrg, settlement: Settlement) -> Option<Job> {
+        let Settlement {
+            receipt,
+            correction,
+            call,
+            at,
+        } = settlement;
+        let keys = self.keys(org.id());
+        let date = local_date(org.time_zone(), call.as_ref().map_or(at, |call| call.at));
+        let mut job = self.job(&keys, date, at);
         let mut ops = 0usize;
         if correction.latency_ms > 0 || correction.cost_delta != 0 {
             for (index, limit) in org.limits().iter().enumerate() {
@@ -746,7 +779,7 @@ impl Inner {
     fn spawn(&self, job: Option<Job>) -> impl Future<Output = Result<(), StoreError>> + Send {
         let handle = match (job, self.me.upgrade()) {
             (Some(job), Some(inner)) => Some(self.runtime.spawn(async move {
-                let mut invocation = inner.scripts.settle.prepare_invoke();
+                let mut invocation = SCRIPTS.settle.prepare_invoke();
                 for key in &job.keys {
                     invocation.key(key);
                 }
@@ -784,7 +817,7 @@ impl Inner {
             .rev()
             .filter_map(|back| date.checked_sub_days(Days::new(back as u64)))
             .collect();
-        let mut invocation = self.scripts.usage.prepare_invoke();
+        let mut invocation = SCRIPTS.usage.prepare_invoke();
         invocation
             .key(keys.leases())
             .key(keys.today())
@@ -874,7 +907,7 @@ impl Inner {
         }
         let mut result = Ok(());
         for (set, members) in by_set {
-            let mut invocation = self.scripts.renew.prepare_invoke();
+            let mut invocation = SCRIPTS.renew.prepare_invoke();
             invocation.key(&*set).arg(self.lease_ttl_ms);
             for member in &members {
                 invocation.arg(member);
