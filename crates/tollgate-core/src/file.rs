@@ -331,9 +331,22 @@ impl Source<'_> {
             orgs.push(self.org(index, org, &raw.orgs, &plans, &mut key_owners, &mut places)?);
         }
 
-        let mut routes = Vec::with_capacity(raw.routes.len());
+        let mut routes: Vec<RouteRule> = Vec::with_capacity(raw.routes.len());
         for (index, route) in raw.routes.iter().enumerate() {
-            routes.push(self.route(index, route)?);
+            let rule = self.route(index, route)?;
+            if let Some(first) = routes.iter().position(|earlier| earlier.covers(&rule)) {
+                return Err(self.mistake(
+                    &route.pattern.span(),
+                    &format!("routes[{index}].match"),
+                    format!(
+                        "{:?} never applies: routes[{first}] ({:?}) matches the same requests first",
+                        route.pattern.get_ref(),
+                        raw.routes[first].pattern.get_ref()
+                    ),
+                    "remove one of them, or put the rule for one method before the rule for any",
+                ));
+            }
+            routes.push(rule);
         }
 
         let mut builder = Policy::builder().server(server);

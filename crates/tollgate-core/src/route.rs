@@ -262,6 +262,16 @@ impl RouteRule {
     pub const fn treatment(&self) -> Treatment {
         self.treatment
     }
+
+    /// Whether every request `later` matches is matched by this rule first: the same path shape
+    /// (parameter names aside), and this rule's method is `later`'s or any.
+    pub fn covers(&self, later: &RouteRule) -> bool {
+        self.pattern.segments == later.pattern.segments
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|method| later.method.as_deref() == Some(method))
+    }
 }
 
 #[cfg(test)]

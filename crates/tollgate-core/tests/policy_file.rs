@@ -757,6 +757,36 @@ fn cost_together_with_exempt() {
 }
 
 #[test]
+fn a_route_that_never_applies() {
+    // The same method and path shape (parameter names aside).
+    let twice = "[[routes]]\nmatch = \"GET /v1/files/{id}\"\nexempt = true\n\n[[routes]]\nmatch = \"GET /v1/files/{name}\"\ncost = 3\n";
+    let (_, message) = assert_mistake(
+        twice,
+        6,
+        "routes[1].match",
+        "remove one of them, or put the rule for one method before the rule for any",
+    );
+    assert!(
+        message.contains(
+            "\"GET /v1/files/{name}\" never applies: routes[0] (\"GET /v1/files/{id}\") matches the same requests first"
+        ),
+        "{message}"
+    );
+    // A rule for any method before one for GET on the same path.
+    let shadowed = "[[routes]]\nmatch = \"* /v1/reports\"\ncost = 5\n\n[[routes]]\nmatch = \"get /v1/reports\"\ncost = 10\n";
+    assert_mistake(
+        shadowed,
+        6,
+        "routes[1].match",
+        "put the rule for one method before the rule for any",
+    );
+    // The other way round, other methods, other shapes: each rule applies somewhere.
+    let fine = "[[routes]]\nmatch = \"GET /v1/reports\"\ncost = 10\n\n[[routes]]\nmatch = \"* /v1/reports\"\ncost = 5\n\n[[routes]]\nmatch = \"POST /v1/files/{id}\"\ncost = 2\n\n[[routes]]\nmatch = \"POST /v1/files/{id}/meta\"\ncost = 2\n\n[[routes]]\nmatch = \"POST /v1/files/{*rest}\"\ncost = 2\n";
+    let policy = load(fine).expect("every rule applies to some request");
+    assert_eq!(policy.routes().len(), 5);
+}
+
+#[test]
 fn billable_without_exempt() {
     let text = "[[routes]]\nmatch = \"GET /v1/items\"\ncost = 2\nbillable = false\n";
     assert_mistake(
