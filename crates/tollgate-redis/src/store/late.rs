@@ -144,9 +144,7 @@ impl Unanswered {
     /// The reply within the store's timeout, with the admission's state handed back.
     pub(super) async fn reply(mut self) -> Result<(Value, Late), StoreError> {
         let (Some(call), Some(late)) = (self.call.as_mut(), self.late.as_ref()) else {
-            return Err(StoreError::Protocol(
-                "an admission without its call".to_owned(),
-            ));
+            return Err(protocol("an admission without its call"));
         };
         let inner = Arc::clone(&late.inner);
         let outcome = tokio::time::timeout(inner.timeout, call).await;
@@ -157,9 +155,7 @@ impl Unanswered {
         let value = inner.checked(outcome)?;
         match self.late.take() {
             Some(late) => Ok((value, late)),
-            None => Err(StoreError::Protocol(
-                "an admission without its state".to_owned(),
-            )),
+            None => Err(protocol("an admission without its state")),
         }
     }
 }
