@@ -23,7 +23,7 @@
 //! whatever its script did stays. The background task waits [`LATE_REPLY_WAIT`] at most; a call
 //! still queued for a connection that is not back by then is dropped unsent.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use tollgate_core::BoxFuture;
