@@ -101,9 +101,8 @@ impl fmt::Debug for Finish {
 }
 
 impl Finish {
-    /// A request whose call is recorded when it ends (an exempt route, until [`charged`]).
-    ///
-    /// [`charged`]: Self::charged
+    /// A request whose call is recorded when it ends (an exempt route, until
+    /// [`charge`](Self::charge)).
     pub(crate) fn recorded(
         engine: Arc<Engine>,
         org: Arc<ResolvedOrg>,

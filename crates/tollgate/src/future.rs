@@ -69,20 +69,15 @@ use crate::cost::ActualCost;
 use crate::engine::Engine;
 use crate::extract::Metered;
 use crate::finish::{self, Finish};
-use crate::headers::{
-    CONCURRENCY, HeaderBuilder, HeaderSet, Inputs, Legacy, RETRY_AFTER, Slots, item_names,
-    secs_until,
-};
+use crate::headers::{HeaderBuilder, HeaderSet, Inputs, RETRY_AFTER};
 use crate::identity::{IdentifyOrg, Identity, Unidentified};
 use crate::problem::Problem;
+use crate::rejection::{Rejection, slot_retry, slots};
 use crate::telemetry::{self, Remaining};
 use crate::templates;
 
 /// Every limit's numbers after a decision, computed once for the headers and the events.
 type Statuses = SmallVec<[LimitStatus; 3]>;
-
-/// The store's hint for when a concurrency slot may be free again.
-const SLOT_RETRY_MS: i64 = 1_000;
 
 pin_project! {
     /// The response future of [`RateLimit`](crate::RateLimit).
@@ -590,13 +585,7 @@ fn decided<B>(
             let fresh = (!builder.fits()).then(|| engine.fresh_quotas(&org, now));
             let quotas = fresh.as_ref().unwrap_or(&quotas);
             let legacy = builder.most_constraining();
-            let headers = builder.finish(
-                quotas,
-                legacy,
-                slots,
-                Timestamp::from_millis(now.as_millis().saturating_add(SLOT_RETRY_MS)),
-                None,
-            );
+            let headers = builder.finish(quotas, legacy, slots, slot_retry(now), None);
             telemetry::admitted(&org, &snapshot, charge);
             telemetry::decision("admitted", None, meter.started);
             let metered = Metered::new(Arc::clone(&org), key, treatment, snapshot, true, false);
@@ -691,117 +680,6 @@ fn decided<B>(
             call.latency_ms = 0;
             finish::record(engine, org, call);
             Step::Answer(response)
-        }
-    }
-}
-
-/// The org's concurrency slots, when its plan limits concurrency and `in_flight` is known.
-fn slots(org: &ResolvedOrg, in_flight: Option<u32>) -> Option<Slots> {
-    let max = org.concurrency()?.max();
-    Some(Slots {
-        max,
-        free: max.saturating_sub(in_flight?),
-    })
-}
-
-/// What a 429 says.
-struct Rejection {
-    limit: Arc<str>,
-    legacy: Legacy,
-    slots: Option<Slots>,
-    /// When a concurrency slot may be free, for the concurrency item's `t` when none is.
-    slot_retry: Timestamp,
-    retry_after: u64,
-    violated: Vec<String>,
-}
-
-static CONCURRENCY_NAME: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(CONCURRENCY));
-
-impl Rejection {
-    fn new(
-        org: &ResolvedOrg,
-        reason: RejectReason,
-        retry_at: Option<Timestamp>,
-        violated: &[usize],
-        statuses: &[LimitStatus],
-        slots: Option<Slots>,
-        now: Timestamp,
-    ) -> Self {
-        let slot_retry = Timestamp::from_millis(now.as_millis().saturating_add(SLOT_RETRY_MS));
-        match reason {
-            RejectReason::Concurrency => {
-                let max = org.concurrency().map_or(0, |c| c.max());
-                let reset = retry_at.unwrap_or(slot_retry);
-                Self {
-                    limit: Arc::clone(&CONCURRENCY_NAME),
-                    legacy: Legacy {
-                        limit: u64::from(max),
-                        remaining: 0,
-                        reset,
-                    },
-                    slots: Some(Slots { max, free: 0 }),
-                    slot_retry: reset,
-                    retry_after: secs_until(reset, now).max(1),
-                    violated: vec![CONCURRENCY.to_owned()],
-                }
-            }
-            RejectReason::Limit(index) => {
-                let status = statuses.iter().find(|status| status.index == index);
-                let legacy = status.map_or(
-                    Legacy {
-                        limit: 0,
-                        remaining: 0,
-                        reset: now,
-                    },
-                    Legacy::of,
-                );
-                // `None`: the charge exceeds what the limit can ever hold; point at the last
-                // window's end, when the most capacity is back.
-                let retry_at = retry_at.unwrap_or_else(|| {
-                    status
-                        .and_then(|status| status.tiers().last())
-                        .map_or(legacy.reset, |tier| tier.reset)
-                });
-                let violated = statuses
-                    .iter()
-                    .filter(|status| violated.contains(&status.index))
-                    .flat_map(|status| item_names(org, status))
-                    .collect();
-                Self {
-                    limit: org
-                        .limits()
-                        .get(index)
-                        .map_or_else(|| Arc::from("?"), |limit| Arc::clone(limit.name_arc())),
-                    legacy,
-                    // Concurrency was checked first and was not the reason: the item shows the
-                    // slots the store saw (left out if it did not say).
-                    slots,
-                    slot_retry,
-                    retry_after: secs_until(retry_at, now).max(1),
-                    violated,
-                }
-            }
-        }
-    }
-
-    fn detail(&self, org: &ResolvedOrg, charge: Charge) -> String {
-        if *self.limit == *CONCURRENCY {
-            format!(
-                "organisation {:?} already has {} requests in flight, its plan's maximum; retry when one has finished (in about {} s)",
-                org.id().as_str(),
-                self.legacy.limit,
-                self.retry_after
-            )
-        } else {
-            format!(
-                "limit {:?} of organisation {:?} has {} of {} left and this request needs {}; retry in {} s",
-                &*self.limit,
-                org.id().as_str(),
-                self.legacy.remaining,
-                self.legacy.limit,
-                charge.points,
-                self.retry_after
-            )
         }
     }
 }

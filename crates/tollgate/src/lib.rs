@@ -48,6 +48,7 @@ pub mod headers;
 pub mod identity;
 pub mod layer;
 mod problem;
+mod rejection;
 pub mod service;
 mod telemetry;
 mod templates;
