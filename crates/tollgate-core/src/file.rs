@@ -63,16 +63,15 @@
 //! # Ok::<(), PolicyError>(())
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::ops::Range;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue};
+use toml::de::DeTable;
 
 use crate::error::PolicyError;
 use crate::org::{Adjustment, Environment, Org, Override};
@@ -81,6 +80,12 @@ use crate::policy::{OnStoreError, Policy, ResetFormat, ServerSettings};
 use crate::route::{RouteRule, Treatment};
 use crate::time::Timestamp;
 use crate::window::Window;
+
+mod place;
+mod raw;
+
+use place::{Places, collect_nodes, deepest_at, describe, index_in, plan_place, syntax_place};
+use raw::{RawFile, RawLimit, RawOrg, RawOverride, RawPlan, RawRoute, RawServer};
 
 impl Policy {
     /// Reads and validates the policy file at `path` (format: [the module docs](crate::file)).
@@ -108,99 +113,6 @@ impl Policy {
         let raw: RawFile = toml::from_str(text).map_err(|error| source.toml_error(&error))?;
         source.policy(raw)
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The file as written: every value that can be wrong keeps its span.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawFile {
-    server: Option<RawServer>,
-    #[serde(default)]
-    plans: BTreeMap<Spanned<String>, RawPlan>,
-    #[serde(default)]
-    orgs: Vec<RawOrg>,
-    #[serde(default)]
-    routes: Vec<RawRoute>,
-    admin: Option<RawAdmin>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawServer {
-    time_zone: Option<Spanned<String>>,
-    sandbox_divisor: Option<Spanned<i64>>,
-    reset_format: Option<Spanned<String>>,
-    legacy_headers: Option<bool>,
-    ietf_headers: Option<bool>,
-    on_store_error: Option<Spanned<String>>,
-    calls_kept: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawPlan {
-    concurrency: Option<Spanned<i64>>,
-    concurrency_wait_ms: Option<Spanned<i64>>,
-    shadow: Option<bool>,
-    #[serde(default)]
-    limits: Vec<RawLimit>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawLimit {
-    name: Spanned<String>,
-    dimension: Spanned<String>,
-    zone: Option<Spanned<String>>,
-    tiers: Spanned<Vec<RawTier>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawTier {
-    window: Spanned<String>,
-    capacity: Spanned<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawOrg {
-    id: Spanned<String>,
-    plan: Spanned<String>,
-    time_zone: Option<Spanned<String>>,
-    environment: Option<Spanned<String>>,
-    #[serde(default)]
-    keys: Vec<Spanned<String>>,
-    #[serde(default)]
-    overrides: Vec<Spanned<RawOverride>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawOverride {
-    limit: Spanned<String>,
-    capacity: Option<Spanned<i64>>,
-    capacities: Option<Spanned<Vec<Spanned<i64>>>>,
-    scale: Option<Spanned<f64>>,
-    until: Option<Spanned<toml::Value>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawRoute {
-    #[serde(rename = "match")]
-    pattern: Spanned<String>,
-    cost: Option<Spanned<i64>>,
-    exempt: Option<Spanned<bool>>,
-    billable: Option<Spanned<bool>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawAdmin {
-    token: Spanned<String>,
 }
 
 type Span = Range<usize>;
@@ -847,199 +759,6 @@ impl Source<'_> {
         };
         RouteRule::parse(raw.pattern.get_ref(), treatment)
             .map_err(|error| self.model(&raw.pattern.span(), &place, error))
-    }
-}
-
-/// Where the validated values came from, for errors the model reports by place alone.
-#[derive(Default)]
-struct Places(Vec<(String, Span)>);
-
-impl Places {
-    fn note(&mut self, place: String, span: Span) {
-        self.0.push((place, span));
-    }
-
-    /// The span of `place`, or of the closest enclosing place noted.
-    fn find(&self, place: &str) -> Option<Span> {
-        let mut place = place;
-        loop {
-            if let Some((_, span)) = self.0.iter().find(|(noted, _)| noted == place) {
-                return Some(span.clone());
-            }
-            let cut = place.rfind(['.', '['])?;
-            place = &place[..cut];
-        }
-    }
-}
-
-/// `plans.NAME`, quoting a name that is not a bare TOML key.
-fn plan_place(name: &str) -> String {
-    let mut place = "plans".to_owned();
-    push_key(&mut place, name);
-    place
-}
-
-fn push_key(path: &mut String, key: &str) {
-    if !path.is_empty() {
-        path.push('.');
-    }
-    let bare = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if bare {
-        path.push_str(key);
-    } else {
-        path.push_str(&format!("{key:?}"));
-    }
-}
-
-/// `3` for place `tiers[3]` (or `tiers[3].window`) and field `tiers`.
-fn index_in(place: &str, field: &str) -> Option<usize> {
-    let rest = place.strip_prefix(field)?.strip_prefix('[')?;
-    let end = rest.find(']')?;
-    rest[..end].parse().ok()
-}
-
-/// One key or value of the parsed document, by its place.
-struct Node {
-    span: Span,
-    place: String,
-    depth: usize,
-    table: bool,
-}
-
-fn collect_nodes(table: &DeTable<'_>, path: &mut String, out: &mut Vec<Node>) {
-    for (key, value) in table.iter() {
-        let mark = path.len();
-        push_key(path, key.get_ref());
-        out.push(Node {
-            span: key.span(),
-            place: path.clone(),
-            depth: out_depth(path),
-            table: false,
-        });
-        collect_value(value, path, out);
-        path.truncate(mark);
-    }
-}
-
-fn collect_value(value: &Spanned<DeValue<'_>>, path: &mut String, out: &mut Vec<Node>) {
-    out.push(Node {
-        span: value.span(),
-        place: path.clone(),
-        depth: out_depth(path),
-        table: matches!(value.get_ref(), DeValue::Table(_)),
-    });
-    match value.get_ref() {
-        DeValue::Table(table) => collect_nodes(table, path, out),
-        DeValue::Array(array) => {
-            for (index, item) in array.iter().enumerate() {
-                let mark = path.len();
-                path.push_str(&format!("[{index}]"));
-                collect_value(item, path, out);
-                path.truncate(mark);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn out_depth(path: &str) -> usize {
-    path.matches(['.', '[']).count()
-}
-
-fn holds(span: &Span, offset: usize) -> bool {
-    span.start == offset || (span.start <= offset && offset < span.end)
-}
-
-/// The innermost key or value at `offset`.
-fn deepest_at(nodes: &[Node], offset: usize) -> Option<&Node> {
-    nodes
-        .iter()
-        .filter(|node| holds(&node.span, offset))
-        .min_by_key(|node| (node.span.len(), std::cmp::Reverse(node.depth)))
-}
-
-/// For a syntax error at `offset`: the value it is in, else the key its line starts with, else the
-/// `[table]` whose body it is in.
-fn syntax_place(nodes: &[Node], text: &str, offset: usize) -> Option<String> {
-    let line_start = text
-        .get(..offset)
-        .and_then(|before| before.rfind('\n'))
-        .map_or(0, |newline| newline + 1);
-    let on_the_line = |node: &&Node| node.span.start >= line_start && node.span.start <= offset;
-    if let Some(node) = deepest_at(nodes, offset).filter(on_the_line) {
-        return Some(node.place.clone());
-    }
-    if let Some(node) = nodes
-        .iter()
-        .filter(on_the_line)
-        .min_by_key(|node| (node.span.start, node.depth))
-    {
-        return Some(node.place.clone());
-    }
-    // A `[header]` table's span is its header; implicit parents span only their key inside it.
-    nodes
-        .iter()
-        .filter(|node| {
-            node.table
-                && node.span.start <= offset
-                && text.as_bytes().get(node.span.start) == Some(&b'[')
-        })
-        .max_by_key(|node| (node.span.start, node.depth))
-        .map(|node| node.place.clone())
-}
-
-/// Rewrites serde's wording (`unknown field`, `invalid type`, ...) in policy-file terms.
-fn describe(message: &str) -> (String, String) {
-    if let Some(rest) = message.strip_prefix("unknown field ") {
-        let (field, expected) = rest.split_once(", ").unwrap_or((rest, ""));
-        let fix = match expected.strip_prefix("expected ") {
-            Some(expected) => {
-                let expected = expected.strip_prefix("one of ").unwrap_or(expected);
-                format!("remove it, or write one of the keys allowed here: {expected}")
-            }
-            None => "remove it".to_owned(),
-        };
-        return (format!("unknown key {field}"), fix);
-    }
-    if let Some(field) = message.strip_prefix("missing field ") {
-        return (
-            format!("the required key {field} is missing"),
-            format!("add {field}"),
-        );
-    }
-    for prefix in ["invalid type: ", "invalid value: ", "invalid length "] {
-        if let Some(rest) = message.strip_prefix(prefix)
-            && let Some((found, expected)) = rest.rsplit_once(", expected ")
-        {
-            let expected = plain(expected);
-            return (
-                format!("found {}, but this must be {expected}", plain(found)),
-                format!("write {expected} here"),
-            );
-        }
-    }
-    (
-        message.to_owned(),
-        "correct this value (see the policy file format)".to_owned(),
-    )
-}
-
-/// Serde's and Rust's type names as a policy author knows them.
-fn plain(text: &str) -> String {
-    match text {
-        "i64" | "u64" | "i32" | "u32" | "usize" => "an integer".to_owned(),
-        "f64" | "f32" => "a number".to_owned(),
-        "a sequence" => "an array".to_owned(),
-        "sequence" => "an array".to_owned(),
-        "a map" => "a table".to_owned(),
-        "map" => "a table".to_owned(),
-        "any valid TOML value" => "a value".to_owned(),
-        other => other
-            .replace("floating point", "number")
-            .replace("string \"", "the string \""),
     }
 }
 
