@@ -123,7 +123,10 @@
 //! reply nobody read is given back by a refund in the background (counted in
 //! `tollgate_store_late_refunds_total{store="redis"}`). Until that refund lands the org holds the
 //! extra charge, so it may see less capacity for that moment, never more. A reply lost with its
-//! connection cannot be read: what its script did stays.
+//! connection cannot be read: what its script did stays. A script refused as too late whose reply
+//! came within the timeout means Redis's clock moved away from the instance's (or no reply had come
+//! yet to measure it): that reply sets the offset anew and the admission is sent once more, within
+//! what is left of the timeout.
 //!
 //! The operator sees the store's state in [`RedisStore::health`], in one log line per transition
 //! (a warning on the first failure of a burst, an info line when Redis answers again) and in two

@@ -284,6 +284,35 @@ impl Inner {
         charge: Charge,
         now: Timestamp,
     ) -> Result<Decision, StoreError> {
+        let started = tokio::time::Instant::now();
+        if let Some(decision) = self.admit_within(org, charge, now, self.timeout).await? {
+            return Ok(decision);
+        }
+        // The script ran past its deadline, yet its reply came within the timeout: Redis's clock
+        // had moved away from this instance's since the last reply (or none had come yet), and
+        // this reply measured the offset anew. Once more, within what is left of the timeout.
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let decision = if left.is_zero() {
+            None
+        } else {
+            self.admit_within(org, charge, now, left).await?
+        };
+        decision.ok_or_else(|| {
+            let error = StoreError::Timeout(self.timeout);
+            self.health.failure(&error);
+            error
+        })
+    }
+
+    /// One admission, waited for `budget` at most; `None` if its script ran past its deadline
+    /// (and so charged nothing).
+    async fn admit_within(
+        self: &Arc<Self>,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+        budget: Duration,
+    ) -> Result<Option<Decision>, StoreError> {
         let concurrency = org.concurrency().map_or(0, |c| c.max());
         let keys = self.keys(org.id());
         let layout = Layout::new(org, &keys, now);
@@ -304,7 +333,7 @@ impl Inner {
             .arg(pending.member())
             .arg(self.lease_ttl_ms)
             .arg(org.limits().len())
-            .arg(self.server_clock.deadline(sent, self.timeout));
+            .arg(self.server_clock.deadline(sent, budget));
         for (limit, state) in org.limits().iter().zip(&layout.states) {
             let latency = limit.dimension() == Dimension::LatencyMs;
             invocation
@@ -329,7 +358,7 @@ impl Inner {
         };
         // Given up (the timeout) or dropped (the request went away), the call goes on in the
         // background and what the script charged, if it ran, is given back.
-        let (reply, late) = Unanswered::new(call, late).reply().await?;
+        let (reply, late) = Unanswered::new(call, late).reply(budget).await?;
         let received = wall_ms();
         let mut layout = late.layout;
         let AdmissionReply {
@@ -340,11 +369,8 @@ impl Inner {
         } = AdmissionReply::parse(reply, layout.keys.len())?;
         self.server_clock.observe(server_ms, received);
         if status == AdmissionReply::TOO_LATE {
-            // The script ran past the deadline (the clocks' offset moved): nothing was charged.
             pending.forget();
-            let error = StoreError::Timeout(self.timeout);
-            self.health.failure(&error);
-            return Err(error);
+            return Ok(None);
         }
         layout.fill(used)?;
         let verdict = if status == AdmissionReply::CONCURRENCY {
@@ -365,11 +391,11 @@ impl Inner {
             pending.forget();
             None
         };
-        Ok(Decision {
+        Ok(Some(Decision {
             verdict,
             permit,
             in_flight,
-        })
+        }))
     }
 
     async fn peek(

@@ -47,9 +47,10 @@ pub(super) fn wall_ms() -> i64 {
 /// How far Redis's clock is ahead of this instance's, as the last reply showed.
 ///
 /// Until a reply came, the clocks are taken to agree. If Redis's runs ahead by more than the
-/// timeout, the first admission is refused as too late (a store error, as a timeout is) and its
-/// reply sets the offset; if it runs behind, deadlines are late by as much, and the refund covers
-/// what they let through.
+/// timeout (or jumps ahead later), an admission's script runs past its deadline and charges
+/// nothing; its reply sets the offset, and the store sends the admission once more within what is
+/// left of the timeout. If Redis's clock runs behind, deadlines are late by as much, and the
+/// refund covers what they let through.
 #[derive(Debug, Default)]
 pub(super) struct ServerClock {
     /// Redis's time when a script ran minus this instance's when its reply arrived.
@@ -141,13 +142,14 @@ impl Unanswered {
         }
     }
 
-    /// The reply within the store's timeout, with the admission's state handed back.
-    pub(super) async fn reply(mut self) -> Result<(Value, Late), StoreError> {
+    /// The reply within `budget` (at most the store's timeout), with the admission's state handed
+    /// back.
+    pub(super) async fn reply(mut self, budget: Duration) -> Result<(Value, Late), StoreError> {
         let (Some(call), Some(late)) = (self.call.as_mut(), self.late.as_ref()) else {
             return Err(protocol("an admission without its call"));
         };
         let inner = Arc::clone(&late.inner);
-        let outcome = tokio::time::timeout(inner.timeout, call).await;
+        let outcome = tokio::time::timeout(budget, call).await;
         if outcome.is_ok() {
             // Answered (a reply or an error): nothing is left to wait for.
             self.call = None;
@@ -291,6 +293,73 @@ mod tests {
         assert!(late.used.is_empty());
         assert!(AdmissionReply::parse(reply(&[1, 2, 1_000, 5]), 2).is_err());
         assert!(AdmissionReply::parse(reply(&[1, 2]), 0).is_err());
+        Ok(())
+    }
+
+    /// Redis at `TOLLGATE_REDIS_URL`; without it, `None` after a skip notice (a failure under
+    /// `CI`, where Redis must be there). The end-to-end suite, which can also start a
+    /// `redis-server` of its own, is in the `tests` crate.
+    fn redis_url(test: &str) -> Option<String> {
+        use std::io::Write as _;
+        if let Ok(url) = std::env::var("TOLLGATE_REDIS_URL")
+            && !url.is_empty()
+        {
+            return Some(url);
+        }
+        let message = format!(
+            "SKIP: {test}: TOLLGATE_REDIS_URL is not set. Set TOLLGATE_REDIS_URL=redis://127.0.0.1:6379/"
+        );
+        let ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
+        assert!(!ci, "{message} (CI=true: a missing Redis fails the tests)");
+        // Straight to stderr: the test harness captures `eprintln!`, and a skip should be seen.
+        let _ = writeln!(std::io::stderr(), "{message}");
+        None
+    }
+
+    #[tokio::test]
+    async fn a_clock_offset_that_moved_costs_a_round_trip_not_an_error()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let Some(url) = redis_url("a_clock_offset_that_moved_costs_a_round_trip_not_an_error")
+        else {
+            return Ok(());
+        };
+        let prefix = format!(
+            "test:clock-offset:{:016x}:",
+            wall_ms() ^ i64::from(std::process::id())
+        );
+        let store = RedisStore::builder()
+            .prefix(prefix)
+            .timeout(Duration::from_secs(2))
+            .connect(&url)
+            .await?;
+        let policy = tollgate_core::Policy::from_toml_str(
+            r#"
+            [plans.p]
+            [[plans.p.limits]]
+            name = "daily"
+            dimension = "requests"
+            tiers = [{ window = "day", capacity = 5 }]
+            [[orgs]]
+            id = "acme"
+            plan = "p"
+            "#,
+            "policy.toml".as_ref(),
+        )?;
+        let org = policy.org("acme").ok_or("no org acme")?;
+        // This instance takes Redis's clock to be a minute behind its own, as if Redis's clock had
+        // jumped a minute ahead since the last reply: every deadline it sends is a minute early.
+        let at = wall_ms();
+        store.inner.server_clock.observe(at - 60_000, at);
+        let now = Timestamp::from_millis(at);
+        let decision = store.admit(org, Charge::default(), now).await?;
+        assert!(decision.is_admitted(), "{decision:?}");
+        // The refused script's reply measured the offset anew (both clocks are this machine's).
+        let offset = store.inner.server_clock.offset_ms.load(Ordering::Relaxed);
+        assert!(offset.abs() < 1_000, "offset {offset} ms");
+        // Charged once: the script that ran past its deadline took nothing.
+        let statuses = store.peek(org, now).await?;
+        assert_eq!(statuses[0].remaining, 4);
+        assert!(store.health().healthy);
         Ok(())
     }
 }
