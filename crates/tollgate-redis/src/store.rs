@@ -522,6 +522,23 @@ impl Store for RedisStore {
 mod tests {
     use super::*;
 
+    /// One org, `acme`, whose plan allows `capacity` requests a day.
+    pub(super) fn daily_policy(capacity: u64) -> tollgate_core::Policy {
+        let text = format!(
+            r#"
+            [plans.p]
+            [[plans.p.limits]]
+            name = "daily"
+            dimension = "requests"
+            tiers = [{{ window = "day", capacity = {capacity} }}]
+            [[orgs]]
+            id = "acme"
+            plan = "p"
+            "#
+        );
+        tollgate_core::Policy::from_toml_str(&text, "policy.toml".as_ref()).expect("policy")
+    }
+
     #[test]
     fn counter_ttl_is_what_is_left_plus_the_margin() {
         let now = Timestamp::from_secs(30);
@@ -537,20 +554,7 @@ mod tests {
             .timeout(Duration::from_millis(50))
             .connect_lazy("redis://127.0.0.1:1/")
             .expect("valid settings");
-        let policy = tollgate_core::Policy::from_toml_str(
-            r#"
-            [plans.p]
-            [[plans.p.limits]]
-            name = "daily"
-            dimension = "requests"
-            tiers = [{ window = "day", capacity = 2 }]
-            [[orgs]]
-            id = "acme"
-            plan = "p"
-            "#,
-            "policy.toml".as_ref(),
-        )
-        .expect("policy");
+        let policy = daily_policy(2);
         let org = policy.org("acme").expect("org");
         let started = std::time::Instant::now();
         let result = store

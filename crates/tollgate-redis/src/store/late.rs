@@ -332,19 +332,7 @@ mod tests {
             .timeout(Duration::from_secs(2))
             .connect(&url)
             .await?;
-        let policy = tollgate_core::Policy::from_toml_str(
-            r#"
-            [plans.p]
-            [[plans.p.limits]]
-            name = "daily"
-            dimension = "requests"
-            tiers = [{ window = "day", capacity = 5 }]
-            [[orgs]]
-            id = "acme"
-            plan = "p"
-            "#,
-            "policy.toml".as_ref(),
-        )?;
+        let policy = super::super::tests::daily_policy(5);
         let org = policy.org("acme").ok_or("no org acme")?;
         // This instance takes Redis's clock to be a minute behind its own, as if Redis's clock had
         // jumped a minute ahead since the last reply: every deadline it sends is a minute early.
