@@ -69,10 +69,10 @@ use crate::cost::ActualCost;
 use crate::engine::Engine;
 use crate::extract::Metered;
 use crate::finish::{self, Finish};
-use crate::headers::{HeaderBuilder, HeaderSet, Inputs, RETRY_AFTER};
+use crate::headers::{HeaderBuilder, HeaderSet, Inputs, RETRY_AFTER, Slots, slot_retry};
 use crate::identity::{IdentifyOrg, Identity, Unidentified};
 use crate::problem::Problem;
-use crate::rejection::{Rejection, slot_retry, slots};
+use crate::rejection::Rejection;
 use crate::telemetry::{self, Remaining};
 use crate::templates;
 
@@ -573,7 +573,7 @@ fn decided<B>(
     };
     match verdict {
         Verdict::Admitted { snapshot, receipt } => {
-            let slots = slots(&org, in_flight.or(Some(1)));
+            let slots = Slots::of(&org, in_flight.or(Some(1)));
             // Each limit's numbers are computed once, written into the headers and checked for
             // the 80% event, one limit at a time.
             let quotas = engine.quotas(&org, now);
@@ -616,7 +616,7 @@ fn decided<B>(
                 retry_at,
                 &violated,
                 &statuses,
-                slots(&org, in_flight),
+                Slots::of(&org, in_flight),
                 now,
             );
             let mut quotas = engine.quotas(&org, now);

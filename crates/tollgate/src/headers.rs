@@ -76,6 +76,25 @@ pub(crate) struct Slots {
     pub(crate) free: u32,
 }
 
+impl Slots {
+    /// The org's slots, when its plan limits concurrency and `in_flight` is known.
+    pub(crate) fn of(org: &ResolvedOrg, in_flight: Option<u32>) -> Option<Self> {
+        let max = org.concurrency()?.max();
+        Some(Self {
+            max,
+            free: max.saturating_sub(in_flight?),
+        })
+    }
+}
+
+/// The store's hint for when a concurrency slot may be free again.
+const SLOT_RETRY_MS: i64 = 1_000;
+
+/// When a concurrency slot may be free again, seen at `now`, when the store gave no time.
+pub(crate) fn slot_retry(now: Timestamp) -> Timestamp {
+    Timestamp::from_millis(now.as_millis().saturating_add(SLOT_RETRY_MS))
+}
+
 /// What `X-RateLimit-*` shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Legacy {

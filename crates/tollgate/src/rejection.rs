@@ -5,24 +5,7 @@ use std::sync::{Arc, LazyLock};
 
 use tollgate_core::{Charge, LimitStatus, RejectReason, ResolvedOrg, Timestamp};
 
-use crate::headers::{CONCURRENCY, Legacy, Slots, item_names, secs_until};
-
-/// The store's hint for when a concurrency slot may be free again.
-const SLOT_RETRY_MS: i64 = 1_000;
-
-/// When a concurrency slot may be free again, seen at `now`, when the store gave no time.
-pub(crate) fn slot_retry(now: Timestamp) -> Timestamp {
-    Timestamp::from_millis(now.as_millis().saturating_add(SLOT_RETRY_MS))
-}
-
-/// The org's concurrency slots, when its plan limits concurrency and `in_flight` is known.
-pub(crate) fn slots(org: &ResolvedOrg, in_flight: Option<u32>) -> Option<Slots> {
-    let max = org.concurrency()?.max();
-    Some(Slots {
-        max,
-        free: max.saturating_sub(in_flight?),
-    })
-}
+use crate::headers::{CONCURRENCY, Legacy, Slots, item_names, secs_until, slot_retry};
 
 /// What a 429 says.
 pub(crate) struct Rejection {
