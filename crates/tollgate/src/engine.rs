@@ -39,7 +39,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use tollgate_core::{
     Clock, DynStore, MemoryStore, Policy, ResolvedOrg, RouteRule, StoreError, SystemClock,
     Timestamp, Treatment, org_map::OrgMap,
@@ -124,6 +124,13 @@ impl Engine {
     /// The policy in force.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.load_full()
+    }
+
+    /// The policy in force, borrowed for one decision: unlike [`policy`](Self::policy), it does not
+    /// write the reference count that every request shares (turn it into an `Arc` with
+    /// [`Guard::into_inner`] to keep it longer).
+    pub(crate) fn policy_for_decision(&self) -> Guard<Arc<Policy>> {
+        self.policy.load()
     }
 
     /// Puts `policy` in force from the next request on. Counts are kept: stores key them by org id

@@ -13,7 +13,7 @@ use tollgate_core::{
 
 use crate::cost::ReportCost;
 use crate::engine::Engine;
-use crate::headers::HeaderSet;
+use crate::headers::{HeaderSet, Quotas};
 use crate::telemetry;
 
 /// Status recorded for a response that never came because the client went away.
@@ -37,12 +37,17 @@ pub(crate) fn run_detached(future: impl Future<Output = ()> + Send + 'static) {
 }
 
 /// Records `call` in the store without blocking.
-pub(crate) fn record(engine: &Arc<Engine>, org: Arc<ResolvedOrg>, call: CallRecord) {
+///
+/// The engine and the org are borrowed, and shared with a task only when the store must be waited
+/// for: every reference count taken is an atomic write to a line that all of an org's requests
+/// share.
+pub(crate) fn record(engine: &Arc<Engine>, org: &Arc<ResolvedOrg>, call: CallRecord) {
     // A store that records at once needs no task.
-    let Some(call) = engine.store().try_record(&org, call) else {
+    let Some(call) = engine.store().try_record(org, call) else {
         return;
     };
     let engine = Arc::clone(engine);
+    let org = Arc::clone(org);
     run_detached(async move {
         if let Err(error) = engine.store().record(&org, call).await {
             engine.store_failed("record", &error);
@@ -50,11 +55,13 @@ pub(crate) fn record(engine: &Arc<Engine>, org: Arc<ResolvedOrg>, call: CallReco
     });
 }
 
-fn settle(engine: &Arc<Engine>, org: Arc<ResolvedOrg>, settlement: Settlement) {
-    let Some(settlement) = engine.store().try_settle(&org, settlement) else {
+/// Settles without blocking (borrowing as [`record`] does).
+fn settle(engine: &Arc<Engine>, org: &Arc<ResolvedOrg>, settlement: Settlement) {
+    let Some(settlement) = engine.store().try_settle(org, settlement) else {
         return;
     };
     let engine = Arc::clone(engine);
+    let org = Arc::clone(org);
     run_detached(async move {
         let result: Result<(), StoreError> = engine.store().settle(&org, settlement).await;
         if let Err(error) = result {
@@ -70,8 +77,8 @@ enum Kind {
         declared: u64,
         report: ReportCost,
         permit: Option<Permit>,
-        /// The key of the org's in-flight gauge.
-        gauge: Arc<metrics::Key>,
+        /// The org's header constants, with the key of its in-flight gauge.
+        quotas: Arc<Quotas>,
     },
     /// Exempt (or let through by a shadow plan): record the call only.
     Recorded,
@@ -128,15 +135,15 @@ impl Finish {
         declared: u64,
         report: ReportCost,
         permit: Option<Permit>,
-        gauge: Arc<metrics::Key>,
+        quotas: Arc<Quotas>,
     ) {
-        telemetry::in_flight(&gauge, 1.0);
+        telemetry::in_flight(&quotas.in_flight, 1.0);
         self.kind = Kind::Metered {
             receipt,
             declared,
             report,
             permit,
-            gauge,
+            quotas,
         };
     }
 
@@ -182,7 +189,7 @@ impl Drop for Finish {
                 declared,
                 report,
                 permit,
-                gauge,
+                quotas,
             } => {
                 let actual = report.get();
                 let cost_delta = actual.map_or(0, |actual| {
@@ -201,7 +208,7 @@ impl Drop for Finish {
                 );
                 settle(
                     &self.engine,
-                    Arc::clone(&self.org),
+                    &self.org,
                     Settlement {
                         receipt,
                         correction: Correction {
@@ -212,12 +219,12 @@ impl Drop for Finish {
                         at: end,
                     },
                 );
-                telemetry::in_flight(&gauge, -1.0);
+                telemetry::in_flight(&quotas.in_flight, -1.0);
                 // Released after the settlement, so a request waiting for the slot sees the
                 // latency debited.
                 drop(permit);
             }
-            Kind::Recorded => record(&self.engine, Arc::clone(&self.org), call),
+            Kind::Recorded => record(&self.engine, &self.org, call),
         }
     }
 }

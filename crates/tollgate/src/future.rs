@@ -53,6 +53,7 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
+use arc_swap::Guard;
 use axum::extract::{MatchedPath, OriginalUri};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -169,13 +170,20 @@ where
         S: Clone,
     {
         let started = Instant::now();
-        let policy = engine.policy();
+        let policy = engine.policy_for_decision();
         let (parts, body) = request.into_parts();
         let Some(identity) = identify.try_identify(&parts, &policy) else {
             let future = identify.identify(&parts, &policy);
             let request = Request::from_parts(parts, body);
             let step = WaitStep::Identifying { future };
-            return Self::waiting(step, inner, request, engine, policy, started);
+            return Self::waiting(
+                step,
+                inner,
+                request,
+                engine,
+                Guard::into_inner(policy),
+                started,
+            );
         };
         let mut request = Request::from_parts(parts, body);
         let meter = Meter {
@@ -196,7 +204,7 @@ where
                 inner,
                 request,
                 engine,
-                policy,
+                Guard::into_inner(policy),
                 started,
             ),
         }
@@ -480,16 +488,16 @@ fn identified<B>(
             let charge = Charge::points(points);
             // A store that answers at once (the memory store) needs no boxed future, unless the
             // org is full and its plan says to wait for a slot.
-            let immediate = engine.store().try_admit(&org, charge, arrived);
             let admission = Admission {
-                org: Arc::clone(&org),
+                org,
                 key,
                 treatment: classified.treatment,
                 charge,
                 call,
             };
+            let immediate = engine.store().try_admit(&admission.org, charge, arrived);
             match immediate {
-                Some(decision) if !must_wait(&org, &decision) => {
+                Some(decision) if !must_wait(&admission.org, &decision) => {
                     decided(meter, request, admission, decision, arrived)
                 }
                 _ => Step::Admit(admit(Arc::clone(engine), admission)),
@@ -583,9 +591,15 @@ fn decided<B>(
                 telemetry::passed_80(&org, &status, charge);
             }
             let fresh = (!builder.fits()).then(|| engine.fresh_quotas(&org, now));
-            let quotas = fresh.as_ref().unwrap_or(&quotas);
             let legacy = builder.most_constraining();
-            let headers = builder.finish(quotas, legacy, slots, slot_retry(now), None);
+            let headers = builder.finish(
+                fresh.as_deref().unwrap_or(&quotas),
+                legacy,
+                slots,
+                slot_retry(now),
+                None,
+            );
+            let quotas = fresh.unwrap_or(quotas);
             telemetry::admitted(&org, &snapshot, charge);
             telemetry::decision("admitted", None, meter.started);
             let metered = Metered::new(Arc::clone(&org), key, treatment, snapshot, true, false);
@@ -593,13 +607,7 @@ fn decided<B>(
             let report = metered.report_handle();
             request.extensions_mut().insert(metered);
             let mut finish = Box::new(Finish::recorded(Arc::clone(engine), org, now, call));
-            finish.charge(
-                receipt,
-                charge.points,
-                report,
-                permit,
-                Arc::clone(&quotas.in_flight),
-            );
+            finish.charge(receipt, charge.points, report, permit, quotas);
             finish.set_headers(headers);
             Step::Call(Some(finish))
         }
@@ -678,7 +686,7 @@ fn decided<B>(
             call.status = StatusCode::TOO_MANY_REQUESTS.as_u16();
             call.cost = 0;
             call.latency_ms = 0;
-            finish::record(engine, org, call);
+            finish::record(engine, &org, call);
             Step::Answer(response)
         }
     }

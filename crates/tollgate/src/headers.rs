@@ -35,10 +35,8 @@
 //! ```
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::header::RETRY_AFTER as RETRY_AFTER_NAME;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sfv::{Integer, KeyRef, ListSerializer, StringRef};
@@ -204,7 +202,7 @@ pub(crate) struct Quotas {
     policy: Option<HeaderValue>,
     /// The key of the org's `tollgate_in_flight` gauge (kept here, with the org's other per-request
     /// constants, so that moving the gauge does not build its labels).
-    pub(crate) in_flight: Arc<metrics::Key>,
+    pub(crate) in_flight: metrics::Key,
 }
 
 /// The start of the concurrency item of `RateLimit`.
@@ -251,7 +249,7 @@ impl Quotas {
             prefix_bytes: prefixes.iter().map(|prefix| prefix.len()).sum(),
             prefixes,
             policy: header(list.finish()),
-            in_flight: Arc::new(crate::telemetry::in_flight_key(org)),
+            in_flight: crate::telemetry::in_flight_key(org),
         }
     }
 
@@ -415,7 +413,7 @@ impl<'a> HeaderBuilder<'a> {
             [limit, remaining, buffer.len()]
         });
         HeaderSet {
-            values: Bytes::from(self.buffer),
+            values: self.buffer,
             ratelimit,
             legacy,
             policy: quotas.policy.clone().filter(|_| server.ietf_headers),
@@ -429,7 +427,7 @@ impl<'a> HeaderBuilder<'a> {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HeaderSet {
     /// `RateLimit` (`..ratelimit`), then `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
-    values: Bytes,
+    values: Vec<u8>,
     ratelimit: usize,
     /// Where the three `X-RateLimit-*` values end, if they are sent.
     legacy: Option<[usize; 3]>,
@@ -480,10 +478,14 @@ impl HeaderSet {
             + usize::from(ratelimit)
             + usize::from(self.retry_after.is_some());
         headers.reserve(count + 1);
-        // Every value is a slice of `values`, which holds only digits and the names the `sfv`
-        // serializer wrote, so none fails the header-value check.
+        // Every value is a copy of a part of `values`, which holds only digits and the names the
+        // `sfv` serializer wrote, so none fails the header-value check. A copy of its own rather
+        // than a shared slice: a small allocation costs less than the reference count that every
+        // slice of one buffer would increment and decrement, an atomic operation each.
         let value = |from: usize, to: usize| {
-            HeaderValue::from_maybe_shared(self.values.slice(from..to)).ok()
+            self.values
+                .get(from..to)
+                .and_then(|part| HeaderValue::from_bytes(part).ok())
         };
         if let Some([limit, remaining, reset]) = self.legacy {
             let start = self.ratelimit;
