@@ -288,7 +288,8 @@ fn put_reset(buffer: &mut Vec<u8>, format: ResetFormat, reset: Timestamp, now: T
 /// written and dropped one limit at a time.
 ///
 /// `RateLimit` comes first in the buffer, then the three `X-RateLimit-*` values once the most
-/// constraining limit is known; every value is a part of the one buffer, copied out when the headers are written.
+/// constraining limit is known; every value is a part of the one buffer, copied out when the
+/// headers are written.
 #[derive(Debug)]
 pub(crate) struct HeaderBuilder<'a> {
     server: &'a ServerSettings,
