@@ -11,7 +11,7 @@
 //! are counted from the same runs: callgrind records how often each instruction ran, and `objdump
 //! -d` of this program says which of its instructions are atomic (a `lock` prefix, or `xchg` with
 //! memory). The C library's are not counted. Without `objdump` on the `PATH` that column is left
-//! out.
+//! out, with a message saying so.
 //!
 //! Valgrind's virtual CPU has no SHA extensions, so the SHA-256 of the API key runs in software
 //! here (about 3,400 instructions) where real x86 hardware with SHA-NI spends a few hundred.
@@ -49,7 +49,10 @@ fn main() {
     }
     let atomic = atomic_instructions(&this);
     if atomic.is_none() {
-        eprintln!("instructions: objdump is not installed; atomic operations are not counted");
+        eprintln!(
+            "instructions: objdump listed no atomic instructions (is binutils installed?); \
+             atomic operations are not counted"
+        );
     }
     println!(
         "per request (callgrind; {REQUESTS} and {} requests)",
@@ -125,7 +128,7 @@ fn count(this: &Path, name: &str, requests: u64, atomic: Option<&HashSet<u64>>) 
             "--compress-pos=no",
             "--compress-strings=no",
         ])
-        .arg(callgrind_out(&out))
+        .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(this)
         .args(["--serve", name, &requests.to_string()])
         .output()
@@ -144,10 +147,6 @@ fn count(this: &Path, name: &str, requests: u64, atomic: Option<&HashSet<u64>>) 
         instructions,
         atomics,
     })
-}
-
-fn callgrind_out(path: &Path) -> String {
-    format!("--callgrind-out-file={}", path.display())
 }
 
 /// The addresses of this program's atomic instructions, from `objdump -d`: those with a `lock`
