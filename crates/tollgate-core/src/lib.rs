@@ -60,7 +60,10 @@ pub use ledger::{Charge, Correction, Ledger, Receipt, ReceiptPart, RejectReason,
 pub use memory::MemoryStore;
 pub use org::{Adjustment, Environment, KeyDigest, Org, OrgId, Override};
 pub use permit::{Permit, ReleasePermit};
-pub use plan::{Concurrency, Dimension, Limit, LimitZone, MAX_CAPACITY, Plan, Tier, parse_zone};
+pub use plan::{
+    CONCURRENCY, Concurrency, Dimension, Limit, LimitZone, MAX_CAPACITY, Plan, Tier, item_name,
+    parse_zone,
+};
 pub use policy::{
     OnStoreError, Policy, PolicyBuilder, ResetFormat, ResolvedLimit, ResolvedOrg, ResolvedTier,
     ServerSettings,

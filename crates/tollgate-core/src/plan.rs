@@ -26,6 +26,7 @@
 //! # Ok::<(), tollgate_core::PolicyError>(())
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -188,6 +189,15 @@ impl Limit {
                 "name the limit with letters, digits, '_', '-' or '.', such as \"daily\"",
             ));
         }
+        if &*name == CONCURRENCY {
+            return Err(PolicyError::invalid(
+                "name",
+                "the name \"concurrency\" is reserved: 429 bodies and the `RateLimit` headers use it \
+                 for the concurrency limit",
+                "give the limit another name, such as \"requests\"; set a plan's concurrency with \
+                 `concurrency = N`",
+            ));
+        }
         if tiers.is_empty() {
             return Err(PolicyError::invalid(
                 "tiers",
@@ -245,6 +255,26 @@ impl Limit {
     pub fn total_capacity(&self) -> u64 {
         self.tiers.iter().map(|tier| tier.capacity).sum()
     }
+
+    /// The name of the tier with this window in the `RateLimit-Policy` and `RateLimit` headers
+    /// and in a 429's violated policies: the limit's name, or `limit.window` when the limit has
+    /// several tiers.
+    pub fn item_name(&self, window: Window) -> Cow<'_, str> {
+        item_name(&self.name, self.tiers.len(), window)
+    }
+}
+
+/// The name the concurrency limit goes by in headers and 429 bodies; no limit may take it.
+pub const CONCURRENCY: &str = "concurrency";
+
+/// The header item name of the tier with `window` of a limit called `name` with `tiers` tiers:
+/// `name`, or `name.window` when there are several (see [`Limit::item_name`]).
+pub fn item_name(name: &str, tiers: usize, window: Window) -> Cow<'_, str> {
+    if tiers > 1 {
+        Cow::Owned(format!("{name}.{}", window.as_str()))
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 /// At most `max` requests of one org in flight, waiting up to `wait` for a slot.
@@ -296,19 +326,42 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// A plan with these limits; limit names must be unique.
+    /// A plan with these limits; limit names must be unique, and so must the names their tiers
+    /// go by in the headers ([`Limit::item_name`]).
     pub fn new(name: impl Into<Arc<str>>, limits: Vec<Limit>) -> Result<Self, PolicyError> {
         let name = name.into();
         for (index, limit) in limits.iter().enumerate() {
-            if limits[..index]
-                .iter()
-                .any(|earlier| earlier.name == limit.name)
-            {
+            let earlier = &limits[..index];
+            if earlier.iter().any(|earlier| earlier.name == limit.name) {
                 return Err(PolicyError::invalid(
                     format!("limits[{index}]"),
                     format!("plan {name:?} has two limits named {:?}", limit.name),
                     "give every limit of a plan its own name",
                 ));
+            }
+            for tier in &limit.tiers {
+                let item = limit.item_name(tier.window);
+                let taken = earlier.iter().find_map(|other| {
+                    other
+                        .tiers
+                        .iter()
+                        .find(|theirs| other.item_name(theirs.window) == item)
+                        .map(|theirs| (other, theirs.window))
+                });
+                if let Some((other, window)) = taken {
+                    return Err(PolicyError::invalid(
+                        format!("limits[{index}]"),
+                        format!(
+                            "in plan {name:?}, limit {:?} goes by {item:?} in the RateLimit \
+                             headers, the name of the {} tier of limit {:?}",
+                            limit.name,
+                            window.as_str(),
+                            other.name
+                        ),
+                        "rename one of the two limits: a limit with several tiers calls each \
+                         `limit.window` in the RateLimit headers",
+                    ));
+                }
             }
         }
         Ok(Self {
@@ -397,6 +450,45 @@ mod tests {
             error.to_string().contains("two limits named \"daily\""),
             "{error}"
         );
+    }
+
+    #[test]
+    fn limits_may_not_share_a_header_item_name() {
+        let tier = |window| Tier::new(window, 10).expect("tier");
+        let count = Limit::new(
+            "count",
+            Dimension::Requests,
+            LimitZone::Org,
+            vec![tier(Window::Minute), tier(Window::Hour)],
+        )
+        .expect("limit");
+        assert_eq!(count.item_name(Window::Minute), "count.minute");
+        let minute = |tiers| {
+            Limit::new("count.minute", Dimension::Points, LimitZone::Org, tiers).expect("limit")
+        };
+        let error = Plan::new(
+            "build",
+            vec![count.clone(), minute(vec![tier(Window::Day)])],
+        )
+        .expect_err("the same item name twice");
+        assert!(
+            error.to_string().contains("minute tier of limit \"count\""),
+            "{error}"
+        );
+        // With several tiers of its own, "count.minute" names its items "count.minute.day" and so on.
+        Plan::new(
+            "build",
+            vec![count, minute(vec![tier(Window::Hour), tier(Window::Day)])],
+        )
+        .expect("distinct item names");
+        let reserved = Limit::new(
+            CONCURRENCY,
+            Dimension::Requests,
+            LimitZone::Org,
+            vec![tier(Window::Minute)],
+        )
+        .expect_err("a reserved name");
+        assert!(reserved.to_string().contains("reserved"), "{reserved}");
     }
 
     #[test]

@@ -619,6 +619,51 @@ tiers = [{ window = "day", capacity = 100 }]
 }
 
 #[test]
+fn a_limit_named_concurrency() {
+    let text = r#"[plans.build]
+concurrency = 3
+
+[[plans.build.limits]]
+name = "concurrency"
+dimension = "requests"
+tiers = [{ window = "minute", capacity = 10 }]
+"#;
+    let (_, message) = assert_mistake(
+        text,
+        5,
+        "plans.build.limits[0].name",
+        "give the limit another name",
+    );
+    assert!(message.contains("\"concurrency\" is reserved"), "{message}");
+}
+
+#[test]
+fn a_limit_named_like_another_limits_tier() {
+    let text = r#"[[plans.build.limits]]
+name = "count"
+dimension = "requests"
+tiers = [{ window = "minute", capacity = 10 }, { window = "hour", capacity = 100 }]
+
+[[plans.build.limits]]
+name = "count.hour"
+dimension = "points"
+tiers = [{ window = "day", capacity = 100 }]
+"#;
+    let (_, message) = assert_mistake(
+        text,
+        7,
+        "plans.build.limits[1]",
+        "rename one of the two limits",
+    );
+    assert!(
+        message.contains(
+            "\"count.hour\" in the RateLimit headers, the name of the hour tier of limit \"count\""
+        ),
+        "{message}"
+    );
+}
+
+#[test]
 fn duplicate_org_ids() {
     let text = format!(
         "{PLANS}\n[[orgs]]\nid = \"acme\"\nplan = \"build\"\n\n[[orgs]]\nid = \"acme\"\nplan = \"build\"\n"

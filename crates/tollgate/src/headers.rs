@@ -34,13 +34,12 @@
 //! # Ok::<(), sfv::Error>(())
 //! ```
 
-use std::borrow::Cow;
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::header::RETRY_AFTER as RETRY_AFTER_NAME;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sfv::{Integer, KeyRef, ListSerializer, StringRef};
-use tollgate_core::{LimitStatus, ResetFormat, ResolvedOrg, ServerSettings, Timestamp, Window};
+use tollgate_core::{LimitStatus, ResetFormat, ResolvedOrg, ServerSettings, Timestamp, item_name};
 
 /// `X-RateLimit-Limit`: the most constraining limit's total capacity.
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -57,7 +56,7 @@ pub const RETRY_AFTER: HeaderName = RETRY_AFTER_NAME;
 
 /// The name of the concurrency item in `RateLimit-Policy` and `RateLimit`, and the `limit` of a
 /// concurrency rejection.
-pub const CONCURRENCY: &str = "concurrency";
+pub use tollgate_core::CONCURRENCY;
 
 const Q: &KeyRef = KeyRef::constant("q");
 const W: &KeyRef = KeyRef::constant("w");
@@ -156,15 +155,6 @@ fn put_u64(buffer: &mut Vec<u8>, value: u64) {
 /// Appends `value` as an sf-integer (clamped like [`integer`]).
 fn put_sf_integer(buffer: &mut Vec<u8>, value: u64) {
     put_u64(buffer, value.min(SF_INTEGER_MAX));
-}
-
-/// The name of one tier's item: the limit's name, or `limit.window` when it has several tiers.
-fn item_name(name: &str, tiers: usize, window: Window) -> Cow<'_, str> {
-    if tiers > 1 {
-        Cow::Owned(format!("{name}.{}", window.as_str()))
-    } else {
-        Cow::Borrowed(name)
-    }
 }
 
 fn limit_name<'a>(org: &'a ResolvedOrg, status: &LimitStatus) -> &'a str {
