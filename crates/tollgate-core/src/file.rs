@@ -255,7 +255,7 @@ impl Source<'_> {
                         route.pattern.get_ref(),
                         raw.routes[first].pattern.get_ref()
                     ),
-                    "remove one of them, or put the rule for one method before the rule for any",
+                    "remove one of them, or put the narrower rule first: one method before `*`, HEAD before GET",
                 ));
             }
             routes.push(rule);

@@ -240,11 +240,12 @@ impl RouteRule {
         ))
     }
 
-    /// Whether a request with this method and path (raw or template) is covered.
+    /// Whether a request with this method and path (raw or template) is covered. A `GET` rule
+    /// also covers `HEAD`, which servers (axum among them) answer with the `GET` handler.
     pub fn matches(&self, method: &str, path: &str) -> bool {
         self.method
             .as_deref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            .is_none_or(|m| covers_method(m, method))
             && self.pattern.matches(path)
     }
 
@@ -264,14 +265,23 @@ impl RouteRule {
     }
 
     /// Whether every request `later` matches is matched by this rule first: the same path shape
-    /// (parameter names aside), and this rule's method is `later`'s or any.
+    /// (parameter names aside), and this rule's method is `later`'s, any, or `GET` when `later`'s
+    /// is `HEAD`.
     pub fn covers(&self, later: &RouteRule) -> bool {
         self.pattern.segments == later.pattern.segments
-            && self
-                .method
-                .as_deref()
-                .is_none_or(|method| later.method.as_deref() == Some(method))
+            && self.method.as_deref().is_none_or(|method| {
+                later
+                    .method
+                    .as_deref()
+                    .is_some_and(|theirs| covers_method(method, theirs))
+            })
     }
+}
+
+/// Whether a rule for `rule` (upper case) covers a request with `method`: the same method, or
+/// `HEAD` under `GET`.
+fn covers_method(rule: &str, method: &str) -> bool {
+    rule.eq_ignore_ascii_case(method) || (rule == "GET" && method.eq_ignore_ascii_case("HEAD"))
 }
 
 #[cfg(test)]
@@ -370,6 +380,11 @@ mod tests {
         assert!(rule.matches("GET", "/v1/reports"));
         assert!(rule.matches("get", "/v1/reports"));
         assert!(!rule.matches("POST", "/v1/reports"));
+        // HEAD runs the GET handler, so it costs what GET costs.
+        assert!(rule.matches("HEAD", "/v1/reports"));
+        let head = RouteRule::parse("HEAD /v1/reports", Treatment::Cost(1)).expect("rule");
+        assert!(!head.matches("GET", "/v1/reports"));
+        assert!(rule.covers(&head) && !head.covers(&rule));
         let any = RouteRule::parse("* /v1/reports", Treatment::Cost(10)).expect("rule");
         assert!(any.matches("DELETE", "/v1/reports"));
         assert!(RouteRule::parse("/v1/reports", Treatment::Cost(1)).is_err());
