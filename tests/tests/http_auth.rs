@@ -47,7 +47,19 @@ async fn missing_malformed_and_unknown_credentials_get_401() {
             .send()
             .await
             .expect("the server answers");
-        assert_unauthorized(response, "must be `Bearer <key>`").await;
+        assert_unauthorized(response, "one Authorization header, `Bearer <key>`").await;
+    }
+    // Two keys of different orgs (or one key twice): which org pays is not guessed.
+    for second in ["flat-key", "acme-key-1"] {
+        let response = app
+            .client
+            .get(format!("{}/v1/items", app.base))
+            .header("authorization", "Bearer acme-key-1")
+            .header("authorization", format!("Bearer {second}"))
+            .send()
+            .await
+            .expect("the server answers");
+        assert_unauthorized(response, "one Authorization header").await;
     }
 
     for unknown in ["acme-key-3", "ACME-KEY-1", "x"] {

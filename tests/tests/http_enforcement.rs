@@ -93,8 +93,13 @@ async fn costs_of_1_3_and_10_points_are_charged() {
         );
     }
     assert_eq!(app.statuses("flat").await[0].remaining, 6);
-    // A 10-point report no longer fits in the 6 points left; a 3-point write does.
+    // A 10-point report no longer fits in the 6 points left, not even as HEAD (which runs the GET
+    // handler, so the GET rule prices it); a 3-point write does.
     assert_eq!(app.get("/v1/reports", "flat-key").await.status(), 429);
+    let head = app
+        .send(reqwest::Method::HEAD, "/v1/reports", Some("flat-key"))
+        .await;
+    assert_eq!(head.status(), 429);
     assert_eq!(app.post("/v1/items", "flat-key").await.status(), 201);
     assert_eq!(app.statuses("flat").await[0].remaining, 3);
 }

@@ -148,7 +148,7 @@ fn masked(key: &str) -> Arc<str> {
 pub enum Unidentified {
     /// No credentials at all.
     Missing,
-    /// Credentials that are not of the expected form (`Authorization: Bearer <key>`).
+    /// Credentials that are not of the expected form (one `Authorization: Bearer <key>` header).
     Malformed,
     /// Well-formed credentials that belong to no org.
     Unknown,
@@ -167,7 +167,7 @@ impl fmt::Display for Unidentified {
         f.write_str(match self {
             Unidentified::Missing => "send your API key as `Authorization: Bearer <key>`",
             Unidentified::Malformed => {
-                "the Authorization header must be `Bearer <key>`, with the key in plain text"
+                "send one Authorization header, `Bearer <key>`, with the key in plain text"
             }
             Unidentified::Unknown => "this API key belongs to no organisation",
         })
@@ -344,7 +344,8 @@ impl IdentifyOrg for BearerKeys {
 }
 
 /// The key of an `Authorization: Bearer <key>` header: the scheme is case-insensitive, spaces
-/// around the key are ignored, and the key must be one non-empty token.
+/// around the key are ignored, and the key must be one non-empty token. A request with more than
+/// one `Authorization` header is malformed.
 ///
 /// # Example
 ///
@@ -361,12 +362,13 @@ impl IdentifyOrg for BearerKeys {
 /// assert_eq!(bearer_token(&parts), Err(Unidentified::Missing));
 /// ```
 pub fn bearer_token(request: &Parts) -> Result<&str, Unidentified> {
-    let value = request
-        .headers
-        .get(AUTHORIZATION)
-        .ok_or(Unidentified::Missing)?
-        .as_bytes()
-        .trim_ascii();
+    let mut values = request.headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(Unidentified::Missing)?;
+    // Two sets of credentials could name two orgs: which one pays is not for the server to guess.
+    if values.next().is_some() {
+        return Err(Unidentified::Malformed);
+    }
+    let value = value.as_bytes().trim_ascii();
     let space = value
         .iter()
         .position(|&byte| byte == b' ')
@@ -429,6 +431,12 @@ mod tests {
             http::HeaderValue::from_bytes(b"Bearer k\xe9y").expect("obs-text is a valid value"),
         );
         assert_eq!(bearer_token(&request), Err(Unidentified::Malformed));
+        // Two keys, even the same one twice: refused rather than one picked.
+        let mut twice = parts(Some("Bearer k-1"));
+        twice
+            .headers
+            .append(AUTHORIZATION, http::HeaderValue::from_static("Bearer k-1"));
+        assert_eq!(bearer_token(&twice), Err(Unidentified::Malformed));
     }
 
     #[test]
