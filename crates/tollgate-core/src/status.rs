@@ -105,7 +105,6 @@ pub fn status(
         remaining: 0,
         reset: Timestamp::default(),
     }; MAX_TIERS];
-    let mut reset: Option<Timestamp> = None;
     for (tier, (slot, tier_state)) in tiers.iter_mut().zip(state.tiers()).enumerate() {
         let remaining = state.remaining(caps, tier);
         *slot = TierStatus {
@@ -115,18 +114,42 @@ pub fn status(
             remaining: u64::try_from(remaining.max(0)).unwrap_or(0),
             reset: tier_state.end.max(now),
         };
-        if tier_state.used > 0 {
-            reset = Some(reset.map_or(slot.reset, |r| r.min(slot.reset)));
-        }
     }
+    let available = state.available(caps).max(0);
     LimitStatus {
         index,
         limit: caps.iter().sum(),
-        remaining: u64::try_from(state.available(caps).max(0)).unwrap_or(0),
+        remaining: u64::try_from(available).unwrap_or(0),
         // Nothing used: remaining cannot rise; announce the shortest window's end.
-        reset: reset.unwrap_or(tiers[0].reset),
+        reset: next_rise(state, caps, available, now).unwrap_or(tiers[0].reset),
         tiers,
         len: len as u8,
+    }
+}
+
+/// When what `state` holds next rises above `available`: the first end of a used tier's window
+/// after which the tiers hold more. A refill that only pays off the last tier's debt (a latency
+/// budget overdrawn into the hour) does not raise it; the window that clears the debt does.
+fn next_rise(
+    state: &LimitState,
+    caps: &[u64],
+    available: i64,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let mut after = None;
+    loop {
+        // The next window end of a used tier, in time order (at most one per tier).
+        let next = state
+            .tiers()
+            .iter()
+            .filter(|tier| tier.used > 0)
+            .map(|tier| tier.end.max(now))
+            .filter(|end| after.is_none_or(|after| *end > after))
+            .min()?;
+        if state.available_at(caps, next) > available {
+            return Some(next);
+        }
+        after = Some(next);
     }
 }
 

@@ -80,10 +80,24 @@ impl LimitState {
     /// What the tiers hold together: every tier but the last counts what it holds (never less than
     /// zero); the last counts its debt too.
     pub fn available(&self, capacities: &[u64]) -> i64 {
+        self.available_where(capacities, |_| false)
+    }
+
+    /// What the tiers will hold together at `at`, when every window that ends by then has
+    /// refilled (and nothing more was charged).
+    pub fn available_at(&self, capacities: &[u64], at: Timestamp) -> i64 {
+        self.available_where(capacities, |state| state.end <= at)
+    }
+
+    /// [`available`](Self::available), counting the tiers for which `fresh` holds as unused.
+    fn available_where(&self, capacities: &[u64], fresh: impl Fn(&TierState) -> bool) -> i64 {
         let last = usize::from(self.len).saturating_sub(1);
-        (0..usize::from(self.len))
-            .map(|tier| {
-                let remaining = self.remaining(capacities, tier);
+        self.tiers()
+            .iter()
+            .enumerate()
+            .map(|(tier, state)| {
+                let used = if fresh(state) { 0 } else { state.used };
+                let remaining = signed(capacities[tier]) - used;
                 if tier == last {
                     remaining
                 } else {

@@ -496,6 +496,12 @@ fn latency_admits_while_above_zero_and_carries_overdraft_to_the_window_end() {
         snapshot.statuses(&org)[0].tiers()[2].used,
         172_500 + 107_500
     );
+    // Remaining (0) next rises when the hour refills, not at the end of the minute, whose 30 000
+    // only pays off part of the debt: Reset says so, and agrees with the retry time.
+    let status = snapshot.statuses(&org)[0];
+    assert_eq!(status.remaining, 0);
+    assert_eq!(status.tiers()[0].reset, rfc3339("2026-11-24T10:01:00Z"));
+    assert_eq!(status.reset, rfc3339("2026-11-24T11:00:00Z"));
     // A new minute (30 000) does not cover the day's debt (-107 500); a new hour (390 000) does.
     assert!(
         !store
@@ -514,6 +520,11 @@ fn latency_admits_while_above_zero_and_carries_overdraft_to_the_window_end() {
     assert_eq!(
         snapshot.statuses(&org)[0].remaining,
         30_000 + 390_000 - 107_500
+    );
+    // Nothing of this minute or hour is used yet, so the next rise is the day's refill.
+    assert_eq!(
+        snapshot.statuses(&org)[0].reset,
+        rfc3339("2026-11-25T00:00:00Z")
     );
     let next_day = store.admit_now(&org, Charge::default(), rfc3339("2026-11-25T00:00:00Z"));
     assert_eq!(next_day.verdict.statuses(&org)[0].tiers()[2].used, 0);
