@@ -172,3 +172,94 @@ async fn requests_in_flight_are_counted_without_a_concurrency_limit() {
     }
     app.wait_in_flight("flat", 0).await;
 }
+
+/// `slots`: concurrency only. `one`: one request in flight and two a minute.
+const SLOTS: &str = r#"
+[plans.slots]
+concurrency = 2
+
+[plans.one]
+concurrency = 1
+
+[[plans.one.limits]]
+name = "minute"
+dimension = "requests"
+tiers = [{ window = "minute", capacity = 2 }]
+
+[[orgs]]
+id = "slots"
+plan = "slots"
+keys = ["slots-key"]
+
+[[orgs]]
+id = "one"
+plan = "one"
+keys = ["one-key"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_with_only_a_concurrency_limit_sends_it_as_x_ratelimit() {
+    let app = std::sync::Arc::new(TestApp::start(SLOTS, Placement::Layer).await);
+    // Admitted: the slots are the only limit, so they are the most constraining one.
+    let response = app.get("/v1/items", "slots-key").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(int_header(&response, "x-ratelimit-limit"), 2);
+    assert_eq!(int_header(&response, "x-ratelimit-remaining"), 1);
+    // A slot is free: Reset is now, as the RateLimit item's t=0 says.
+    assert_eq!(
+        int_header(&response, "x-ratelimit-reset"),
+        tollgate_tests::http::T0
+    );
+    let ratelimit = response.headers()["ratelimit"].to_str().expect("ASCII");
+    assert_eq!(ratelimit, r#""concurrency";r=1;t=0"#);
+    app.wait_in_flight("slots", 0).await;
+
+    let slow = held(&app, "slots-key", 2);
+    app.wait_in_flight("slots", 2).await;
+    let third = app.get("/v1/items", "slots-key").await;
+    assert_eq!(third.status(), 429);
+    assert_eq!(int_header(&third, "x-ratelimit-limit"), 2);
+    assert_eq!(int_header(&third, "x-ratelimit-remaining"), 0);
+    assert_eq!(int_header(&third, "retry-after"), 1);
+    app.release(2);
+    for handler in slow {
+        assert_eq!(handler.await.expect("the client task"), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_names_a_full_limit_beside_a_full_concurrency_limit() {
+    let app = std::sync::Arc::new(TestApp::start(SLOTS, Placement::Layer).await);
+    assert_eq!(app.get("/v1/items", "one-key").await.status(), 200);
+    app.wait_in_flight("one", 0).await;
+    // The second and last request of the minute holds the one slot.
+    let slow = held(&app, "one-key", 1);
+    app.wait_in_flight("one", 1).await;
+
+    let third = app.get("/v1/items", "one-key").await;
+    assert_eq!(third.status(), 429);
+    // The minute frees up last (30 s from now; a slot may free in 1 s): it is the reason and
+    // Retry-After waits for it, and concurrency is violated too.
+    assert_eq!(int_header(&third, "retry-after"), 30);
+    assert_eq!(int_header(&third, "x-ratelimit-limit"), 2);
+    assert_eq!(int_header(&third, "x-ratelimit-remaining"), 0);
+    let body: serde_json::Value = third.json().await.expect("a problem body");
+    assert_eq!(body["limit"], "minute");
+    assert_eq!(body["retry_after"], 30);
+    assert_eq!(
+        body["violated-policies"],
+        serde_json::json!(["minute", "concurrency"])
+    );
+    let detail = body["detail"].as_str().expect("a detail");
+    assert!(
+        detail.contains("also has its plan's maximum of requests in flight"),
+        "{detail}"
+    );
+    app.release(1);
+    for handler in slow {
+        assert_eq!(handler.await.expect("the client task"), 200);
+    }
+    // Nothing was charged for the rejection.
+    assert_eq!(app.statuses("one").await[0].remaining, 0);
+    assert_eq!(app.statuses("one").await[0].tiers()[0].used, 2);
+}

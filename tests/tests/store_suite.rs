@@ -583,6 +583,43 @@ async fn concurrency_permits<S: Store>(store: &S) {
     in_flight_becomes(store, &org, 1).await;
 }
 
+async fn a_full_concurrency_limit_names_a_full_limit_too<S: Store>(store: &S) {
+    let org = acme(&format!("concurrency = 1\n{PER_MINUTE_5}"), "");
+    let now = secs(t0(), 10);
+    let held = admit(store, &org, 1, now).await;
+    let permit = held.permit.expect("a permit");
+    // No slot, but the limit has room: concurrency, with a retry a second away.
+    let busy = admit(store, &org, 1, now).await;
+    assert_eq!(
+        rejection(&busy),
+        (RejectReason::Concurrency, Some(secs(now, 1)), vec![])
+    );
+    drop(permit);
+    for _ in 0..3 {
+        drop(admit_when_free(store, &org, now).await);
+    }
+    in_flight_becomes(store, &org, 0).await;
+    let _last = admit_when_free(store, &org, now)
+        .await
+        .permit
+        .expect("the fifth request of the minute");
+    // No slot and no room in the minute: the minute frees up last, so it is the reason, with
+    // its retry time (not the second a slot might take), and nothing is charged.
+    let both = admit(store, &org, 1, now).await;
+    assert_eq!(both.in_flight, Some(1));
+    assert_eq!(
+        rejection(&both),
+        (RejectReason::Limit(0), Some(secs(t0(), 60)), vec![0])
+    );
+    assert_eq!(remaining(&both.verdict.statuses(&org)), vec![0]);
+    // Less than a second before the minute ends, the slot is what frees up last.
+    let late = plus(t0(), 59_500);
+    assert_eq!(
+        rejection(&admit(store, &org, 1, late).await),
+        (RejectReason::Concurrency, Some(plus(late, 1000)), vec![0])
+    );
+}
+
 async fn usage_counts_calls_today<S: Store>(store: &S) {
     let org = acme(PER_MINUTE_5, "");
     let now = secs(t0(), 30);
@@ -911,6 +948,7 @@ suite!(
     peek_charges_nothing,
     concurrency_permits,
     a_limit_rejection_says_how_many_are_in_flight,
+    a_full_concurrency_limit_names_a_full_limit_too,
     requests_in_flight_count_without_a_concurrency_limit,
     usage_counts_calls_today,
     call_log_keeps_the_newest,

@@ -130,14 +130,39 @@ impl Verdict {
         matches!(self, Verdict::Admitted { .. })
     }
 
-    /// A rejection because the org has its maximum of requests in flight: nothing charged, and a
-    /// retry suggested a second after `now` (when a slot frees is not known in advance).
-    pub fn concurrency(snapshot: Snapshot, now: Timestamp) -> Self {
+    /// A rejection because the org has its maximum of requests in flight, with `org`'s limits in
+    /// `states` (counting in the windows containing `now`): nothing charged.
+    ///
+    /// When a slot frees is not known in advance, so the retry suggested is a second after `now`.
+    /// If a limit could not take `charge` either, it is listed in `violated`, and `retry_at` is
+    /// the later of that second and the limit's own retry time; `reason` names whichever of the
+    /// two frees up last (so a plan that waits for a slot does not wait for one in vain).
+    pub fn concurrency(
+        org: &ResolvedOrg,
+        states: &[LimitState],
+        charge: Charge,
+        now: Timestamp,
+    ) -> Self {
+        let slot = Timestamp::from_millis(now.as_millis().saturating_add(1000));
+        // A trial decision on a copy: the limits' answer, without charging them.
+        let mut trial: SmallVec<[LimitState; 3]> = SmallVec::from_slice(states);
+        let (reason, retry_at, violated) = match decide(org, &mut trial, charge, now) {
+            Verdict::Rejected {
+                reason,
+                retry_at,
+                violated,
+                ..
+            } => match retry_at {
+                Some(at) if at <= slot => (RejectReason::Concurrency, Some(slot), violated),
+                _ => (reason, retry_at, violated),
+            },
+            Verdict::Admitted { .. } => (RejectReason::Concurrency, Some(slot), Vec::new()),
+        };
         Verdict::Rejected {
-            reason: RejectReason::Concurrency,
-            retry_at: Some(Timestamp::from_millis(now.as_millis().saturating_add(1000))),
-            violated: Vec::new(),
-            snapshot,
+            reason,
+            retry_at,
+            violated,
+            snapshot: Snapshot::new(states, now),
         }
     }
 
@@ -287,6 +312,18 @@ impl Ledger {
     /// Every limit's numbers at `now`, charging nothing.
     pub fn peek(&mut self, org: &ResolvedOrg, now: Timestamp) -> Vec<LimitStatus> {
         self.snapshot(org, now).statuses(org)
+    }
+
+    /// Rejects a request because the org has its maximum in flight; see [`Verdict::concurrency`].
+    pub fn reject_for_concurrency(
+        &mut self,
+        org: &ResolvedOrg,
+        charge: Charge,
+        now: Timestamp,
+    ) -> Verdict {
+        self.conform(org);
+        self.refresh(org, now);
+        Verdict::concurrency(org, &self.limits, charge, now)
     }
 
     /// Every limit's counts at `now`, charging nothing.

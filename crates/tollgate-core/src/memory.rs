@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::error::StoreError;
-use crate::ledger::{Charge, Ledger, Verdict};
+use crate::ledger::{Charge, Ledger};
 use crate::org::OrgId;
 use crate::org_map::{OrgMap, Pinned};
 use crate::permit::{Permit, ReleasePermit};
@@ -215,7 +215,7 @@ impl MemoryStore {
             let held = slot.permits.in_flight.load(Ordering::SeqCst);
             let verdict = match org.concurrency() {
                 Some(concurrency) if held >= concurrency.max() => {
-                    Verdict::concurrency(ledger.snapshot(org, now), now)
+                    ledger.reject_for_concurrency(org, charge, now)
                 }
                 _ => ledger.admit(org, charge, now),
             };

@@ -374,7 +374,7 @@ impl Inner {
         }
         layout.fill(used)?;
         let verdict = if status == AdmissionReply::CONCURRENCY {
-            Verdict::concurrency(Snapshot::new(&layout.states, now), now)
+            Verdict::concurrency(org, &layout.states, charge, now)
         } else {
             let verdict = decide(org, &mut layout.states, charge, now);
             if verdict.is_admitted() != (status == AdmissionReply::ADMITTED) {

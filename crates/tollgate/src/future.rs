@@ -591,7 +591,9 @@ fn decided<B>(
                 telemetry::passed_80(&org, &status, charge);
             }
             let fresh = (!builder.fits()).then(|| engine.fresh_quotas(&org, now));
-            let legacy = builder.most_constraining();
+            let legacy = builder
+                .most_constraining()
+                .or_else(|| slots.map(|slots| slots.legacy(now)));
             let headers = builder.finish(
                 fresh.as_deref().unwrap_or(&quotas),
                 legacy,

@@ -82,6 +82,16 @@ impl Slots {
             free: max.saturating_sub(in_flight?),
         })
     }
+
+    /// `X-RateLimit-*` for a plan whose only limit is concurrency: the slots, reset now while one
+    /// is free (as the `RateLimit` item's `t=0` says), else when one may be.
+    pub(crate) fn legacy(self, now: Timestamp) -> Legacy {
+        Legacy {
+            limit: u64::from(self.max),
+            remaining: u64::from(self.free),
+            reset: if self.free > 0 { now } else { slot_retry(now) },
+        }
+    }
 }
 
 /// The store's hint for when a concurrency slot may be free again.

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use tollgate_core::{Charge, LimitStatus, RejectReason, ResolvedOrg, Timestamp};
+use tollgate_core::{Charge, Dimension, LimitStatus, RejectReason, ResolvedOrg, Timestamp};
 
 use crate::headers::{CONCURRENCY, Legacy, Slots, item_names, secs_until, slot_retry};
 
@@ -16,6 +16,10 @@ pub(crate) struct Rejection {
     pub(crate) slot_retry: Timestamp,
     pub(crate) retry_after: u64,
     pub(crate) violated: Vec<String>,
+    /// The charge is more than the limit holds even when full: no retry will be admitted.
+    pub(crate) never: bool,
+    /// The org also has its maximum of requests in flight.
+    pub(crate) slots_full: bool,
 }
 
 static CONCURRENCY_NAME: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(CONCURRENCY));
@@ -46,6 +50,8 @@ impl Rejection {
                     slot_retry: reset,
                     retry_after: secs_until(reset, now).max(1),
                     violated: vec![CONCURRENCY.to_owned()],
+                    never: false,
+                    slots_full: true,
                 }
             }
             RejectReason::Limit(index) => {
@@ -59,17 +65,24 @@ impl Rejection {
                     Legacy::of,
                 );
                 // `None`: the charge exceeds what the limit can ever hold; point at the last
-                // window's end, when the most capacity is back.
+                // window's end, when the most capacity is back (the detail says it won't do).
+                let never = retry_at.is_none();
                 let retry_at = retry_at.unwrap_or_else(|| {
                     status
                         .and_then(|status| status.tiers().last())
                         .map_or(legacy.reset, |tier| tier.reset)
                 });
-                let violated = statuses
+                let mut violated: Vec<String> = statuses
                     .iter()
                     .filter(|status| violated.contains(&status.index))
                     .flat_map(|status| item_names(org, status))
                     .collect();
+                // No slot free either (the store found both): the concurrency limit is violated
+                // too, though the limit frees up later.
+                let slots_full = slots.is_some_and(|slots| slots.free == 0);
+                if slots_full {
+                    violated.push(CONCURRENCY.to_owned());
+                }
                 Self {
                     limit: org
                         .limits()
@@ -82,6 +95,8 @@ impl Rejection {
                     slot_retry,
                     retry_after: secs_until(retry_at, now).max(1),
                     violated,
+                    never,
+                    slots_full,
                 }
             }
         }
@@ -95,16 +110,49 @@ impl Rejection {
                 self.legacy.limit,
                 self.retry_after
             )
-        } else {
+        } else if let Some(need) = self.need(org, charge)
+            && self.never
+        {
             format!(
-                "limit {:?} of organisation {:?} has {} of {} left and this request needs {}; retry in {} s",
+                "limit {:?} of organisation {:?} holds at most {} and this request needs {}: it \
+                 cannot be admitted under this plan, however long it waits (the limit is full \
+                 again in {} s)",
                 &*self.limit,
                 org.id().as_str(),
-                self.legacy.remaining,
                 self.legacy.limit,
-                charge.points,
+                need,
+                self.retry_after
+            )
+        } else {
+            let (remaining, limit) = (self.legacy.remaining, self.legacy.limit);
+            let left = match self.need(org, charge) {
+                Some(need) => {
+                    format!("has {remaining} of {limit} left and this request needs {need}")
+                }
+                // A latency budget admits while any time is left; the request's own is measured later.
+                None => format!("has {remaining} of {limit} ms left"),
+            };
+            let in_flight = if self.slots_full {
+                "; it also has its plan's maximum of requests in flight"
+            } else {
+                ""
+            };
+            format!(
+                "limit {:?} of organisation {:?} {left}{in_flight}; retry in {} s",
+                &*self.limit,
+                org.id().as_str(),
                 self.retry_after
             )
         }
+    }
+
+    /// What the request needs of the limit that rejected it: 1 of a `requests` limit, its cost
+    /// of a `points` limit, `None` of a latency budget (measured after the response).
+    fn need(&self, org: &ResolvedOrg, charge: Charge) -> Option<u64> {
+        let limit = org
+            .limits()
+            .iter()
+            .find(|limit| limit.name() == &*self.limit)?;
+        Some(charge.amount(limit.dimension())).filter(|_| limit.dimension() != Dimension::LatencyMs)
     }
 }
