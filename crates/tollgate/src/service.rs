@@ -329,6 +329,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_charge_no_window_can_hold_says_no_retry_will_do() -> TestResult {
+        let f = fixture(policy(""));
+        let mut svc = f.layer.clone().cost("GET /huge", 25).layer(hello());
+        let response = svc
+            .ready()
+            .await?
+            .call(get_req("/huge", Some("acme-key-1")))
+            .await?;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let body = json(response).await;
+        assert_eq!(body["limit"], "points");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(
+                "holds at most 20 and this request needs 25: it cannot be admitted under this plan"
+            ),
+            "{detail}"
+        );
+        assert!(body["retry_after"].as_u64().is_some_and(|secs| secs >= 1));
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn the_permit_is_held_until_the_body_ends_or_is_dropped() -> TestResult {
         let f = fixture(policy(""));
         let (handler, mut senders) = streaming();

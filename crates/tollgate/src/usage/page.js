@@ -215,6 +215,9 @@
   }
 
   function interval(seconds) {
+    // Sub-second polling is common in runaway loops; "every 0 s" would hide it.
+    if (seconds < 1) return Math.max(1, Math.round(seconds * 1000)) + " ms";
+    if (seconds < 10) return (Math.round(seconds * 10) / 10) + " s";
     if (seconds < 90) return Math.round(seconds) + " s";
     var minutes = seconds / 60;
     if (minutes < 10) return (Math.round(minutes * 10) / 10) + " min";
