@@ -2,8 +2,9 @@
 //!
 //! [`Policy::from_toml_file`] reads a file and [`Policy::from_toml_str`] reads text already in
 //! memory. The file has the sections `[server]`, `[plans.NAME]` with `[[plans.NAME.limits]]`,
-//! `[[orgs]]`, `[[routes]]` and `[admin]`, each optional; plans keep the order the file declares
-//! them in. Every value goes through the same validating constructors as a policy built in code
+//! `[[orgs]]`, `[[routes]]` and `[admin]`; all but the plans are optional (a file without plans,
+//! such as an empty one, would refuse every caller, so it is refused itself), and plans keep the
+//! order the file declares them in. Every value goes through the same validating constructors as a policy built in code
 //! ([`Tier::new`], [`Limit::new`], [`Plan::new`], [`RouteRule::parse`], ...), and the whole is then
 //! checked together: every org on a defined plan, org ids unique, every key belonging to one org,
 //! every override naming a limit of the org's plan.
@@ -282,6 +283,16 @@ impl Source<'_> {
             }
             builder = builder.admin_token(admin.token.get_ref());
         }
+        if raw.plans.is_empty() {
+            // An empty file (or one half written when it was reloaded) would refuse every caller.
+            return Err(self.mistake(
+                &(0..0),
+                "the policy file",
+                "it defines no plans, so no org can be served and every request would be refused",
+                "define at least one plan ([plans.NAME] with its [[plans.NAME.limits]]) and the \
+                 [[orgs]] on it",
+            ));
+        }
         // Everything `build` checks has been checked above with spans; should the model learn a new
         // check, its error still lands on the closest place the file names.
         builder.build().map_err(|error| {
@@ -308,7 +319,7 @@ impl Source<'_> {
         }
         if let Some(divisor) = &raw.sandbox_divisor {
             let place = "server.sandbox_divisor";
-            let fix = "set sandbox_divisor to 1 (sandboxes get full capacity) or more";
+            let fix = "set sandbox_divisor to a number from 1 (sandboxes get full capacity) to 4294967295";
             let value: u32 = self.whole(divisor, place, fix)?;
             if value == 0 {
                 return Err(self.mistake(
@@ -393,7 +404,8 @@ impl Source<'_> {
                 let max_value: u32 = self.whole(
                     max,
                     &format!("{prefix}.concurrency"),
-                    "set concurrency to at least 1, or remove it to allow any number in flight",
+                    "set concurrency to a number from 1 to 4294967295, or remove it to allow any \
+                     number in flight",
                 )?;
                 let wait = match wait {
                     Some(wait) => Duration::from_millis(self.whole(

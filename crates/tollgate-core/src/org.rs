@@ -230,12 +230,15 @@ impl Override {
                     return Err(PolicyError::invalid(
                         "capacities",
                         format!(
-                            "limit {:?} has {} tiers but the override gives {} capacities",
+                            "limit {:?} has {} but the override gives {}",
                             self.limit,
-                            base.len(),
-                            capacities.len()
+                            counted(base.len(), "tier", "tiers"),
+                            counted(capacities.len(), "capacity", "capacities")
                         ),
-                        format!("give {} capacities, shortest window first", base.len()),
+                        format!(
+                            "give {}, shortest window first",
+                            counted(base.len(), "capacity", "capacities")
+                        ),
                     ));
                 }
                 capacities
@@ -252,13 +255,34 @@ impl Override {
                     ));
                 }
                 // Capacities are far below 2^52, so the float product is exact enough; floor, min 1.
-                Ok(base
-                    .iter()
-                    .map(|capacity| ((*capacity as f64 * factor).floor() as u64).max(1))
-                    .collect())
+                base.iter()
+                    .map(|capacity| {
+                        let scaled = (*capacity as f64 * factor).floor();
+                        if scaled > crate::plan::MAX_CAPACITY as f64 {
+                            return Err(PolicyError::invalid(
+                                "scale",
+                                format!(
+                                    "scale {factor:?} makes a capacity of {capacity} more than \
+                                     tollgate counts ({})",
+                                    crate::plan::MAX_CAPACITY
+                                ),
+                                format!(
+                                    "use a scale of at most {}",
+                                    crate::plan::MAX_CAPACITY / (*capacity).max(1)
+                                ),
+                            ));
+                        }
+                        Ok((scaled as u64).max(1))
+                    })
+                    .collect()
             }
         }
     }
+}
+
+/// `n` and the noun, singular or plural: "1 tier", "2 tiers".
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn positive(place: &str, capacity: u64) -> Result<u64, PolicyError> {
@@ -424,6 +448,14 @@ mod tests {
         let single = Override::new("daily", Adjustment::Capacity(5000));
         assert_eq!(single.apply(&[2500]), Ok(vec![5000]));
         assert!(single.apply(&[100, 2600]).is_err());
+        let huge = Override::new("count", Adjustment::Scale(1e300));
+        let error = huge
+            .apply(&[10, 100])
+            .expect_err("past the largest capacity");
+        assert!(
+            error.to_string().contains("more than tollgate counts"),
+            "{error}"
+        );
         let scale = Override::new("count", Adjustment::Scale(0.5));
         assert_eq!(scale.apply(&[100, 2600, 1]), Ok(vec![50, 1300, 1]));
         let tiers = Override::new("count", Adjustment::Capacities(vec![10, 20]));

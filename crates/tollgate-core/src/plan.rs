@@ -101,7 +101,14 @@ impl FromStr for LimitZone {
         match text {
             "org" => Ok(LimitZone::Org),
             "server" => Ok(LimitZone::Server),
-            name => parse_zone(name).map(LimitZone::Named),
+            name => parse_zone(name).map(LimitZone::Named).map_err(|_| {
+                PolicyError::invalid(
+                    "zone",
+                    format!("{name:?} is neither \"org\", \"server\" nor a known time zone"),
+                    "use \"org\" (the org's zone), \"server\" (the server's) or an IANA zone \
+                     name such as \"Europe/Amsterdam\"",
+                )
+            }),
         }
     }
 }

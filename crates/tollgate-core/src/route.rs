@@ -86,6 +86,22 @@ impl RoutePattern {
         let Some(rest) = text.strip_prefix('/') else {
             return Err(bad(format!("path {text:?} does not start with '/'")));
         };
+        // Patterns that would load but never match a request.
+        if let Some(at) = text.find(['?', '#']) {
+            return Err(PolicyError::invalid(
+                "match",
+                format!("path {text:?} has a query or fragment, which routes never match on"),
+                format!("match the path alone: \"{}\"", &text[..at]),
+            ));
+        }
+        if text.contains(char::is_whitespace) {
+            return Err(PolicyError::invalid(
+                "match",
+                format!("path {text:?} has a space in it"),
+                "write the method, one space and a path without spaces, such as \"GET /v1/items\"",
+            ));
+        }
+        let mut names: Vec<&str> = Vec::new();
         let mut segments = Vec::new();
         let parts: Vec<&str> = if rest.is_empty() {
             Vec::new()
@@ -94,29 +110,41 @@ impl RoutePattern {
         };
         let count = parts.len();
         for (index, part) in parts.into_iter().enumerate() {
-            let segment =
-                if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-                    if let Some(name) = inner.strip_prefix('*') {
-                        if index + 1 != count || name.is_empty() {
-                            return Err(bad(format!(
-                                "{{*{name}}} in {text:?} must be the last segment and have a name"
-                            )));
-                        }
-                        Segment::Rest
-                    } else if inner.is_empty() || inner.contains(['{', '}']) {
+            let segment = if let Some(inner) =
+                part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
+            {
+                if let Some(name) = inner.strip_prefix('*') {
+                    if index + 1 != count || name.is_empty() {
                         return Err(bad(format!(
-                            "segment {part:?} of {text:?} is not a {{name}} parameter"
+                            "{{*{name}}} in {text:?} must be the last segment and have a name"
                         )));
-                    } else {
-                        Segment::Param
                     }
-                } else if part.contains(['{', '}']) {
+                    Segment::Rest
+                } else if inner.is_empty() || inner.contains(['{', '}']) {
                     return Err(bad(format!(
-                        "segment {part:?} of {text:?} mixes text and a parameter"
+                        "segment {part:?} of {text:?} is not a {{name}} parameter"
+                    )));
+                } else if names.contains(&inner) {
+                    return Err(bad(format!(
+                        "parameter {{{inner}}} appears twice in {text:?}"
                     )));
                 } else {
-                    Segment::Literal(part.into())
-                };
+                    names.push(inner);
+                    Segment::Param
+                }
+            } else if let Some(name) = part.strip_prefix([':', '*']) {
+                return Err(PolicyError::invalid(
+                    "match",
+                    format!("segment {part:?} of {text:?} is the old axum syntax for a parameter"),
+                    format!("write it as axum 0.8 does: {{{name}}}, or {{*{name}}} for the rest"),
+                ));
+            } else if part.contains(['{', '}']) {
+                return Err(bad(format!(
+                    "segment {part:?} of {text:?} mixes text and a parameter"
+                )));
+            } else {
+                Segment::Literal(part.into())
+            };
             segments.push(segment);
         }
         let mut prefix = String::new();
@@ -365,13 +393,36 @@ mod tests {
 
     #[test]
     fn bad_patterns_say_how_to_write_them() {
-        for bad in ["v1/items", "/v1/{}", "/v1/a{id}", "/{*rest}/more"] {
+        for bad in [
+            "v1/items",
+            "/v1/{}",
+            "/v1/a{id}",
+            "/{*rest}/more",
+            "/v1/{id}/{id}",
+        ] {
             let error = RoutePattern::parse(bad).expect_err(bad);
             assert!(
                 error.to_string().contains("write the path as axum does"),
                 "{error}"
             );
         }
+        // Patterns that would never match a request are refused with a fix of their own.
+        for (bad, fix) in [
+            (
+                "/v1/reports?page=1",
+                "match the path alone: \"/v1/reports\"",
+            ),
+            ("/v1/reports#top", "match the path alone: \"/v1/reports\""),
+            ("/v1/reports extra", "a path without spaces"),
+            ("/v1/:id", "write it as axum 0.8 does: {id}"),
+            ("/v1/*rest", "{*rest} for the rest"),
+        ] {
+            let error = RoutePattern::parse(bad).expect_err(bad);
+            assert!(error.to_string().contains(fix), "{bad}: {error}");
+        }
+        let error = RouteRule::parse("GET /v1/reports extra", Treatment::Cost(1))
+            .expect_err("a space in the path");
+        assert!(error.to_string().contains("has a space"), "{error}");
     }
 
     #[test]

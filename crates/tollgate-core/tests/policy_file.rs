@@ -283,7 +283,7 @@ calls_kept = 250
 [admin]
 token = "s3cret"
 "#;
-    let policy = load(text).expect("valid");
+    let policy = load(&format!("{text}\n{PLANS}")).expect("valid");
     let server = policy.server();
     assert_eq!(server.time_zone, chrono_tz::Asia::Tokyo);
     assert_eq!(server.sandbox_divisor, 4);
@@ -294,7 +294,7 @@ token = "s3cret"
     assert_eq!(server.calls_kept, 250);
     assert_eq!(policy.admin_token(), Some(&KeyDigest::of("s3cret")));
     assert_eq!(
-        load("[server]\nreset_format = \"delta\"\n")
+        load(&format!("[server]\nreset_format = \"delta\"\n{PLANS}"))
             .expect("valid")
             .server()
             .reset_format,
@@ -303,10 +303,18 @@ token = "s3cret"
 }
 
 #[test]
-fn an_empty_file_is_an_empty_policy() {
-    let policy = load("").expect("every section is optional");
-    assert!(policy.plans().is_empty());
-    assert!(policy.routes().is_empty());
+fn a_file_without_plans_is_refused() {
+    // Empty, or cut short while it was being written (a reload then keeps the running policy).
+    for text in ["", "  \n", "[server]\ntime_zone = \"UTC\"\n"] {
+        assert_mistake(
+            text,
+            1,
+            "the policy file",
+            "define at least one plan ([plans.NAME] with its [[plans.NAME.limits]])",
+        );
+    }
+    let (_, _, message) = mistake("");
+    assert!(message.contains("defines no plans"), "{message}");
 }
 
 #[test]
@@ -444,10 +452,10 @@ tiers = [{ window = "day", capacity = 2500 }]
         text,
         4,
         "plans.build.limits[0].zone",
-        "use an IANA zone name such as \"Europe/Amsterdam\"",
+        "use \"org\" (the org's zone), \"server\" (the server's) or an IANA zone name such as \"Europe/Amsterdam\"",
     );
     assert!(
-        message.contains("unknown time zone \"Mars/Olympus\""),
+        message.contains("\"Mars/Olympus\" is neither \"org\", \"server\" nor a known time zone"),
         "{message}"
     );
 }
@@ -546,6 +554,42 @@ tiers = [
         "set a capacity of at least 1, or remove the tier",
     );
     assert_eq!(column, 32);
+}
+
+#[test]
+fn capacity_beyond_64_bits() {
+    let text = r#"[[plans.build.limits]]
+name = "daily"
+dimension = "requests"
+tiers = [{ window = "day", capacity = 18446744073709551615 }]
+"#;
+    let (_, message) = assert_mistake(
+        text,
+        4,
+        "plans.build.limits[0].tiers[0].capacity",
+        "write a smaller number (a capacity is at most 1125899906842624)",
+    );
+    assert!(
+        message.contains("18446744073709551615 is too large"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_override_scaled_past_the_largest_capacity() {
+    let text = format!(
+        "{PLANS}\n[[orgs]]\nid = \"acme\"\nplan = \"build\"\noverrides = [{{ limit = \"daily\", scale = 1e300 }}]\n"
+    );
+    let (_, message) = assert_mistake(
+        &text,
+        17,
+        "orgs[0].overrides[0].scale",
+        "use a scale of at most",
+    );
+    assert!(
+        message.contains("scale 1e300 makes a capacity of 2500 more than tollgate counts"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -830,7 +874,7 @@ fn a_route_that_never_applies() {
     assert_mistake(head, 6, "routes[1].match", "HEAD before GET");
     // The other way round, other methods, other shapes: each rule applies somewhere.
     let fine = "[[routes]]\nmatch = \"HEAD /v1/reports\"\ncost = 1\n\n[[routes]]\nmatch = \"GET /v1/reports\"\ncost = 10\n\n[[routes]]\nmatch = \"* /v1/reports\"\ncost = 5\n\n[[routes]]\nmatch = \"POST /v1/files/{id}\"\ncost = 2\n\n[[routes]]\nmatch = \"POST /v1/files/{id}/meta\"\ncost = 2\n\n[[routes]]\nmatch = \"POST /v1/files/{*rest}\"\ncost = 2\n";
-    let policy = load(fine).expect("every rule applies to some request");
+    let policy = load(&format!("{PLANS}\n{fine}")).expect("every rule applies to some request");
     assert_eq!(policy.routes().len(), 6);
 }
 
@@ -854,6 +898,13 @@ fn concurrency_zero() {
         "plans.build.concurrency",
         "set concurrency to at least 1",
     );
+    let (_, message) = assert_mistake(
+        "[plans.build]\nconcurrency = 99999999999\n",
+        2,
+        "plans.build.concurrency",
+        "set concurrency to a number from 1 to 4294967295",
+    );
+    assert!(message.contains("99999999999 is too large"), "{message}");
 }
 
 #[test]
@@ -863,7 +914,7 @@ fn sandbox_divisor_zero() {
         text,
         2,
         "server.sandbox_divisor",
-        "set sandbox_divisor to 1 (sandboxes get full capacity) or more",
+        "set sandbox_divisor to a number from 1 (sandboxes get full capacity) to 4294967295",
     );
 }
 

@@ -171,6 +171,20 @@ pub(super) fn describe(message: &str) -> (String, String) {
             && let Some((found, expected)) = rest.rsplit_once(", expected ")
         {
             let expected = plain(expected);
+            // TOML integers are 64-bit: a larger one is read as a wider integer and refused.
+            if expected == "an integer"
+                && let Some(number) = found
+                    .strip_prefix("integer `")
+                    .and_then(|rest| rest.split('`').next())
+            {
+                return (
+                    format!("{number} is too large"),
+                    format!(
+                        "write a smaller number (a capacity is at most {})",
+                        crate::plan::MAX_CAPACITY
+                    ),
+                );
+            }
             return (
                 format!("found {}, but this must be {expected}", plain(found)),
                 format!("write {expected} here"),
