@@ -10,7 +10,7 @@ pub enum ConnectError {
     #[error("invalid redis store settings: {0}")]
     Config(String),
     /// The URL is malformed, or Redis refused the connection or a script.
-    #[error("cannot use redis")]
+    #[error("cannot use redis: {0}")]
     Redis(#[source] redis::RedisError),
     /// Redis did not answer within the connect timeout.
     #[error("redis did not answer within {0:?}; is it running, and is the URL right?")]

@@ -2,8 +2,9 @@
 //!
 //! - `tollgate_store_up{store="redis"}` (gauge): 1 while calls succeed, 0 from the first failure
 //!   until the next success.
-//! - `tollgate_store_errors_total{store="redis", kind="unavailable"|"timeout"|"protocol"}`
-//!   (counter): every failed call.
+//! - `tollgate_redis_errors_total{kind="unavailable"|"timeout"|"protocol"}` (counter): every
+//!   failed call. (The layer counts the failures it sees, of any store, in
+//!   `tollgate_store_errors_total`; a name of its own keeps the two from being summed.)
 //!
 //! The first failure after a success logs a warning (once per burst of failures); the first
 //! success after a failure logs that the store is back and how long it was down.
@@ -15,7 +16,7 @@ use parking_lot::Mutex;
 use tollgate_core::StoreError;
 
 const UP: &str = "tollgate_store_up";
-const ERRORS: &str = "tollgate_store_errors_total";
+const ERRORS: &str = "tollgate_redis_errors_total";
 
 /// The store's health as the operator sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +96,7 @@ impl HealthState {
             StoreError::Protocol(_) => "protocol",
             _ => "unavailable",
         };
-        metrics::counter!(ERRORS, "store" => "redis", "kind" => kind).increment(1);
+        metrics::counter!(ERRORS, "kind" => kind).increment(1);
         if !self.up.swap(false, Ordering::AcqRel) {
             return;
         }

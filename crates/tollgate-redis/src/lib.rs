@@ -131,7 +131,7 @@
 //! The operator sees the store's state in [`RedisStore::health`], in one log line per transition
 //! (a warning on the first failure of a burst, an info line when Redis answers again) and in two
 //! metrics: the gauge `tollgate_store_up{store="redis"}` and the counter
-//! `tollgate_store_errors_total{store="redis",kind}`.
+//! `tollgate_redis_errors_total{kind}`.
 //!
 //! # Limits of the arithmetic
 //!

@@ -12,7 +12,6 @@
 //! already made are kept, and a file that fails validation is refused with its error logged while
 //! the running policy stays.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -46,9 +45,9 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// The address to listen on (port 0 picks a free port)
+    /// The address to listen on, `HOST:PORT` (port 0 picks a free port)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
-    listen: SocketAddr,
+    listen: String,
 
     /// Keep the counts in Redis, shared with every instance using the same URL
     #[arg(long, value_name = "URL")]
@@ -81,15 +80,29 @@ async fn main() -> ExitCode {
     // ---- The store: where the counts live. -------------------------------------------------
     let store: Arc<dyn DynStore> = match &args.redis {
         Some(url) => {
-            let connecting = tollgate_redis::RedisStore::builder()
+            let builder = tollgate_redis::RedisStore::builder()
                 .calls_kept(policy.server().calls_kept)
-                .timeout(Duration::from_millis(args.redis_timeout_ms))
-                .connect(url);
-            match connecting.await {
-                Ok(store) => Arc::new(store),
+                .timeout(Duration::from_millis(args.redis_timeout_ms));
+            // Settings and the URL are checked first: those are mistakes to refuse.
+            let lazy = match builder.clone().connect_lazy(url) {
+                Ok(store) => store,
                 Err(error) => {
                     eprintln!("tollgate-demo: cannot use Redis at {url}: {error}");
                     return ExitCode::FAILURE;
+                }
+            };
+            match builder.connect(url).await {
+                Ok(store) => Arc::new(store),
+                // Redis down is an outage, not a mistake: serve, following `on_store_error`
+                // until it answers (the store reconnects by itself).
+                Err(error) => {
+                    tracing::warn!(
+                        %url,
+                        error = &error as &dyn std::error::Error,
+                        "tollgate-demo: Redis does not answer yet; serving anyway, with requests \
+                         following on_store_error until it does"
+                    );
+                    Arc::new(lazy)
                 }
             }
         }
@@ -129,14 +142,20 @@ async fn main() -> ExitCode {
             }),
         );
 
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+    let listener = match tokio::net::TcpListener::bind(args.listen.as_str()).await {
         Ok(listener) => listener,
         Err(error) => {
-            eprintln!("tollgate-demo: cannot listen on {}: {error}", args.listen);
+            eprintln!(
+                "tollgate-demo: cannot listen on {}: {error}; give HOST:PORT, such as 127.0.0.1:3000",
+                args.listen
+            );
             return ExitCode::FAILURE;
         }
     };
-    let address = listener.local_addr().unwrap_or(args.listen);
+    let address = match listener.local_addr() {
+        Ok(address) => address.to_string(),
+        Err(_) => args.listen.clone(),
+    };
     println!("tollgate-demo listening on http://{address}");
     tracing::info!(policy = %path.display(), %address, "tollgate-demo serving");
     if let Err(error) = axum::serve(listener, app)

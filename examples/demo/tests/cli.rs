@@ -320,3 +320,63 @@ async fn reloads_the_policy_on_sighup_and_on_change_keeping_counts() {
         "counts kept across every reload"
     );
 }
+
+#[tokio::test]
+async fn serves_while_redis_does_not_answer_and_refuses_a_malformed_redis_url() {
+    // A port nobody listens on: Redis is down, which is an outage to ride out, not a mistake.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let demo = Demo::start(&["--redis", &url, "--redis-timeout-ms", "50"]);
+    let response = reqwest::Client::new()
+        .get(demo.url("/v1/items"))
+        .bearer_auth("acme-key-1")
+        .send()
+        .await
+        .expect("items");
+    // The shipped policy fails open: let through, without rate-limit headers.
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-ratelimit-limit").is_none());
+    tollgate_tests::http::eventually("the demo warns that Redis does not answer", || async {
+        demo.logged("Redis does not answer yet")
+    })
+    .await;
+
+    let output = Command::new(DEMO)
+        .args(["--listen", "127.0.0.1:0", "--redis", "notaurl"])
+        .output()
+        .expect("the demo runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty(), "nothing served");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot use Redis at notaurl: cannot use redis: "),
+        "the message says what is wrong with the URL: {stderr}"
+    );
+}
+
+#[test]
+fn listens_on_a_host_name() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(DEMO)
+        .args(["--listen", "localhost:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the demo starts");
+    let mut line = String::new();
+    let read = child
+        .stdout
+        .take()
+        .map(|stdout| BufReader::new(stdout).read_line(&mut line));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(matches!(read, Some(Ok(_))), "the demo printed its address");
+    assert!(
+        line.starts_with("tollgate-demo listening on http://127.0.0.1:")
+            || line.starts_with("tollgate-demo listening on http://[::1]:"),
+        "{line:?}"
+    );
+}
