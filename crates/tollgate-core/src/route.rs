@@ -308,6 +308,7 @@ impl RouteRule {
 
 /// Whether a rule for `rule` (upper case) covers a request with `method`: the same method, or
 /// `HEAD` under `GET`.
+#[inline]
 fn covers_method(rule: &str, method: &str) -> bool {
     rule.eq_ignore_ascii_case(method) || (rule == "GET" && method.eq_ignore_ascii_case("HEAD"))
 }

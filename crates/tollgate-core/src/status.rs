@@ -136,20 +136,31 @@ fn next_rise(
     available: i64,
     now: Timestamp,
 ) -> Option<Timestamp> {
-    let mut after = None;
-    loop {
-        // The next window end of a used tier, in time order (at most one per tier).
-        let next = state
+    // The next window end of a used tier after `after`, in time order (at most one per tier).
+    let next_end = |after: Option<Timestamp>| {
+        state
             .tiers()
             .iter()
             .filter(|tier| tier.used > 0)
             .map(|tier| tier.end.max(now))
             .filter(|end| after.is_none_or(|after| *end > after))
-            .min()?;
+            .min()
+    };
+    let mut next = next_end(None)?;
+    // Without debt every refill of a used tier raises what the tiers hold: the first one is it.
+    let in_debt = state
+        .tiers()
+        .last()
+        .zip(caps.last())
+        .is_some_and(|(last, cap)| last.used > i64::try_from(*cap).unwrap_or(i64::MAX));
+    if !in_debt {
+        return Some(next);
+    }
+    loop {
         if state.available_at(caps, next) > available {
             return Some(next);
         }
-        after = Some(next);
+        next = next_end(Some(next))?;
     }
 }
 
