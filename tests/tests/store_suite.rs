@@ -1060,7 +1060,7 @@ mod redis_only {
     use super::*;
     use futures_util::future::join_all;
     use tollgate_core::StoreError;
-    use tollgate_redis::cluster_slot;
+    use tollgate_redis::{FailingFast, PROBE_INTERVAL, cluster_slot};
     use tollgate_tests::redis_server::RedisServer;
 
     async fn raw(url: &str) -> ::redis::aio::MultiplexedConnection {
@@ -1315,18 +1315,35 @@ tiers = [{ window = "minute", capacity = 1000 }]
         assert!(admit(&store, &org, 1, now).await.is_admitted());
         assert!(store.health().healthy);
 
+        let errors_before = store.health().errors;
         server.stop();
         let slack = Duration::from_millis(400);
+        let mut failing_fast: u64 = 0;
+        let stopped = Instant::now();
         for _ in 0..10 {
             let started = Instant::now();
             let result = store.admit(&org, Charge::default(), now).await;
-            assert!(result.is_err(), "Redis is down: {result:?}");
+            let Err(error) = result else {
+                panic!("Redis is down: {result:?}");
+            };
             assert!(
                 started.elapsed() < timeout + slack,
                 "took {:?}",
                 started.elapsed()
             );
+            if std::error::Error::source(&error).is_some_and(|source| source.is::<FailingFast>()) {
+                failing_fast += 1;
+            }
         }
+        // The first admission found Redis gone; the others failed at once, without calling it,
+        // but for one probe per interval.
+        let probes = stopped.elapsed().as_millis() / PROBE_INTERVAL.as_millis() + 1;
+        let called = 10 - failing_fast;
+        assert!(
+            u128::from(called) <= probes,
+            "{called} admissions called Redis in {:?}",
+            stopped.elapsed()
+        );
         let started = Instant::now();
         assert!(store.peek(&org, now).await.is_err());
         assert!(store.usage(&org, now, 31).await.is_err());
@@ -1334,7 +1351,8 @@ tiers = [{ window = "minute", capacity = 1000 }]
         assert!(started.elapsed() < 3 * (timeout + slack));
         let health = store.health();
         assert!(!health.healthy);
-        assert!(health.errors >= 13, "{health:?}");
+        // Reads and records always call Redis (and failed background jobs count too).
+        assert!(health.errors >= errors_before + called + 3, "{health:?}");
 
         server.restart().expect("restart redis-server");
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -8,9 +8,13 @@
 //!
 //! The first failure after a success logs a warning (once per burst of failures); the first
 //! success after a failure logs that the store is back and how long it was down.
+//!
+//! While Redis is failing, admissions fail at once instead of each waiting out the timeout: one
+//! admission every [`PROBE_INTERVAL`] goes through to see whether Redis answers again, and the first
+//! that does puts the store back in service. (Settlements, records and refunds always go through.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use tollgate_core::StoreError;
@@ -39,11 +43,26 @@ impl Health {
     }
 }
 
+/// While Redis is failing, how often an admission is let through to find out whether it answers.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// An admission refused without calling Redis, which failed moments ago.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "redis failed moments ago; admissions fail at once until one of the probes sent every {:?} gets an answer",
+    PROBE_INTERVAL
+)]
+pub struct FailingFast;
+
 #[derive(Debug)]
 pub(crate) struct HealthState {
     up: AtomicBool,
     since: Mutex<SystemTime>,
     errors: AtomicU64,
+    /// The instant the millisecond counts below are measured from.
+    origin: Instant,
+    /// While down: when (ms after `origin`) the next admission may go through as a probe.
+    next_probe_ms: AtomicU64,
 }
 
 impl HealthState {
@@ -53,7 +72,42 @@ impl HealthState {
             up: AtomicBool::new(true),
             since: Mutex::new(SystemTime::now()),
             errors: AtomicU64::new(0),
+            origin: Instant::now(),
+            next_probe_ms: AtomicU64::new(0),
         }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether an admission may call Redis now: always while it answers; while it fails, one
+    /// admission per [`PROBE_INTERVAL`], and the others get [`FailingFast`] at once.
+    pub(crate) fn gate(&self) -> Result<(), StoreError> {
+        // The common case is one relaxed load.
+        if self.up.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.gate_at(self.elapsed_ms())
+    }
+
+    fn gate_at(&self, now_ms: u64) -> Result<(), StoreError> {
+        let due = self.next_probe_ms.load(Ordering::Acquire);
+        let interval = u64::try_from(PROBE_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        if now_ms >= due
+            && self
+                .next_probe_ms
+                .compare_exchange(
+                    due,
+                    now_ms.saturating_add(interval),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Ok(());
+        }
+        Err(StoreError::Unavailable(Box::new(FailingFast)))
     }
 
     pub(crate) fn snapshot(&self) -> Health {
@@ -90,6 +144,13 @@ impl HealthState {
 
     /// A call failed with `error`.
     pub(crate) fn failure(&self, error: &StoreError) {
+        self.failure_at(error, self.elapsed_ms());
+    }
+
+    fn failure_at(&self, error: &StoreError, now_ms: u64) {
+        let interval = u64::try_from(PROBE_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        self.next_probe_ms
+            .store(now_ms.saturating_add(interval), Ordering::Release);
         self.errors.fetch_add(1, Ordering::Relaxed);
         let kind = match error {
             StoreError::Timeout(_) => "timeout",
@@ -133,5 +194,34 @@ mod tests {
         assert!(up.healthy);
         assert!(up.since >= down.since);
         assert_eq!(up.errors, 2);
+    }
+
+    #[test]
+    fn while_down_one_admission_per_interval_goes_through() {
+        let health = HealthState::new();
+        let interval = u64::try_from(PROBE_INTERVAL.as_millis()).expect("small");
+        assert!(
+            health.gate_at(0).is_ok(),
+            "healthy: every call goes through"
+        );
+        health.failure_at(&StoreError::Timeout(Duration::from_millis(50)), 1_000);
+        let refused = health.gate_at(1_010).expect_err("failing fast");
+        assert!(
+            std::error::Error::source(&refused).is_some_and(|source| source.is::<FailingFast>()),
+            "{refused:?}"
+        );
+        assert!(health.gate_at(1_000 + interval - 1).is_err());
+        // The interval is up: one probe, and the others keep failing fast while it runs.
+        assert!(health.gate_at(1_000 + interval).is_ok());
+        assert!(health.gate_at(1_000 + interval + 1).is_err());
+        // The probe failed too: the next one comes an interval after it.
+        health.failure_at(&StoreError::Timeout(Duration::from_millis(50)), 1_300);
+        assert!(health.gate_at(1_300 + interval - 1).is_err());
+        assert!(health.gate_at(1_300 + interval).is_ok());
+        // It answered: back in service.
+        health.success();
+        assert!(health.gate().is_ok() && health.gate().is_ok());
+        // Refusals are not calls to Redis: only the two failures are counted.
+        assert_eq!(health.snapshot().errors, 2);
     }
 }

@@ -284,6 +284,8 @@ impl Inner {
         charge: Charge,
         now: Timestamp,
     ) -> Result<Decision, StoreError> {
+        // Redis failed moments ago: fail at once, but for the occasional probe.
+        self.health.gate()?;
         let started = tokio::time::Instant::now();
         if let Some(decision) = self.admit_within(org, charge, now, self.timeout).await? {
             return Ok(decision);
