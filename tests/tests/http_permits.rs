@@ -255,6 +255,18 @@ async fn a_429_names_a_full_limit_beside_a_full_concurrency_limit() {
         detail.contains("also has its plan's maximum of requests in flight"),
         "{detail}"
     );
+    // Half a second before the minute ends, the slot (a second away at best) frees up last: a
+    // concurrency rejection, which still lists the full limit.
+    app.clock.advance(std::time::Duration::from_millis(29_500));
+    let late = app.get("/v1/items", "one-key").await;
+    assert_eq!(late.status(), 429);
+    assert_eq!(int_header(&late, "retry-after"), 1);
+    let body: serde_json::Value = late.json().await.expect("a problem body");
+    assert_eq!(body["limit"], "concurrency");
+    assert_eq!(
+        body["violated-policies"],
+        serde_json::json!(["concurrency", "minute"])
+    );
     app.release(1);
     for handler in slow {
         assert_eq!(handler.await.expect("the client task"), 200);

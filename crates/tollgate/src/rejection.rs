@@ -35,10 +35,19 @@ impl Rejection {
         now: Timestamp,
     ) -> Self {
         let slot_retry = slot_retry(now);
+        // The items of every limit that could not take the charge.
+        let limits_violated = statuses
+            .iter()
+            .filter(|status| violated.contains(&status.index))
+            .flat_map(|status| item_names(org, status));
         match reason {
             RejectReason::Concurrency => {
                 let max = org.concurrency().map_or(0, |c| c.max());
                 let reset = retry_at.unwrap_or(slot_retry);
+                // A limit that is full too, but frees up first, is listed after concurrency.
+                let violated = std::iter::once(CONCURRENCY.to_owned())
+                    .chain(limits_violated)
+                    .collect();
                 Self {
                     limit: Arc::clone(&CONCURRENCY_NAME),
                     legacy: Legacy {
@@ -49,7 +58,7 @@ impl Rejection {
                     slots: Some(Slots { max, free: 0 }),
                     slot_retry: reset,
                     retry_after: secs_until(reset, now).max(1),
-                    violated: vec![CONCURRENCY.to_owned()],
+                    violated,
                     never: false,
                     slots_full: true,
                 }
@@ -72,11 +81,7 @@ impl Rejection {
                         .and_then(|status| status.tiers().last())
                         .map_or(legacy.reset, |tier| tier.reset)
                 });
-                let mut violated: Vec<String> = statuses
-                    .iter()
-                    .filter(|status| violated.contains(&status.index))
-                    .flat_map(|status| item_names(org, status))
-                    .collect();
+                let mut violated: Vec<String> = limits_violated.collect();
                 // No slot free either (the store found both): the concurrency limit is violated
                 // too, though the limit frees up later.
                 let slots_full = slots.is_some_and(|slots| slots.free == 0);
