@@ -256,7 +256,8 @@ impl Source<'_> {
                         route.pattern.get_ref(),
                         raw.routes[first].pattern.get_ref()
                     ),
-                    "remove one of them, or put the narrower rule first: one method before `*`, HEAD before GET",
+                    "remove one of them, or put the narrower rule first: a path before a pattern that covers it, \
+                     one method before `*`, HEAD before GET",
                 ));
             }
             routes.push(rule);

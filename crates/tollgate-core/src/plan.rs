@@ -263,6 +263,15 @@ impl Limit {
         self.tiers.iter().map(|tier| tier.capacity).sum()
     }
 
+    /// "limit \"daily\"", or "the hour tier of limit \"count\"" when it has several tiers.
+    fn describe_tier(&self, window: Window) -> String {
+        if self.tiers.len() > 1 {
+            format!("the {} tier of limit {:?}", window.as_str(), self.name)
+        } else {
+            format!("limit {:?}", self.name)
+        }
+    }
+
     /// The name of the tier with this window in the `RateLimit-Policy` and `RateLimit` headers
     /// and in a 429's violated policies: the limit's name, or `limit.window` when the limit has
     /// several tiers.
@@ -359,11 +368,10 @@ impl Plan {
                     return Err(PolicyError::invalid(
                         format!("limits[{index}]"),
                         format!(
-                            "in plan {name:?}, limit {:?} goes by {item:?} in the RateLimit \
-                             headers, the name of the {} tier of limit {:?}",
-                            limit.name,
-                            window.as_str(),
-                            other.name
+                            "in plan {name:?}, {} and {} both go by {item:?} in the RateLimit \
+                             headers",
+                            limit.describe_tier(tier.window),
+                            other.describe_tier(window),
                         ),
                         "rename one of the two limits: a limit with several tiers calls each \
                          `limit.window` in the RateLimit headers",
@@ -479,7 +487,21 @@ mod tests {
         )
         .expect_err("the same item name twice");
         assert!(
-            error.to_string().contains("minute tier of limit \"count\""),
+            error.to_string().contains(
+                "limit \"count.minute\" and the minute tier of limit \"count\" both go by"
+            ),
+            "{error}"
+        );
+        // The other way round, the message still names each side right.
+        let error = Plan::new(
+            "build",
+            vec![minute(vec![tier(Window::Day)]), count.clone()],
+        )
+        .expect_err("the same item name twice");
+        assert!(
+            error.to_string().contains(
+                "the minute tier of limit \"count\" and limit \"count.minute\" both go by"
+            ),
             "{error}"
         );
         // With several tiers of its own, "count.minute" names its items "count.minute.day" and so on.

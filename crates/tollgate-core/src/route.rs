@@ -193,6 +193,21 @@ impl RoutePattern {
         self.matches_segments(path)
     }
 
+    /// Whether this pattern matches every path and template that `later` matches.
+    fn covers(&self, later: &RoutePattern) -> bool {
+        let mut theirs = later.segments.iter();
+        for segment in &self.segments {
+            match (segment, theirs.next()) {
+                // What follows, however much (none included, as in `matches_segments`).
+                (Segment::Rest, _) => return true,
+                (Segment::Param, Some(Segment::Literal(_) | Segment::Param)) => {}
+                (Segment::Literal(mine), Some(Segment::Literal(their))) if mine == their => {}
+                _ => return false,
+            }
+        }
+        theirs.next().is_none()
+    }
+
     /// Matches `path` (without its query) segment by segment.
     fn matches_segments(&self, path: &str) -> bool {
         let Some(path) = path.strip_prefix('/') else {
@@ -292,11 +307,12 @@ impl RouteRule {
         self.treatment
     }
 
-    /// Whether every request `later` matches is matched by this rule first: the same path shape
-    /// (parameter names aside), and this rule's method is `later`'s, any, or `GET` when `later`'s
-    /// is `HEAD`.
+    /// Whether every request `later` matches is matched by this rule first: this rule's pattern
+    /// matches every path `later`'s does (the same shape, parameter names aside, or a wider one:
+    /// a parameter where `later` has text, `{*rest}` for what follows), and this rule's method is
+    /// `later`'s, any, or `GET` when `later`'s is `HEAD`.
     pub fn covers(&self, later: &RouteRule) -> bool {
-        self.pattern.segments == later.pattern.segments
+        self.pattern.covers(&later.pattern)
             && self.method.as_deref().is_none_or(|method| {
                 later
                     .method
@@ -437,6 +453,35 @@ mod tests {
         let head = RouteRule::parse("HEAD /v1/reports", Treatment::Cost(1)).expect("rule");
         assert!(!head.matches("GET", "/v1/reports"));
         assert!(rule.covers(&head) && !head.covers(&rule));
+        // Wider patterns cover narrower ones, not the other way round.
+        let rule = |spec: &str| RouteRule::parse(spec, Treatment::Cost(1)).expect("rule");
+        for (wide, narrow) in [
+            ("GET /v1/{*rest}", "GET /v1/reports"),
+            ("GET /v1/{*rest}", "GET /v1"),
+            ("GET /v1/{*rest}", "GET /v1/files/{id}/{*more}"),
+            ("GET /v1/{id}", "GET /v1/reports"),
+            ("* /v1/files/{id}", "POST /v1/files/7"),
+        ] {
+            assert!(rule(wide).covers(&rule(narrow)), "{wide} covers {narrow}");
+            assert!(
+                !rule(narrow).covers(&rule(wide)),
+                "{narrow} leaves {wide} some"
+            );
+        }
+        // The same shape, parameter names aside, covers both ways.
+        assert!(rule("GET /v1/{id}/meta").covers(&rule("GET /v1/{name}/meta")));
+        assert!(rule("GET /v1/{name}/meta").covers(&rule("GET /v1/{id}/meta")));
+        for (first, later) in [
+            ("GET /v1/{id}", "GET /v1/{*rest}"),
+            ("GET /v1/{id}", "GET /v1/a/b"),
+            ("GET /v1/reports", "GET /v1/reports/{id}"),
+            ("GET /v1/{*rest}", "GET /v2/items"),
+        ] {
+            assert!(
+                !rule(first).covers(&rule(later)),
+                "{first} leaves {later} some requests"
+            );
+        }
         let any = RouteRule::parse("* /v1/reports", Treatment::Cost(10)).expect("rule");
         assert!(any.matches("DELETE", "/v1/reports"));
         assert!(RouteRule::parse("/v1/reports", Treatment::Cost(1)).is_err());

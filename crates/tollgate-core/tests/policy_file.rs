@@ -701,7 +701,7 @@ tiers = [{ window = "day", capacity = 100 }]
     );
     assert!(
         message.contains(
-            "\"count.hour\" in the RateLimit headers, the name of the hour tier of limit \"count\""
+            "limit \"count.hour\" and the hour tier of limit \"count\" both go by \"count.hour\""
         ),
         "{message}"
     );
@@ -853,7 +853,7 @@ fn a_route_that_never_applies() {
         twice,
         6,
         "routes[1].match",
-        "remove one of them, or put the narrower rule first: one method before `*`, HEAD before GET",
+        "remove one of them, or put the narrower rule first: a path before a pattern that covers it",
     );
     assert!(
         message.contains(
@@ -867,11 +867,23 @@ fn a_route_that_never_applies() {
         shadowed,
         6,
         "routes[1].match",
-        "put the narrower rule first: one method before `*`",
+        "one method before `*`",
     );
     // GET covers HEAD (axum answers HEAD with the GET handler), so a HEAD rule goes first.
     let head = "[[routes]]\nmatch = \"GET /v1/reports\"\ncost = 10\n\n[[routes]]\nmatch = \"HEAD /v1/reports\"\ncost = 1\n";
     assert_mistake(head, 6, "routes[1].match", "HEAD before GET");
+    // A pattern that covers a later path: the path never gets its price.
+    let wide = "[[routes]]\nmatch = \"GET /v1/{*rest}\"\ncost = 2\n\n[[routes]]\nmatch = \"GET /v1/reports\"\ncost = 10\n";
+    let (_, message) = assert_mistake(
+        wide,
+        6,
+        "routes[1].match",
+        "a path before a pattern that covers it",
+    );
+    assert!(
+        message.contains("routes[0] (\"GET /v1/{*rest}\") matches the same requests first"),
+        "{message}"
+    );
     // The other way round, other methods, other shapes: each rule applies somewhere.
     let fine = "[[routes]]\nmatch = \"HEAD /v1/reports\"\ncost = 1\n\n[[routes]]\nmatch = \"GET /v1/reports\"\ncost = 10\n\n[[routes]]\nmatch = \"* /v1/reports\"\ncost = 5\n\n[[routes]]\nmatch = \"POST /v1/files/{id}\"\ncost = 2\n\n[[routes]]\nmatch = \"POST /v1/files/{id}/meta\"\ncost = 2\n\n[[routes]]\nmatch = \"POST /v1/files/{*rest}\"\ncost = 2\n";
     let policy = load(&format!("{PLANS}\n{fine}")).expect("every rule applies to some request");
