@@ -863,12 +863,7 @@ fn a_route_that_never_applies() {
     );
     // A rule for any method before one for GET on the same path.
     let shadowed = "[[routes]]\nmatch = \"* /v1/reports\"\ncost = 5\n\n[[routes]]\nmatch = \"get /v1/reports\"\ncost = 10\n";
-    assert_mistake(
-        shadowed,
-        6,
-        "routes[1].match",
-        "one method before `*`",
-    );
+    assert_mistake(shadowed, 6, "routes[1].match", "one method before `*`");
     // GET covers HEAD (axum answers HEAD with the GET handler), so a HEAD rule goes first.
     let head = "[[routes]]\nmatch = \"GET /v1/reports\"\ncost = 10\n\n[[routes]]\nmatch = \"HEAD /v1/reports\"\ncost = 1\n";
     assert_mistake(head, 6, "routes[1].match", "HEAD before GET");

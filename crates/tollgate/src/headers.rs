@@ -39,7 +39,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::header::RETRY_AFTER as RETRY_AFTER_NAME;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sfv::{Integer, KeyRef, ListSerializer, StringRef};
-use tollgate_core::{LimitStatus, ResetFormat, ResolvedOrg, ServerSettings, Timestamp, item_name};
+use tollgate_core::{
+    Dimension, LimitStatus, ResetFormat, ResolvedOrg, ServerSettings, TierStatus, Timestamp,
+    item_name,
+};
 
 /// `X-RateLimit-Limit`: the most constraining limit's total capacity.
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -173,13 +176,26 @@ fn limit_name<'a>(org: &'a ResolvedOrg, status: &LimitStatus) -> &'a str {
         .map_or("", |limit| limit.name())
 }
 
-/// The names of the `RateLimit-Policy` items of one limit (what `violated-policies` lists).
+/// The names of the `RateLimit-Policy` items of one rejected limit that `violated-policies` lists:
+/// every tier's, or for a latency budget, the tiers with no time left.
 pub(crate) fn item_names(org: &ResolvedOrg, status: &LimitStatus) -> Vec<String> {
     let name = limit_name(org, status);
-    status
-        .tiers()
-        .iter()
-        .map(|tier| item_name(name, status.tiers().len(), tier.window).into_owned())
+    let tiers = status.tiers();
+    // A rejected request or points limit lacks the charge in every tier; a latency budget is
+    // refused because its tiers hold nothing together, which leaves out a tier with time left.
+    let latency = org
+        .limits()
+        .get(status.index)
+        .is_some_and(|limit| limit.dimension() == Dimension::LatencyMs);
+    let empty = |tier: &&TierStatus| !latency || tier.remaining == 0;
+    let listed = if tiers.iter().any(|tier| empty(&tier)) {
+        tiers.iter().filter(empty).collect::<Vec<_>>()
+    } else {
+        tiers.iter().collect()
+    };
+    listed
+        .into_iter()
+        .map(|tier| item_name(name, tiers.len(), tier.window).into_owned())
         .collect()
 }
 
@@ -883,6 +899,52 @@ mod tests {
         let mut buffer = Vec::new();
         put_reset(&mut buffer, format, reset, now);
         String::from_utf8(buffer).expect("ascii")
+    }
+
+    #[test]
+    fn a_latency_budget_lists_only_its_tiers_without_time_left() {
+        let latency = Limit::new(
+            "latency",
+            Dimension::LatencyMs,
+            LimitZone::Org,
+            vec![
+                Tier::new(Window::Minute, 100).expect("tier"),
+                Tier::new(Window::Hour, 100).expect("tier"),
+            ],
+        )
+        .expect("limit");
+        let policy = Policy::builder()
+            .plan(Plan::new("slow", vec![latency]).expect("plan"))
+            .org(Org::new("acme", "slow"))
+            .build()
+            .expect("policy");
+        let org = policy.org("acme").expect("acme");
+        let mut ledger = Ledger::new(org);
+        let start = Timestamp::from_secs(1_768_471_200);
+        let tollgate_core::Verdict::Admitted { receipt, .. } =
+            ledger.admit(org, Charge::points(1), start)
+        else {
+            panic!("admitted")
+        };
+        // 800 ms: the minute's 100, the hour's 100, and 600 of debt on the hour.
+        let correction = tollgate_core::Correction {
+            latency_ms: 800,
+            cost_delta: 0,
+        };
+        ledger.settle(org, &receipt, correction, start);
+        let verdict = ledger.admit(org, Charge::points(1), start);
+        let statuses = verdict.statuses(org);
+        assert_eq!(
+            item_names(org, &statuses[0]),
+            ["latency.minute", "latency.hour"]
+        );
+        // A minute later the minute has time again, but the hour's debt still refuses.
+        let later = Timestamp::from_secs(1_768_471_260);
+        let verdict = ledger.admit(org, Charge::points(1), later);
+        assert!(!verdict.is_admitted());
+        let statuses = verdict.statuses(org);
+        assert_eq!(statuses[0].tiers()[0].remaining, 100);
+        assert_eq!(item_names(org, &statuses[0]), ["latency.hour"]);
     }
 
     #[test]

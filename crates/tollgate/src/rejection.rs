@@ -109,8 +109,13 @@ impl Rejection {
 
     pub(crate) fn detail(&self, org: &ResolvedOrg, charge: Charge) -> String {
         if *self.limit == *CONCURRENCY {
+            let requests = if self.legacy.limit == 1 {
+                "request"
+            } else {
+                "requests"
+            };
             format!(
-                "organisation {:?} already has {} requests in flight, its plan's maximum; retry when one has finished (in about {} s)",
+                "organisation {:?} already has {} {requests} in flight, its plan's maximum; retry when one has finished (in about {} s)",
                 org.id().as_str(),
                 self.legacy.limit,
                 self.retry_after
@@ -120,13 +125,11 @@ impl Rejection {
         {
             format!(
                 "limit {:?} of organisation {:?} holds at most {} and this request needs {}: it \
-                 cannot be admitted under this plan, however long it waits (the limit is full \
-                 again in {} s)",
+                 cannot be admitted under this plan, however long it waits",
                 &*self.limit,
                 org.id().as_str(),
                 self.legacy.limit,
                 need,
-                self.retry_after
             )
         } else {
             let (remaining, limit) = (self.legacy.remaining, self.legacy.limit);
