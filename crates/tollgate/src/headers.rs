@@ -187,11 +187,14 @@ pub(crate) fn item_names(org: &ResolvedOrg, status: &LimitStatus) -> Vec<String>
         .limits()
         .get(status.index)
         .is_some_and(|limit| limit.dimension() == Dimension::LatencyMs);
-    let empty = |tier: &&TierStatus| !latency || tier.remaining == 0;
-    let listed = if tiers.iter().any(|tier| empty(&tier)) {
-        tiers.iter().filter(empty).collect::<Vec<_>>()
-    } else {
+    let empty: Vec<&TierStatus> = tiers
+        .iter()
+        .filter(|tier| !latency || tier.remaining == 0)
+        .collect();
+    let listed = if empty.is_empty() {
         tiers.iter().collect()
+    } else {
+        empty
     };
     listed
         .into_iter()
