@@ -336,3 +336,80 @@ async fn the_usage_page_shows_calls_today_and_the_last_100_calls() {
 
     browser.close().await;
 }
+
+#[tokio::test]
+async fn a_key_given_while_another_loads_is_the_one_shown_and_kept() {
+    let browser = match Browser::launch().await {
+        Ok(browser) => browser,
+        Err(LaunchError::Missing(why)) => {
+            skip_or_fail(&why);
+            return;
+        }
+        Err(error) => panic!("{error}"),
+    };
+    let h = Harness::start().await;
+    busy_day(&h);
+    let client = browser.client();
+    client
+        .goto(&format!("{}/usage", h.base))
+        .await
+        .expect("open /usage");
+    poll_until("the API key input", WAIT, || async move {
+        client
+            .find(Locator::Css("#api-key"))
+            .await
+            .map_err(|error| error.to_string())
+    })
+    .await;
+    // acme's answers are held back until the test lets them go, as on a slow network.
+    script(
+        client,
+        "const real = window.fetch; window.releaseAcme = null;
+         const held = new Promise(resolve => { window.releaseAcme = resolve; });
+         window.fetch = (url, options) => {
+           const key = options.headers.Authorization;
+           return key.endsWith('acme-key-1') ? held.then(() => real(url, options)) : real(url, options);
+         };
+         return true;",
+    )
+    .await;
+    let submit = |key: &'static str| async move {
+        let input = client
+            .find(Locator::Css("#api-key"))
+            .await
+            .expect("the key input");
+        input.send_keys(key).await.expect("type the key");
+        client
+            .find(Locator::Css("#key-submit"))
+            .await
+            .expect("the submit button")
+            .click()
+            .await
+            .expect("submit");
+    };
+    submit(KEY).await;
+    submit("globex-key-1").await;
+    // globex is shown once acme's answers, which came later, are ignored.
+    script(client, "window.releaseAcme(); return true;").await;
+    poll_until("globex to be shown", WAIT, || async move {
+        let org = text_of(client, "#org-name").await?;
+        let status = text_of(client, "#status").await.unwrap_or_default();
+        if org == "globex" && status.starts_with("Updated") {
+            Ok(())
+        } else {
+            Err(format!("{org:?} ({status:?})"))
+        }
+    })
+    .await;
+    assert_eq!(
+        script(
+            client,
+            &format!("return sessionStorage.getItem('{STORAGE_KEY}');")
+        )
+        .await,
+        "globex-key-1"
+    );
+    // Had acme's late answers been drawn, they would show acme's calls today; globex has none.
+    wait_for_calls_today(client, 0).await;
+    assert_eq!(text_of(client, "#org-name").await.as_deref(), Ok("globex"));
+}

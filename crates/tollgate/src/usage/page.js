@@ -123,8 +123,11 @@
   }
 
   function load() {
-    if (!key || loading) return Promise.resolve();
+    if (!key) return Promise.resolve();
+    // One load at a time; a key given meanwhile is loaded when this one ends.
+    if (loading) return Promise.resolve();
     loading = true;
+    var asked = key;
     setStatus("Loading usage\u2026", false);
     return Promise.all([
       getJson("v1/usage"),
@@ -133,7 +136,9 @@
       getJson("v1/usage/report")
     ])
       .then(function (results) {
-        keepKey(key);
+        // Another key was given (or the key forgotten) meanwhile: these numbers are not its.
+        if (asked !== key) return;
+        keepKey(asked);
         render(results[0], results[1], results[2], results[3]);
         showSignedIn(true);
         var zone = results[0].time_zone;
@@ -143,6 +148,7 @@
         setStatus("Updated at " + clockTime.format(new Date()) + " (" + zone + ").", false);
       })
       .catch(function (error) {
+        if (asked !== key) return;
         if (error.status === 401) {
           forgetKey();
           showSignedIn(false);
@@ -154,6 +160,7 @@
       })
       .then(function () {
         loading = false;
+        if (key && asked !== key) load();
       });
   }
 
@@ -228,6 +235,12 @@
   // ---- drawing -------------------------------------------------------------------------------
 
   var UNITS = { requests: "requests", points: "points", latency_ms: "ms" };
+  var UNIT = { requests: "request", points: "point", latency_ms: "ms" };
+
+  // The dimension's unit for `n` of it: "1 point", "2 points".
+  function unitOf(dimension, n) {
+    return (n === 1 ? UNIT : UNITS)[dimension] || dimension;
+  }
   var WINDOW_NAMES = { minute: "minute", hour: "hour", day: "day", month: "month" };
 
   function render(usage, calls, billing, report) {
@@ -263,8 +276,9 @@
       var used = Math.max(0, limit.limit - limit.remaining);
       var share = limit.limit > 0 ? limit.remaining / limit.limit : 0;
       var level = share <= 0.1 ? "bad" : share <= 0.25 ? "warn" : "ok";
+      // The bar shows what is left, as its numbers do: full when nothing is used.
       var fill = el("span", { "class": "bar-fill " + level });
-      fill.style.width = (limit.limit > 0 ? Math.min(100, (used / limit.limit) * 100) : 100) + "%";
+      fill.style.width = (Math.min(1, share) * 100).toFixed(1) + "%";
       var windows = limit.tiers.map(function (tier) {
         return WINDOW_NAMES[tier.window] || tier.window;
       });
@@ -293,7 +307,7 @@
             ]),
             el("span", { "class": "limit-numbers" }, [
               el("strong", { "class": "limit-remaining" }, fmt(limit.remaining)),
-              " of " + fmt(limit.limit) + " " + unit + " left"
+              " of " + fmt(limit.limit) + " " + unitOf(limit.dimension, limit.limit) + " left"
             ])
           ]),
           el(
@@ -305,12 +319,13 @@
               "aria-valuemin": 0,
               "aria-valuemax": limit.limit,
               "aria-valuenow": limit.remaining,
-              "aria-valuetext": fmt(limit.remaining) + " of " + fmt(limit.limit) + " " + unit + " left"
+              "aria-valuetext": fmt(limit.remaining) + " of " + fmt(limit.limit) + " " +
+                unitOf(limit.dimension, limit.limit) + " left"
             },
             fill
           ),
           el("div", { "class": "limit-meta" }, [
-            el("span", remainingClass ? { "class": remainingClass } : null, fmt(used) + " " + unit + " used"),
+            el("span", remainingClass ? { "class": remainingClass } : null, fmt(used) + " " + unitOf(limit.dimension, used) + " used"),
             el("span", { "class": "limit-reset" }, "resets " + clock.reset(limit.reset))
           ]),
           tiers
