@@ -1060,7 +1060,7 @@ mod redis_only {
     use super::*;
     use futures_util::future::join_all;
     use tollgate_core::StoreError;
-    use tollgate_redis::{FailingFast, PROBE_INTERVAL, cluster_slot};
+    use tollgate_redis::{FailingFast, PROBE_INTERVAL, TRIP_AFTER, cluster_slot};
     use tollgate_tests::redis_server::RedisServer;
 
     async fn raw(url: &str) -> ::redis::aio::MultiplexedConnection {
@@ -1335,12 +1335,12 @@ tiers = [{ window = "minute", capacity = 1000 }]
                 failing_fast += 1;
             }
         }
-        // The first admission found Redis gone; the others failed at once, without calling it,
-        // but for one probe per interval.
+        // The first TRIP_AFTER admissions found Redis gone; the others failed at once, without
+        // calling it, but for one probe per interval.
         let probes = stopped.elapsed().as_millis() / PROBE_INTERVAL.as_millis() + 1;
         let called = 10 - failing_fast;
         assert!(
-            u128::from(called) <= probes,
+            u128::from(called) <= u128::from(TRIP_AFTER) + probes,
             "{called} admissions called Redis in {:?}",
             stopped.elapsed()
         );

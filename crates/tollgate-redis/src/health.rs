@@ -6,14 +6,18 @@
 //!   failed call. (The layer counts the failures it sees, of any store, in
 //!   `tollgate_store_errors_total`; a name of its own keeps the two from being summed.)
 //!
-//! The first failure after a success logs a warning (once per burst of failures); the first
-//! success after a failure logs that the store is back and how long it was down.
+//! The first failure after a success logs a warning, and the first success after it logs that the
+//! store is back and how long it was down; a store that flaps (a timeout now and then on a busy
+//! host) logs this pair at most once every [`LOG_EVERY`].
 //!
-//! While Redis is failing, admissions fail at once instead of each waiting out the timeout: one
-//! admission every [`PROBE_INTERVAL`] goes through to see whether Redis answers again, and the first
-//! that does puts the store back in service. (Settlements, records and refunds always go through.)
+//! After [`TRIP_AFTER`] failures in a row, Redis is taken to be down: admissions fail at once
+//! instead of each waiting out the timeout, and one admission every [`PROBE_INTERVAL`] goes through
+//! to see whether Redis answers again; the first that does puts the store back in service.
+//! (Settlements, records and refunds always go through.) An occasional timeout between successes,
+//! as on a host short of CPU, does not trip it: failing fast would let even more requests through
+//! unmetered under `on_store_error = "allow"`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -46,6 +50,12 @@ impl Health {
 /// While Redis is failing, how often an admission is let through to find out whether it answers.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How many calls must fail in a row, with no success between, before admissions fail fast.
+pub const TRIP_AFTER: u32 = 5;
+
+/// At most one "failing" warning (and its "answering again" line) this often.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// An admission refused without calling Redis, which failed moments ago.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -63,6 +73,12 @@ pub(crate) struct HealthState {
     origin: Instant,
     /// While down: when (ms after `origin`) the next admission may go through as a probe.
     next_probe_ms: AtomicU64,
+    /// Calls failed since the last success.
+    failures_in_row: AtomicU32,
+    /// When (ms after `origin`, plus one; 0 for never) the last "failing" warning was logged.
+    warned_ms: AtomicU64,
+    /// Whether the current failure was announced, so that its recovery is too.
+    announced: AtomicBool,
 }
 
 impl HealthState {
@@ -74,6 +90,9 @@ impl HealthState {
             errors: AtomicU64::new(0),
             origin: Instant::now(),
             next_probe_ms: AtomicU64::new(0),
+            failures_in_row: AtomicU32::new(0),
+            warned_ms: AtomicU64::new(0),
+            announced: AtomicBool::new(false),
         }
     }
 
@@ -81,8 +100,9 @@ impl HealthState {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Whether an admission may call Redis now: always while it answers; while it fails, one
-    /// admission per [`PROBE_INTERVAL`], and the others get [`FailingFast`] at once.
+    /// Whether an admission may call Redis now: always, unless [`TRIP_AFTER`] calls in a row
+    /// failed; then one admission per [`PROBE_INTERVAL`], and the others get [`FailingFast`] at
+    /// once.
     pub(crate) fn gate(&self) -> Result<(), StoreError> {
         // The common case is one relaxed load.
         if self.up.load(Ordering::Relaxed) {
@@ -92,6 +112,9 @@ impl HealthState {
     }
 
     fn gate_at(&self, now_ms: u64) -> Result<(), StoreError> {
+        if self.failures_in_row.load(Ordering::Relaxed) < TRIP_AFTER {
+            return Ok(());
+        }
         let due = self.next_probe_ms.load(Ordering::Acquire);
         let interval = u64::try_from(PROBE_INTERVAL.as_millis()).unwrap_or(u64::MAX);
         if now_ms >= due
@@ -124,7 +147,12 @@ impl HealthState {
         if self.up.load(Ordering::Relaxed) {
             return;
         }
+        self.failures_in_row.store(0, Ordering::Relaxed);
         if self.up.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        metrics::gauge!(UP, "store" => "redis").set(1.0);
+        if !self.announced.swap(false, Ordering::AcqRel) {
             return;
         }
         let down_for = {
@@ -135,7 +163,6 @@ impl HealthState {
             *since = SystemTime::now();
             down_for
         };
-        metrics::gauge!(UP, "store" => "redis").set(1.0);
         tracing::info!(
             down_for_ms = u64::try_from(down_for.as_millis()).unwrap_or(u64::MAX),
             "redis store is answering again; limits are enforced again"
@@ -151,6 +178,7 @@ impl HealthState {
         let interval = u64::try_from(PROBE_INTERVAL.as_millis()).unwrap_or(u64::MAX);
         self.next_probe_ms
             .store(now_ms.saturating_add(interval), Ordering::Release);
+        self.failures_in_row.fetch_add(1, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
         let kind = match error {
             StoreError::Timeout(_) => "timeout",
@@ -163,13 +191,37 @@ impl HealthState {
         }
         *self.since.lock() = SystemTime::now();
         metrics::gauge!(UP, "store" => "redis").set(0.0);
+        // A flapping store would log a pair of lines per flap: one warning per LOG_EVERY at most.
+        let every = u64::try_from(LOG_EVERY.as_millis()).unwrap_or(u64::MAX);
+        let last = self.warned_ms.load(Ordering::Acquire);
+        let due = last == 0 || now_ms.saturating_add(1).saturating_sub(last) >= every;
+        if !due
+            || self
+                .warned_ms
+                .compare_exchange(
+                    last,
+                    now_ms.saturating_add(1),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        self.announced.store(true, Ordering::Release);
         let source = std::error::Error::source(error).map(ToString::to_string);
         tracing::warn!(
             %error,
             source = source.as_deref().unwrap_or(""),
             "redis store is failing; requests follow on_store_error until it answers again \
-             (logged once per burst)"
+             (logged at most once every 10 s)"
         );
+    }
+
+    /// Whether the last failure was announced in the log (for tests).
+    #[cfg(test)]
+    fn announced(&self) -> bool {
+        self.announced.load(Ordering::Acquire)
     }
 }
 
@@ -204,7 +256,18 @@ mod tests {
             health.gate_at(0).is_ok(),
             "healthy: every call goes through"
         );
-        health.failure_at(&StoreError::Timeout(Duration::from_millis(50)), 1_000);
+        let timeout = StoreError::Timeout(Duration::from_millis(50));
+        // A failure now and then, between successes, trips nothing.
+        for _ in 0..3 {
+            health.failure_at(&timeout, 500);
+            assert!(health.gate_at(510).is_ok());
+            health.success();
+        }
+        for at in 996..1_000 {
+            health.failure_at(&timeout, at);
+            assert!(health.gate_at(at).is_ok(), "{} in a row", at - 995);
+        }
+        health.failure_at(&timeout, 1_000);
         let refused = health.gate_at(1_010).expect_err("failing fast");
         assert!(
             std::error::Error::source(&refused).is_some_and(|source| source.is::<FailingFast>()),
@@ -221,7 +284,24 @@ mod tests {
         // It answered: back in service.
         health.success();
         assert!(health.gate().is_ok() && health.gate().is_ok());
-        // Refusals are not calls to Redis: only the two failures are counted.
-        assert_eq!(health.snapshot().errors, 2);
+        // Refusals are not calls to Redis: only the failures are counted.
+        assert_eq!(health.snapshot().errors, 3 + u64::from(TRIP_AFTER) + 1);
+    }
+
+    #[test]
+    fn a_flapping_store_is_announced_once_every_log_interval() {
+        let health = HealthState::new();
+        let timeout = StoreError::Timeout(Duration::from_millis(50));
+        let every = u64::try_from(LOG_EVERY.as_millis()).expect("small");
+        health.failure_at(&timeout, 1_000);
+        assert!(health.announced(), "the first failure is announced");
+        health.success();
+        assert!(!health.announced(), "and so is its recovery");
+        // Flaps within the interval are not.
+        health.failure_at(&timeout, 1_500);
+        assert!(!health.announced());
+        health.success();
+        health.failure_at(&timeout, 1_000 + every);
+        assert!(health.announced(), "the interval is up");
     }
 }

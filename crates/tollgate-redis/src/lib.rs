@@ -144,6 +144,6 @@ mod keys;
 mod store;
 
 pub use error::ConnectError;
-pub use health::{FailingFast, Health, PROBE_INTERVAL};
+pub use health::{FailingFast, Health, LOG_EVERY, PROBE_INTERVAL, TRIP_AFTER};
 pub use keys::cluster_slot;
 pub use store::{PERMIT_POLL, RedisStore, RedisStoreBuilder};

@@ -563,7 +563,17 @@ fn decided<B>(
             engine.store_failed("admit", &error);
             telemetry::decision("store_error", None, meter.started);
             return match server.on_store_error {
-                OnStoreError::Allow => Step::Call(None),
+                // Served, so billable: recorded when it ends, with nothing charged (the store
+                // that would have counted it is the one failing, so the record may fail too).
+                OnStoreError::Allow => {
+                    call.cost = 0;
+                    Step::Call(Some(Box::new(Finish::recorded(
+                        Arc::clone(engine),
+                        org,
+                        now,
+                        call,
+                    ))))
+                }
                 OnStoreError::Deny => {
                     let mut response = Problem::new(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -628,8 +628,11 @@ keys = ["patient-key"]
         Ok(())
     }
 
-    #[derive(Debug)]
-    struct DownStore;
+    /// A store whose every call fails, but for records, which it keeps.
+    #[derive(Debug, Default)]
+    struct DownStore {
+        recorded: std::sync::Mutex<Vec<CallRecord>>,
+    }
 
     impl Store for DownStore {
         fn admit(
@@ -650,9 +653,12 @@ keys = ["patient-key"]
         fn record(
             &self,
             _org: &Arc<ResolvedOrg>,
-            _call: CallRecord,
+            call: CallRecord,
         ) -> impl Future<Output = Result<(), StoreError>> + Send {
-            std::future::ready(Err(StoreError::Timeout(Duration::from_millis(50))))
+            if let Ok(mut recorded) = self.recorded.lock() {
+                recorded.push(call);
+            }
+            std::future::ready(Ok(()))
         }
         fn peek(
             &self,
@@ -683,16 +689,27 @@ keys = ["patient-key"]
 
     #[tokio::test]
     async fn a_failing_store_fails_open_or_closed_as_configured() -> TestResult {
-        let open = crate::RateLimitLayer::new(policy("")).with_store(Arc::new(DownStore));
+        let store = Arc::new(DownStore::default());
+        let open = crate::RateLimitLayer::new(policy("")).with_store(Arc::clone(&store) as _);
         let response = open
             .layer(hello())
             .oneshot(get_req("/items", Some("acme-key-1")))
             .await?;
         assert_eq!(response.status(), StatusCode::OK);
         assert!(response.headers().get(X_RATELIMIT_LIMIT).is_none());
+        drop(response);
+        // Served, so billable: recorded, with nothing charged.
+        let recorded = store
+            .recorded
+            .lock()
+            .map(|calls| calls.clone())
+            .unwrap_or_default();
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!((recorded[0].status, recorded[0].cost), (200, 0));
+        assert!(recorded[0].billable);
 
         let closed = crate::RateLimitLayer::new(policy("[server]\non_store_error = \"deny\""))
-            .with_store(Arc::new(DownStore));
+            .with_store(Arc::new(DownStore::default()));
         let response = closed
             .layer(hello())
             .oneshot(get_req("/items", Some("acme-key-1")))
