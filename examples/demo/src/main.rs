@@ -4,8 +4,8 @@
 //! cargo run --release -p tollgate-demo -- --config FILE --listen ADDR [--redis URL] [--redis-timeout-ms MS]
 //! ```
 //!
-//! With no flags it loads the `policy.toml` shipped beside this crate and listens on
-//! 127.0.0.1:3000. A policy file that fails validation is refused before anything serves: the
+//! With no flags it loads a `policy.toml` beside the binary if there is one, else the one shipped
+//! beside this crate, and listens on 127.0.0.1:3000. A policy file that fails validation is refused before anything serves: the
 //! loader's message (file, line, column, what to change) goes to stderr and the exit code is 1.
 //! Once listening, it prints `tollgate-demo listening on http://ADDR` on stdout; logs go to stderr
 //! (`RUST_LOG` filters them). The policy file is read again on SIGHUP and when it changes; counts
@@ -168,9 +168,15 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The policy file shipped beside the demo: from the workspace root, or from wherever the crate
-/// was built.
+/// The policy file shipped beside the demo: a `policy.toml` next to the binary (a copy installed
+/// with it), else the crate's own, from the workspace root or from wherever the crate was built.
 fn shipped_policy() -> PathBuf {
+    let beside_binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("policy.toml")));
+    if let Some(path) = beside_binary.filter(|path| path.is_file()) {
+        return path;
+    }
     let relative = Path::new(SHIPPED_POLICY);
     if relative.is_file() {
         return relative.to_owned();

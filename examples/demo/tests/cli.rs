@@ -380,3 +380,38 @@ fn listens_on_a_host_name() {
         "{line:?}"
     );
 }
+
+#[tokio::test]
+async fn loads_a_policy_beside_the_binary_when_given_none() {
+    // A copy of the demo installed with a policy file of its own, run from that directory.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("demo-beside-its-policy");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let binary = dir.join("tollgate-demo");
+    if std::fs::hard_link(DEMO, &binary).is_err() {
+        std::fs::copy(DEMO, &binary).expect("a copy of the demo");
+    }
+    let policy = r#"
+[[plans.small.limits]]
+name = "points"
+dimension = "points"
+tiers = [{ window = "minute", capacity = 7 }]
+
+[[orgs]]
+id = "acme"
+plan = "small"
+keys = ["acme-key-1"]
+"#;
+    std::fs::write(dir.join("policy.toml"), policy).expect("the policy file");
+    let mut command = Command::new(&binary);
+    command.current_dir(&dir);
+    let demo = Demo::start_with(command, &[]);
+    let response = reqwest::Client::new()
+        .get(demo.url("/v1/items"))
+        .bearer_auth("acme-key-1")
+        .send()
+        .await
+        .expect("items");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-ratelimit-limit"], "7");
+}

@@ -31,7 +31,13 @@ impl Demo {
     /// Starts the demo with `args` (plus `--listen 127.0.0.1:0`) and waits for the line that says
     /// where it listens.
     pub fn start(args: &[&str]) -> Demo {
-        let mut child = Command::new(DEMO)
+        Self::start_with(Command::new(DEMO), args)
+    }
+
+    /// [`start`](Self::start) with a command of the caller's (another copy of the binary, another
+    /// working directory).
+    pub fn start_with(mut command: Command, args: &[&str]) -> Demo {
+        let mut child = command
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
