@@ -102,15 +102,37 @@ async fn wait_for_calls_today(client: &Client, expected: u64) {
     .await;
 }
 
-#[tokio::test]
-async fn the_usage_page_shows_calls_today_and_the_last_100_calls() {
-    let browser = match Browser::launch().await {
-        Ok(browser) => browser,
+/// A headless Chromium, or `None` after saying why there is none (a failure under `CI=true`).
+async fn launch() -> Option<Browser> {
+    match Browser::launch().await {
+        Ok(browser) => Some(browser),
         Err(LaunchError::Missing(why)) => {
             skip_or_fail(&why);
-            return;
+            None
         }
         Err(error) => panic!("{error}"),
+    }
+}
+
+/// Opens `/usage` on `base` and waits for its key input.
+async fn open_usage_page(client: &Client, base: &str) -> fantoccini::elements::Element {
+    client
+        .goto(&format!("{base}/usage"))
+        .await
+        .expect("open /usage");
+    poll_until("the API key input", WAIT, || async move {
+        client
+            .find(Locator::Css("#api-key"))
+            .await
+            .map_err(|error| error.to_string())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_usage_page_shows_calls_today_and_the_last_100_calls() {
+    let Some(browser) = launch().await else {
+        return;
     };
     let h = Harness::start().await;
     let admitted = busy_day(&h);
@@ -118,17 +140,7 @@ async fn the_usage_page_shows_calls_today_and_the_last_100_calls() {
     assert_eq!(uint(&usage, "calls_today"), admitted);
 
     let client = browser.client();
-    client
-        .goto(&format!("{}/usage", h.base))
-        .await
-        .expect("open /usage");
-    let input = poll_until("the API key input", WAIT, || async move {
-        client
-            .find(Locator::Css("#api-key"))
-            .await
-            .map_err(|error| error.to_string())
-    })
-    .await;
+    let input = open_usage_page(client, &h.base).await;
     browser
         .screenshot_full_page(&artifacts_dir().join("usage-page-key.png"), 1280, 1200)
         .await
@@ -339,28 +351,13 @@ async fn the_usage_page_shows_calls_today_and_the_last_100_calls() {
 
 #[tokio::test]
 async fn a_key_given_while_another_loads_is_the_one_shown_and_kept() {
-    let browser = match Browser::launch().await {
-        Ok(browser) => browser,
-        Err(LaunchError::Missing(why)) => {
-            skip_or_fail(&why);
-            return;
-        }
-        Err(error) => panic!("{error}"),
+    let Some(browser) = launch().await else {
+        return;
     };
     let h = Harness::start().await;
     busy_day(&h);
     let client = browser.client();
-    client
-        .goto(&format!("{}/usage", h.base))
-        .await
-        .expect("open /usage");
-    poll_until("the API key input", WAIT, || async move {
-        client
-            .find(Locator::Css("#api-key"))
-            .await
-            .map_err(|error| error.to_string())
-    })
-    .await;
+    open_usage_page(client, &h.base).await;
     // acme's answers are held back until the test lets them go, as on a slow network.
     script(
         client,

@@ -330,12 +330,7 @@ async fn serves_while_redis_does_not_answer_and_refuses_a_malformed_redis_url() 
         .port();
     let url = format!("redis://127.0.0.1:{port}");
     let demo = Demo::start(&["--redis", &url, "--redis-timeout-ms", "50"]);
-    let response = reqwest::Client::new()
-        .get(demo.url("/v1/items"))
-        .bearer_auth("acme-key-1")
-        .send()
-        .await
-        .expect("items");
+    let response = demo.get("/v1/items", "acme-key-1").await;
     // The shipped policy fails open: let through, without rate-limit headers.
     assert_eq!(response.status(), 200);
     assert!(response.headers().get("x-ratelimit-limit").is_none());
@@ -406,12 +401,7 @@ keys = ["acme-key-1"]
     let mut command = Command::new(&binary);
     command.current_dir(&dir);
     let demo = Demo::start_with(command, &[]);
-    let response = reqwest::Client::new()
-        .get(demo.url("/v1/items"))
-        .bearer_auth("acme-key-1")
-        .send()
-        .await
-        .expect("items");
+    let response = demo.get("/v1/items", "acme-key-1").await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-ratelimit-limit"], "7");
 }

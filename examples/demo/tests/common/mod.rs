@@ -83,6 +83,20 @@ impl Demo {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// `GET path` on this instance with `Authorization: Bearer key`.
+    #[allow(
+        dead_code,
+        reason = "not every test binary that shares this module sends requests"
+    )]
+    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("GET {path}: {error}"))
+    }
 }
 
 impl Drop for Demo {
