@@ -115,7 +115,7 @@ async fn launch() -> Option<Browser> {
 }
 
 /// Opens `/usage` on `base` and waits for its key input.
-async fn open_usage_page(client: &Client, base: &str) -> fantoccini::elements::Element {
+async fn open_usage_page(client: &Client, base: &str) {
     client
         .goto(&format!("{base}/usage"))
         .await
@@ -126,7 +126,25 @@ async fn open_usage_page(client: &Client, base: &str) -> fantoccini::elements::E
             .await
             .map_err(|error| error.to_string())
     })
-    .await
+    .await;
+}
+
+/// Types `key` into the page's key input and submits the form.
+async fn submit_key(client: &Client, key: &str) {
+    client
+        .find(Locator::Css("#api-key"))
+        .await
+        .expect("the key input")
+        .send_keys(key)
+        .await
+        .expect("type the key");
+    client
+        .find(Locator::Css("#key-submit"))
+        .await
+        .expect("the submit button")
+        .click()
+        .await
+        .expect("submit");
 }
 
 #[tokio::test]
@@ -140,19 +158,12 @@ async fn the_usage_page_shows_calls_today_and_the_last_100_calls() {
     assert_eq!(uint(&usage, "calls_today"), admitted);
 
     let client = browser.client();
-    let input = open_usage_page(client, &h.base).await;
+    open_usage_page(client, &h.base).await;
     browser
         .screenshot_full_page(&artifacts_dir().join("usage-page-key.png"), 1280, 1200)
         .await
         .expect("screenshot of the key form");
-    input.send_keys(KEY).await.expect("type the key");
-    client
-        .find(Locator::Css("#key-submit"))
-        .await
-        .expect("the submit button")
-        .click()
-        .await
-        .expect("submit");
+    submit_key(client, KEY).await;
 
     wait_for_calls_today(client, admitted).await;
     let rows = poll_until("100 rows in the log", WAIT, || async move {
@@ -370,22 +381,8 @@ async fn a_key_given_while_another_loads_is_the_one_shown_and_kept() {
          return true;",
     )
     .await;
-    let submit = |key: &'static str| async move {
-        let input = client
-            .find(Locator::Css("#api-key"))
-            .await
-            .expect("the key input");
-        input.send_keys(key).await.expect("type the key");
-        client
-            .find(Locator::Css("#key-submit"))
-            .await
-            .expect("the submit button")
-            .click()
-            .await
-            .expect("submit");
-    };
-    submit(KEY).await;
-    submit("globex-key-1").await;
+    submit_key(client, KEY).await;
+    submit_key(client, "globex-key-1").await;
     // globex is shown once acme's answers, which came later, are ignored.
     script(client, "window.releaseAcme(); return true;").await;
     poll_until("globex to be shown", WAIT, || async move {

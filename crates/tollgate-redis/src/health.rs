@@ -48,13 +48,15 @@ impl Health {
 }
 
 /// While Redis is failing, how often an admission is let through to find out whether it answers.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(PROBE_INTERVAL_MS);
+const PROBE_INTERVAL_MS: u64 = 250;
 
 /// How many calls must fail in a row, with no success between, before admissions fail fast.
 pub const TRIP_AFTER: u32 = 5;
 
 /// At most one "failing" warning (and its "answering again" line) this often.
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
+pub const LOG_EVERY: Duration = Duration::from_millis(LOG_EVERY_MS);
+const LOG_EVERY_MS: u64 = 10_000;
 
 /// An admission refused without calling Redis, which failed moments ago.
 #[derive(Debug, thiserror::Error)]
@@ -116,13 +118,12 @@ impl HealthState {
             return Ok(());
         }
         let due = self.next_probe_ms.load(Ordering::Acquire);
-        let interval = u64::try_from(PROBE_INTERVAL.as_millis()).unwrap_or(u64::MAX);
         if now_ms >= due
             && self
                 .next_probe_ms
                 .compare_exchange(
                     due,
-                    now_ms.saturating_add(interval),
+                    now_ms.saturating_add(PROBE_INTERVAL_MS),
                     Ordering::AcqRel,
                     Ordering::Relaxed,
                 )
@@ -175,9 +176,8 @@ impl HealthState {
     }
 
     fn failure_at(&self, error: &StoreError, now_ms: u64) {
-        let interval = u64::try_from(PROBE_INTERVAL.as_millis()).unwrap_or(u64::MAX);
         self.next_probe_ms
-            .store(now_ms.saturating_add(interval), Ordering::Release);
+            .store(now_ms.saturating_add(PROBE_INTERVAL_MS), Ordering::Release);
         self.failures_in_row.fetch_add(1, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
         let kind = match error {
@@ -192,9 +192,8 @@ impl HealthState {
         *self.since.lock() = SystemTime::now();
         metrics::gauge!(UP, "store" => "redis").set(0.0);
         // A flapping store would log a pair of lines per flap: one warning per LOG_EVERY at most.
-        let every = u64::try_from(LOG_EVERY.as_millis()).unwrap_or(u64::MAX);
         let last = self.warned_ms.load(Ordering::Acquire);
-        let due = last == 0 || now_ms.saturating_add(1).saturating_sub(last) >= every;
+        let due = last == 0 || now_ms.saturating_add(1).saturating_sub(last) >= LOG_EVERY_MS;
         if !due
             || self
                 .warned_ms
@@ -251,7 +250,7 @@ mod tests {
     #[test]
     fn while_down_one_admission_per_interval_goes_through() {
         let health = HealthState::new();
-        let interval = u64::try_from(PROBE_INTERVAL.as_millis()).expect("small");
+        let interval = PROBE_INTERVAL_MS;
         assert!(
             health.gate_at(0).is_ok(),
             "healthy: every call goes through"
@@ -292,7 +291,7 @@ mod tests {
     fn a_flapping_store_is_announced_once_every_log_interval() {
         let health = HealthState::new();
         let timeout = StoreError::Timeout(Duration::from_millis(50));
-        let every = u64::try_from(LOG_EVERY.as_millis()).expect("small");
+        let every = LOG_EVERY_MS;
         health.failure_at(&timeout, 1_000);
         assert!(health.announced(), "the first failure is announced");
         health.success();
