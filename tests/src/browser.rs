@@ -14,7 +14,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use tollgate_tests::browser::{Browser, LaunchError, poll_until, skip_or_fail};
+//! use tollhouse_tests::browser::{Browser, LaunchError, poll_until, skip_or_fail};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let browser = match Browser::launch().await {
@@ -191,7 +191,7 @@ fn fresh_profile() -> Result<PathBuf, LaunchError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.subsec_nanos());
     let dir = std::env::temp_dir().join(format!(
-        "tollgate-chromium-{}-{}-{nanos}",
+        "tollhouse-chromium-{}-{}-{nanos}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));

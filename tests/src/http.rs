@@ -9,7 +9,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use tollgate_tests::http::{TestApp, Placement, POLICY};
+//! use tollhouse_tests::http::{TestApp, Placement, POLICY};
 //!
 //! # async fn run() {
 //! let app = TestApp::start(POLICY, Placement::Layer).await;
@@ -35,11 +35,11 @@ use bytes::Bytes;
 use futures_util::stream;
 use sfv::{BareItem, List, ListEntry, Parser};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
-use tollgate::{
+use tollhouse::{
     Clock, DynStore, ManualClock, MemoryStore, Policy, RateLimitLayer, ReportCost, ResolvedOrg,
     Timestamp,
 };
-use tollgate_core::{LimitStatus, OrgUsage, Store};
+use tollhouse_core::{LimitStatus, OrgUsage, Store};
 use tower::ServiceBuilder;
 
 /// 2026-01-15 10:00:30 UTC: thirty seconds into a minute, ten hours into a UTC day.

@@ -1,4 +1,4 @@
-//! Redis for tests: the one at `TOLLGATE_REDIS_URL`, else a `redis-server` of the test's own.
+//! Redis for tests: the one at `TOLLHOUSE_REDIS_URL`, else a `redis-server` of the test's own.
 //!
 //! With neither, a test prints a `SKIP:` notice and returns — except under `CI=true`, where a
 //! missing Redis fails the test. Tests share a Redis safely by giving every store its own key
@@ -7,7 +7,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use tollgate_tests::redis_server::{redis_for, unique_prefix};
+//! use tollhouse_tests::redis_server::{redis_for, unique_prefix};
 //!
 //! let Some(redis) = redis_for("my_test") else { return };
 //! let prefix = unique_prefix("my_test");
@@ -23,7 +23,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The variable naming a Redis to test against (`redis://127.0.0.1:6379/`).
-pub const URL_VAR: &str = "TOLLGATE_REDIS_URL";
+pub const URL_VAR: &str = "TOLLHOUSE_REDIS_URL";
 
 /// How long a started server may take to answer `PING`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -192,7 +192,7 @@ fn skip(test: &str, why: &str) {
     let _ = writeln!(io::stderr(), "{message}");
 }
 
-/// Redis for `test`: `TOLLGATE_REDIS_URL` if set, else a fresh `redis-server` of its own. `None`
+/// Redis for `test`: `TOLLHOUSE_REDIS_URL` if set, else a fresh `redis-server` of its own. `None`
 /// (after printing a `SKIP:` notice) when there is neither; under `CI=true`, panics instead.
 pub fn redis_for(test: &str) -> Option<TestRedis> {
     if let Ok(url) = std::env::var(URL_VAR)

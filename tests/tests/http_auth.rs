@@ -2,7 +2,7 @@
 //! headers, nothing charged and nothing allocated.
 
 use reqwest::Method;
-use tollgate_tests::http::{POLICY, Placement, TestApp};
+use tollhouse_tests::http::{POLICY, Placement, TestApp};
 
 /// A 401 with `WWW-Authenticate: Bearer`, no rate-limit headers, and a problem body whose detail
 /// contains `why` (the body, not the challenge, tells the cases apart).

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tokio::sync::Barrier;
-use tollgate_tests::http::{POLICY, Placement, TestApp, int_header};
+use tollhouse_tests::http::{POLICY, Placement, TestApp, int_header};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_the_capacity_is_admitted_to_32_concurrent_clients() {

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use tollgate_tests::http::{POLICY, Placement, TestApp};
+use tollhouse_tests::http::{POLICY, Placement, TestApp};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -49,7 +49,7 @@ async fn decisions_the_80_percent_mark_and_rejections_are_logged()
         app.get(path, "acme-key-1").await;
     }
     let logs = String::from_utf8(captured.0.lock().map_err(|_| "poisoned")?.clone())?;
-    assert_eq!(logs.matches("tollgate: admitted").count(), 7, "{logs}");
+    assert_eq!(logs.matches("tollhouse: admitted").count(), 7, "{logs}");
     let passed: Vec<&str> = logs
         .lines()
         .filter(|line| line.contains("passed 80% of a limit"))
@@ -63,7 +63,7 @@ async fn decisions_the_80_percent_mark_and_rejections_are_logged()
     );
     let rejected: Vec<&str> = logs
         .lines()
-        .filter(|line| line.contains("tollgate: rejected"))
+        .filter(|line| line.contains("tollhouse: rejected"))
         .collect();
     assert_eq!(rejected.len(), 1, "{logs}");
     assert!(rejected[0].contains("WARN"), "{}", rejected[0]);

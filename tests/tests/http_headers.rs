@@ -1,7 +1,7 @@
 //! The rate-limit headers over real HTTP, parsed back with a structured-field parser and checked
 //! against each other and against the window boundaries.
 
-use tollgate_tests::http::{POLICY, Placement, T0, TestApp, int_header, parse_list};
+use tollhouse_tests::http::{POLICY, Placement, T0, TestApp, int_header, parse_list};
 
 #[tokio::test]
 async fn headers_parse_as_structured_fields_and_agree_with_each_other() {

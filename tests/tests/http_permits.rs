@@ -2,7 +2,7 @@
 //! released when a client hangs up or a handler panics.
 
 use bytes::Bytes;
-use tollgate_tests::http::{POLICY, Placement, TestApp, eventually, int_header};
+use tollhouse_tests::http::{POLICY, Placement, TestApp, eventually, int_header};
 
 /// Sends `count` requests to `/v1/held` with `key`, each in a task that reads the body to its end
 /// and gives the status.
@@ -208,7 +208,7 @@ async fn a_plan_with_only_a_concurrency_limit_sends_it_as_x_ratelimit() {
     // A slot is free: Reset is now, as the RateLimit item's t=0 says.
     assert_eq!(
         int_header(&response, "x-ratelimit-reset"),
-        tollgate_tests::http::T0
+        tollhouse_tests::http::T0
     );
     let ratelimit = response.headers()["ratelimit"].to_str().expect("ASCII");
     assert_eq!(ratelimit, r#""concurrency";r=1;t=0"#);

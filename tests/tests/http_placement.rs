@@ -1,6 +1,6 @@
 //! The layer in each place: `Router::layer`, `Router::route_layer`, and around the whole router.
 
-use tollgate_tests::http::{POLICY, Placement, TestApp, int_header};
+use tollhouse_tests::http::{POLICY, Placement, TestApp, int_header};
 
 #[tokio::test]
 async fn router_layer_meters_every_route_and_the_fallback() {

@@ -10,19 +10,19 @@
 //! round trip per admission, several instances on one Redis, Redis stopped and started in the
 //! middle of a run, leases of a crashed instance, key slots and expiry, clock skew.
 //!
-//! Redis comes from `TOLLGATE_REDIS_URL`, else a `redis-server` started per test; with neither,
+//! Redis comes from `TOLLHOUSE_REDIS_URL`, else a `redis-server` started per test; with neither,
 //! Redis tests print `SKIP:` and pass (under `CI=true` they fail).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::TimeZone;
-use tollgate_core::{
+use tollhouse_core::{
     CallRecord, Charge, Correction, Decision, LimitStatus, Outcome, Policy, RejectReason,
     ResolvedOrg, Settlement, Store, Timestamp, Verdict,
 };
-use tollgate_redis::RedisStore;
-use tollgate_tests::redis_server::{TestRedis, own_redis_server, redis_for, unique_prefix};
+use tollhouse_redis::RedisStore;
+use tollhouse_tests::redis_server::{TestRedis, own_redis_server, redis_for, unique_prefix};
 
 // ------------------------------------------------------------------------------------------------
 // Helpers
@@ -93,7 +93,7 @@ fn used(status: &LimitStatus) -> Vec<i64> {
     status.tiers().iter().map(|t| t.used).collect()
 }
 
-fn receipt(decision: &Decision) -> tollgate_core::Receipt {
+fn receipt(decision: &Decision) -> tollhouse_core::Receipt {
     match &decision.verdict {
         Verdict::Admitted { receipt, .. } => receipt.clone(),
         Verdict::Rejected { .. } => panic!("expected an admission, got {decision:?}"),
@@ -116,7 +116,7 @@ fn rejection(decision: &Decision) -> (RejectReason, Option<Timestamp>, Vec<usize
 async fn settle<S: Store>(
     store: &S,
     org: &Arc<ResolvedOrg>,
-    receipt: tollgate_core::Receipt,
+    receipt: tollhouse_core::Receipt,
     correction: Correction,
     at: Timestamp,
 ) {
@@ -911,7 +911,7 @@ macro_rules! suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    super::$case(&tollgate_core::MemoryStore::new()).await;
+                    super::$case(&tollhouse_core::MemoryStore::new()).await;
                 }
             )*
         }
@@ -931,7 +931,7 @@ macro_rules! suite {
             async fn differential_random_ops() {
                 let Some(redis) = super::redis_for("differential_random_ops") else { return };
                 let store = super::redis_store(&redis, "differential_random_ops").await;
-                super::differential(&tollgate_core::MemoryStore::new(), &store).await;
+                super::differential(&tollhouse_core::MemoryStore::new(), &store).await;
             }
         }
     };
@@ -1059,9 +1059,9 @@ tiers = [{ window = "minute", capacity = 3000 }, { window = "hour", capacity = 2
 mod redis_only {
     use super::*;
     use futures_util::future::join_all;
-    use tollgate_core::StoreError;
-    use tollgate_redis::{FailingFast, PROBE_INTERVAL, TRIP_AFTER, cluster_slot};
-    use tollgate_tests::redis_server::RedisServer;
+    use tollhouse_core::StoreError;
+    use tollhouse_redis::{FailingFast, PROBE_INTERVAL, TRIP_AFTER, cluster_slot};
+    use tollhouse_tests::redis_server::RedisServer;
 
     async fn raw(url: &str) -> ::redis::aio::MultiplexedConnection {
         ::redis::Client::open(url)
@@ -1589,7 +1589,7 @@ tiers = [{ window = "minute", capacity = 1000 }]
                     receipt: if decision.is_admitted() {
                         receipt(&decision)
                     } else {
-                        tollgate_core::Receipt::default()
+                        tollhouse_core::Receipt::default()
                     },
                     correction: Correction {
                         latency_ms: 10,
@@ -1663,9 +1663,9 @@ tiers = [{ window = "minute", capacity = 1000 }]
             connect().await.expect("connect"),
             connect().await.expect("connect"),
         );
-        let ahead_clock = tollgate_core::ManualClock::new(plus(secs(t0(), 60), 500));
-        let behind_clock = tollgate_core::ManualClock::new(plus(secs(t0(), 60), -500));
-        use tollgate_core::Clock;
+        let ahead_clock = tollhouse_core::ManualClock::new(plus(secs(t0(), 60), 500));
+        let behind_clock = tollhouse_core::ManualClock::new(plus(secs(t0(), 60), -500));
+        use tollhouse_core::Clock;
         let org = acme(&PER_MINUTE_5.replace("capacity = 5", "capacity = 3"), "");
         // The lagging instance used 1 of the previous minute (12:00) before the boundary.
         assert!(

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use fantoccini::{Client, Locator};
 use serde_json::Value;
-use tollgate_core::Timestamp;
-use tollgate_tests::browser::{Browser, LaunchError, artifacts_dir, poll_until, skip_or_fail};
+use tollhouse_core::Timestamp;
+use tollhouse_tests::browser::{Browser, LaunchError, artifacts_dir, poll_until, skip_or_fail};
 use usage_fixture::{Call, DAY, Harness, START, uint};
 
 const WAIT: Duration = Duration::from_secs(15);
 const KEY: &str = "acme-key-1";
-const STORAGE_KEY: &str = "tollgate.usage.key";
+const STORAGE_KEY: &str = "tollhouse.usage.key";
 
 /// A day of an integration's traffic; returns how many calls were admitted today.
 fn busy_day(h: &Harness) -> u64 {

@@ -4,7 +4,7 @@
 mod usage_fixture;
 
 use serde_json::Value;
-use tollgate_core::Timestamp;
+use tollhouse_core::Timestamp;
 use usage_fixture::{
     Call, DAY, Harness, START, array, assert_members, is_rfc3339_at, string, uint,
 };

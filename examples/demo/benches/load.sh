@@ -32,13 +32,13 @@ time_zone = "Europe/Amsterdam"
 keys = ["load-key"]
 TOML
 
-cargo build --release -q -p tollgate-demo
+cargo build --release -q -p tollhouse-demo
 out=$(mktemp)
-RUST_LOG=warn target/release/tollgate-demo --config "$policy" --listen 127.0.0.1:0 > "$out" &
+RUST_LOG=warn target/release/tollhouse-demo --config "$policy" --listen 127.0.0.1:0 > "$out" &
 demo=$!
 trap 'kill $demo 2>/dev/null; rm -f "$policy" "$out"' EXIT
 for _ in $(seq 1 100); do grep -q listening "$out" && break; sleep 0.05; done
-base=$(sed -n 's/^tollgate-demo listening on //p' "$out")
+base=$(sed -n 's/^tollhouse-demo listening on //p' "$out")
 
 echo "== cores: $(nproc); wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
 echo "== without the layer: GET /healthz"

@@ -1,13 +1,14 @@
-//! tollgate-demo: a small API behind the tollgate layer, configured by a policy file.
+//! tollhouse-demo: a small API behind the tollhouse layer, configured by a policy file.
 //!
 //! ```text
-//! cargo run --release -p tollgate-demo -- --config FILE --listen ADDR [--redis URL] [--redis-timeout-ms MS]
+//! cargo run --release -p tollhouse-demo -- --config FILE --listen ADDR [--redis URL] [--redis-timeout-ms MS]
+//! tollhouse-demo --check --config FILE
 //! ```
 //!
 //! With no flags it loads a `policy.toml` beside the binary if there is one, else the one shipped
 //! beside this crate, and listens on 127.0.0.1:3000. A policy file that fails validation is refused before anything serves: the
 //! loader's message (file, line, column, what to change) goes to stderr and the exit code is 1.
-//! Once listening, it prints `tollgate-demo listening on http://ADDR` on stdout; logs go to stderr
+//! Once listening, it prints `tollhouse-demo listening on http://ADDR` on stdout; logs go to stderr
 //! (`RUST_LOG` filters them). The policy file is read again on SIGHUP and when it changes; counts
 //! already made are kept, and a file that fails validation is refused with its error logged while
 //! the running policy stays.
@@ -29,7 +30,7 @@ use futures_util::stream;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde::Deserialize;
 use serde_json::json;
-use tollgate::{DynStore, MemoryStore, Policy, RateLimitLayer, ReportCost};
+use tollhouse::{DynStore, MemoryStore, Policy, RateLimitLayer, ReportCost};
 use tracing_subscriber::EnvFilter;
 
 mod reload;
@@ -37,9 +38,9 @@ mod reload;
 /// The policy file shipped with the demo, relative to the workspace root.
 const SHIPPED_POLICY: &str = "examples/demo/policy.toml";
 
-/// A small API behind tollgate, configured by a policy file.
+/// A small API behind tollhouse, configured by a policy file.
 #[derive(Debug, Parser)]
-#[command(name = "tollgate-demo", version, about)]
+#[command(name = "tollhouse-demo", version, about)]
 struct Args {
     /// The policy file [default: the policy.toml shipped beside the demo]
     #[arg(long, value_name = "FILE")]
@@ -56,6 +57,10 @@ struct Args {
     /// With --redis: how long one store call may take before `on_store_error` applies
     #[arg(long, value_name = "MS", default_value_t = 50)]
     redis_timeout_ms: u64,
+
+    /// Validate the policy file and exit: 0 with a one-line summary, 1 with the error start-up gives
+    #[arg(long)]
+    check: bool,
 }
 
 #[tokio::main]
@@ -71,23 +76,31 @@ async fn main() -> ExitCode {
     let path = args.config.clone().unwrap_or_else(shipped_policy);
     let policy = match Policy::from_toml_file(&path) {
         Ok(policy) => policy,
+        Err(error) if args.check => {
+            eprintln!("tollhouse-demo: {error}");
+            return ExitCode::FAILURE;
+        }
         Err(error) => {
-            eprintln!("tollgate-demo: refusing to start: {error}");
+            eprintln!("tollhouse-demo: refusing to start: {error}");
             return ExitCode::FAILURE;
         }
     };
+    if args.check {
+        println!("{}: ok, {}", path.display(), summary(&policy));
+        return ExitCode::SUCCESS;
+    }
 
     // ---- The store: where the counts live. -------------------------------------------------
     let store: Arc<dyn DynStore> = match &args.redis {
         Some(url) => {
-            let builder = tollgate_redis::RedisStore::builder()
+            let builder = tollhouse_redis::RedisStore::builder()
                 .calls_kept(policy.server().calls_kept)
                 .timeout(Duration::from_millis(args.redis_timeout_ms));
             // Settings and the URL are checked first: those are mistakes to refuse.
             let lazy = match builder.clone().connect_lazy(url) {
                 Ok(store) => store,
                 Err(error) => {
-                    eprintln!("tollgate-demo: cannot use Redis at {url}: {error}");
+                    eprintln!("tollhouse-demo: cannot use Redis at {url}: {error}");
                     return ExitCode::FAILURE;
                 }
             };
@@ -99,7 +112,7 @@ async fn main() -> ExitCode {
                     tracing::warn!(
                         %url,
                         error = &error as &dyn std::error::Error,
-                        "tollgate-demo: Redis does not answer yet; serving anyway, with requests \
+                        "tollhouse-demo: Redis does not answer yet; serving anyway, with requests \
                          following on_store_error until it does"
                     );
                     Arc::new(lazy)
@@ -113,7 +126,7 @@ async fn main() -> ExitCode {
     let metrics = match PrometheusBuilder::new().install_recorder() {
         Ok(handle) => handle,
         Err(error) => {
-            eprintln!("tollgate-demo: cannot install the metrics recorder: {error}");
+            eprintln!("tollhouse-demo: cannot install the metrics recorder: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -130,7 +143,7 @@ async fn main() -> ExitCode {
     tokio::spawn(reload::watch(path.clone(), limits.clone()));
     let app = app(limits.clone())
         // ---- Usage and billing (SPEC §8): never limited or billed, so outside the layer. ----
-        .merge(tollgate::usage::usage_router(Arc::new(limits)))
+        .merge(tollhouse::usage::usage_router(Arc::new(limits)))
         // ---- Prometheus text format, outside the layer. ----
         .route(
             "/metrics",
@@ -146,7 +159,7 @@ async fn main() -> ExitCode {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!(
-                "tollgate-demo: cannot listen on {}: {error}; give HOST:PORT, such as 127.0.0.1:3000",
+                "tollhouse-demo: cannot listen on {}: {error}; give HOST:PORT, such as 127.0.0.1:3000",
                 args.listen
             );
             return ExitCode::FAILURE;
@@ -156,16 +169,34 @@ async fn main() -> ExitCode {
         Ok(address) => address.to_string(),
         Err(_) => args.listen.clone(),
     };
-    println!("tollgate-demo listening on http://{address}");
-    tracing::info!(policy = %path.display(), %address, "tollgate-demo serving");
+    println!("tollhouse-demo listening on http://{address}");
+    tracing::info!(policy = %path.display(), %address, "tollhouse-demo serving");
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await
     {
-        eprintln!("tollgate-demo: {error}");
+        eprintln!("tollhouse-demo: {error}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// What a policy holds, in one line: `3 plans, 4 orgs, 7 keys, 3 routes`.
+fn summary(policy: &Policy) -> String {
+    let keys: usize = policy
+        .org_definitions()
+        .iter()
+        .map(|org| org.keys().len())
+        .sum();
+    let count =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    [
+        count(policy.plans().len(), "plan", "plans"),
+        count(policy.org_definitions().len(), "org", "orgs"),
+        count(keys, "key", "keys"),
+        count(policy.routes().len(), "route", "routes"),
+    ]
+    .join(", ")
 }
 
 /// The policy file shipped beside the demo: a `policy.toml` next to the binary (a copy installed

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use tollgate::{Policy, RateLimitLayer};
+use tollhouse::{Policy, RateLimitLayer};
 
 /// How often the file's modification time is looked at.
 const POLL: Duration = Duration::from_secs(1);

@@ -150,8 +150,8 @@ async fn serves_the_shipped_policy_with_headers_and_exemptions() {
 #[test]
 fn the_shipped_policy_expresses_the_seeds() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policy.toml");
-    let policy = tollgate::Policy::from_toml_file(&path).expect("the shipped policy loads");
-    let now = tollgate::Timestamp::from_secs(1_780_000_000);
+    let policy = tollhouse::Policy::from_toml_file(&path).expect("the shipped policy loads");
+    let now = tollhouse::Timestamp::from_secs(1_780_000_000);
     let acme = policy.org_by_key("acme-key-2").expect("acme's second key");
     assert_eq!(acme.id().as_str(), "acme");
     assert_eq!(acme.concurrency().map(|c| c.max()), Some(3));
@@ -164,11 +164,11 @@ fn the_shipped_policy_expresses_the_seeds() {
         policy
             .treatment("POST", "/v1/connectors/forms")
             .map(|(_, t)| t),
-        Some(tollgate::Treatment::Exempt { billable: false })
+        Some(tollhouse::Treatment::Exempt { billable: false })
     );
     assert_eq!(
         policy.treatment("GET", "/v1/reports").map(|(_, t)| t),
-        Some(tollgate::Treatment::Cost(10))
+        Some(tollhouse::Treatment::Cost(10))
     );
 }
 
@@ -198,11 +198,11 @@ async fn serves_metrics_in_prometheus_text_format() {
     let admitted = text
         .lines()
         .find(|line| {
-            line.starts_with("tollgate_decisions_total{") && line.contains("outcome=\"admitted\"")
+            line.starts_with("tollhouse_decisions_total{") && line.contains("outcome=\"admitted\"")
         })
         .unwrap_or_else(|| panic!("no admitted decisions counted in:\n{text}"));
     assert!(admitted.ends_with(" 2"), "{admitted}");
-    assert!(text.contains("# TYPE tollgate_decision_seconds"), "{text}");
+    assert!(text.contains("# TYPE tollhouse_decision_seconds"), "{text}");
 }
 
 fn daily_policy(capacity: u64) -> String {
@@ -334,7 +334,7 @@ async fn serves_while_redis_does_not_answer_and_refuses_a_malformed_redis_url() 
     // The shipped policy fails open: let through, without rate-limit headers.
     assert_eq!(response.status(), 200);
     assert!(response.headers().get("x-ratelimit-limit").is_none());
-    tollgate_tests::http::eventually("the demo warns that Redis does not answer", || async {
+    tollhouse_tests::http::eventually("the demo warns that Redis does not answer", || async {
         demo.logged("Redis does not answer yet")
     })
     .await;
@@ -370,8 +370,8 @@ fn listens_on_a_host_name() {
     let _ = child.wait();
     assert!(matches!(read, Some(Ok(_))), "the demo printed its address");
     assert!(
-        line.starts_with("tollgate-demo listening on http://127.0.0.1:")
-            || line.starts_with("tollgate-demo listening on http://[::1]:"),
+        line.starts_with("tollhouse-demo listening on http://127.0.0.1:")
+            || line.starts_with("tollhouse-demo listening on http://[::1]:"),
         "{line:?}"
     );
 }
@@ -382,7 +382,7 @@ async fn loads_a_policy_beside_the_binary_when_given_none() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("demo-beside-its-policy");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a directory");
-    let binary = dir.join("tollgate-demo");
+    let binary = dir.join("tollhouse-demo");
     if std::fs::hard_link(DEMO, &binary).is_err() {
         std::fs::copy(DEMO, &binary).expect("a copy of the demo");
     }
@@ -404,4 +404,74 @@ keys = ["acme-key-1"]
     let response = demo.get("/v1/items", "acme-key-1").await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-ratelimit-limit"], "7");
+}
+
+/// `--check --config FILE` on the shipped policy: exit 0 and one line that sums the file up.
+#[test]
+fn check_summarises_a_valid_policy_file() {
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policy.toml");
+    let output = Command::new(DEMO)
+        .arg("--check")
+        .arg("--config")
+        .arg(&shipped)
+        .output()
+        .expect("the demo runs");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [format!(
+            "{}: ok, 3 plans, 5 orgs, 6 keys, 5 routes",
+            shipped.display()
+        )],
+        "one line, naming the file and what it holds"
+    );
+}
+
+/// `--check` on a broken file: exit 1 and the loader's message (file, line, column, the fix),
+/// the same text start-up gives; nothing on stdout.
+#[test]
+fn check_refuses_a_broken_policy_file_with_the_start_up_message() {
+    let text = "[plans.build]\n[[plans.build.limits]]\nname = \"daily\"\ndimension = \"requests\"\ntiers = [{ window = \"day\", capacity = 0 }]\n";
+    let path = temp_policy("check-zero-capacity.toml", text);
+    let check = Command::new(DEMO)
+        .arg("--check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("the demo runs");
+    assert_eq!(check.status.code(), Some(1));
+    assert!(check.stdout.is_empty(), "{:?}", check.stdout);
+    let message = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        message.contains(&format!("{}:5:39:", path.display())),
+        "file, line and column: {message}"
+    );
+    assert!(message.contains("at least 1"), "the fix: {message}");
+
+    let start = Command::new(DEMO)
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .output()
+        .expect("the demo runs");
+    let error = message.trim().trim_start_matches("tollhouse-demo: ");
+    assert!(
+        String::from_utf8_lossy(&start.stderr).contains(error),
+        "start-up gives the same error text"
+    );
+}
+
+/// `--check` on a file that is not there: exit 1, naming the path.
+#[test]
+fn check_refuses_a_missing_policy_file() {
+    let output = Command::new(DEMO)
+        .args(["--check", "--config", "/nonexistent/tollhouse/policy.toml"])
+        .output()
+        .expect("the demo runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("/nonexistent/tollhouse/policy.toml"),
+        "{output:?}"
+    );
 }

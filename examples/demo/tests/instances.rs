@@ -1,6 +1,6 @@
 //! Three demo instances sharing one Redis: together they admit exactly the capacity, hold the
 //! concurrency limit across instances, keep answering when Redis stops, and enforce again when it
-//! is back. Each test starts its own `redis-server` (see `tollgate_tests::redis_server`).
+//! is back. Each test starts its own `redis-server` (see `tollhouse_tests::redis_server`).
 
 mod common;
 
@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::{Demo, temp_policy};
 use futures_util::future::join_all;
-use tollgate_core::{Clock, SystemClock, Timestamp, Window, parse_zone};
-use tollgate_tests::redis_server::{RedisServer, own_redis_server};
+use tollhouse_core::{Clock, SystemClock, Timestamp, Window, parse_zone};
+use tollhouse_tests::redis_server::{RedisServer, own_redis_server};
 
 /// `monthly` counts in UTC months, so a run only crosses a window boundary at a month's end; the
 /// tests that count exact capacity check they did not.

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::task::JoinHandle;
-use tollgate::Unidentified;
-use tollgate::identity::bearer_token;
-use tollgate::usage::{self, UsageSource};
-use tollgate_core::usage::mask_key;
-use tollgate_core::{
+use tollhouse::Unidentified;
+use tollhouse::identity::bearer_token;
+use tollhouse::usage::{self, UsageSource};
+use tollhouse_core::usage::mask_key;
+use tollhouse_core::{
     BoxFuture, CallRecord, Charge, Clock, Correction, Decision, DynStore, ManualClock, MemoryStore,
     Outcome, Policy, ResolvedOrg, Settlement, Timestamp, Verdict,
 };

@@ -8,11 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 /// The demo binary cargo built for these tests.
-pub const DEMO: &str = env!("CARGO_BIN_EXE_tollgate-demo");
+pub const DEMO: &str = env!("CARGO_BIN_EXE_tollhouse-demo");
 
 /// Writes `text` to a policy file of this test process and returns its path.
 pub fn temp_policy(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tollgate-demo-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("tollhouse-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temporary directory");
     let path = dir.join(name);
     std::fs::write(&path, text).expect("the policy file is written");
@@ -59,7 +59,7 @@ impl Demo {
             .expect("the demo prints its address");
         let base = line
             .trim()
-            .strip_prefix("tollgate-demo listening on ")
+            .strip_prefix("tollhouse-demo listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
         Demo { child, base, log }

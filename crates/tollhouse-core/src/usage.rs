@@ -1,0 +1,606 @@
+//! Usage and billing per org: calls today, billable calls per local date, the last N calls, and
+//! what drives the count (endpoints, and identical requests repeated by a polling integration).
+//!
+//! Every structure here is bounded per org: 31 days of counts, N recent calls, at most
+//! [`MAX_ENDPOINTS`] endpoints and [`MAX_REPEATED`] distinct request paths a day, however many
+//! distinct paths arrive.
+//!
+//! # Example
+//!
+//! ```
+//! use tollhouse_core::usage::{CallRecord, Outcome, UsageLedger};
+//! use tollhouse_core::Timestamp;
+//!
+//! let mut usage = UsageLedger::new(100);
+//! let call = CallRecord::new(Timestamp::from_secs(60), "GET", "/v1/items?page=2")
+//!     .with_route("/v1/items")
+//!     .with_outcome(Outcome::Admitted);
+//! usage.record(chrono_tz::UTC, call);
+//! let snapshot = usage.snapshot(chrono_tz::UTC, Timestamp::from_secs(120), 31);
+//! assert_eq!(snapshot.calls_today, 1);
+//! assert_eq!(snapshot.billable_today, 1);
+//! ```
+
+use std::borrow::Borrow;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{self, Hash};
+use std::sync::Arc;
+
+use chrono::{Days, NaiveDate, TimeZone};
+use chrono_tz::Tz;
+
+use crate::time::Timestamp;
+use crate::window::{Bounds, Window};
+
+/// The hasher of the per-day maps: their keys are hashed on every call, and their size is bounded
+/// ([`MAX_ENDPOINTS`], [`MAX_REPEATED`]), so a fast seeded hash is enough.
+type Hasher = foldhash::fast::RandomState;
+
+/// A method and a route (or a path), as the usage maps keep them.
+#[derive(Clone, Debug)]
+struct Endpoint(Arc<str>, Arc<str>);
+
+/// A method and a route (or a path), owned or borrowed: the maps are searched with borrowed
+/// strings, so that counting a call clones nothing.
+trait EndpointKey {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl EndpointKey for Endpoint {
+    fn parts(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl EndpointKey for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn EndpointKey + 'a> for Endpoint {
+    fn borrow(&self) -> &(dyn EndpointKey + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn EndpointKey + '_ {
+    fn hash<H: hash::Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for dyn EndpointKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn EndpointKey + '_ {}
+
+impl Hash for Endpoint {
+    fn hash<H: hash::Hasher>(&self, state: &mut H) {
+        // As its borrowed form hashes, which the maps are searched with.
+        (self as &dyn EndpointKey).hash(state);
+    }
+}
+
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for Endpoint {}
+
+/// Days of billable counts kept per org.
+pub const DAYS_KEPT: usize = 31;
+/// Distinct endpoints (method + route) counted per org per day; more fall into one `(other)` row.
+pub const MAX_ENDPOINTS: usize = 256;
+/// Distinct request paths tracked for repetition per org per day.
+pub const MAX_REPEATED: usize = 1024;
+/// Times an identical request must come in a day to be reported as repeated.
+pub const REPEAT_THRESHOLD: u64 = 10;
+
+/// What the layer did with a call.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Metered and admitted.
+    Admitted,
+    /// Rejected by the named limit (or `concurrency`).
+    Rejected {
+        /// The limit that rejected it.
+        limit: Arc<str>,
+    },
+    /// An exempt route: not limited or charged.
+    Exempt,
+}
+
+impl Outcome {
+    /// `admitted`, `rejected` or `exempt`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Admitted => "admitted",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Exempt => "exempt",
+        }
+    }
+}
+
+/// One call as the usage log shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CallRecord {
+    /// When it arrived.
+    pub at: Timestamp,
+    /// The API key, masked to its last four characters.
+    pub key: Arc<str>,
+    /// The HTTP method.
+    pub method: Arc<str>,
+    /// The request target, with its query string.
+    pub path: Arc<str>,
+    /// The matched route pattern, if known.
+    pub route: Option<Arc<str>>,
+    /// The response status.
+    pub status: u16,
+    /// Points charged (after correction).
+    pub cost: u64,
+    /// Milliseconds until the response body ended.
+    pub latency_ms: u64,
+    /// Admitted, rejected or exempt.
+    pub outcome: Outcome,
+    /// Whether it counts as a billable call.
+    pub billable: bool,
+}
+
+impl CallRecord {
+    /// A billable, admitted call with no key, route, status, cost or latency yet.
+    pub fn new(at: Timestamp, method: impl Into<Arc<str>>, path: impl Into<Arc<str>>) -> Self {
+        Self {
+            at,
+            key: Arc::from(""),
+            method: method.into(),
+            path: path.into(),
+            route: None,
+            status: 200,
+            cost: 1,
+            latency_ms: 0,
+            outcome: Outcome::Admitted,
+            billable: true,
+        }
+    }
+
+    /// With the matched route.
+    pub fn with_route(mut self, route: impl Into<Arc<str>>) -> Self {
+        self.route = Some(route.into());
+        self
+    }
+
+    /// With the outcome.
+    pub fn with_outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+
+    /// With the key label (already masked).
+    pub fn with_key(mut self, key: impl Into<Arc<str>>) -> Self {
+        self.key = key.into();
+        self
+    }
+}
+
+/// Masks an API key to its last four characters: `…abcd`.
+pub fn mask_key(key: &str) -> String {
+    // The byte offset of the fourth character from the end (or the start of a shorter key).
+    let start = key.char_indices().rev().nth(3).map_or(0, |(at, _)| at);
+    let mut masked = String::with_capacity('…'.len_utf8() + key.len() - start);
+    masked.push('…');
+    masked.push_str(&key[start..]);
+    masked
+}
+
+/// Calls and points of one endpoint today.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointUsage {
+    /// The HTTP method.
+    pub method: Arc<str>,
+    /// The route pattern (or the path when no route matched).
+    pub route: Arc<str>,
+    /// Calls today.
+    pub calls: u64,
+    /// Points charged today.
+    pub points: u64,
+}
+
+/// An identical request (method and path with query) seen again and again today.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RepeatedRequest {
+    /// The HTTP method.
+    pub method: Arc<str>,
+    /// The request target with its query string.
+    pub path: Arc<str>,
+    /// Times seen today.
+    pub count: u64,
+    /// Mean seconds between two of them.
+    pub mean_interval_s: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Repeat {
+    count: u64,
+    first: Timestamp,
+    last: Timestamp,
+}
+
+/// Everything the usage routes show for one org, at one instant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageSnapshot {
+    /// The org's local date.
+    pub date: NaiveDate,
+    /// Metered calls admitted today.
+    pub calls_today: u64,
+    /// Billable calls today.
+    pub billable_today: u64,
+    /// Billable calls per local date, oldest first, today last.
+    pub billable_days: Vec<(NaiveDate, u64)>,
+    /// The most recent calls to end, newest first by arrival ([`CallRecord::at`]; see
+    /// [`sort_newest_first`]).
+    pub calls: Vec<CallRecord>,
+    /// Endpoints by calls today, most first.
+    pub endpoints: Vec<EndpointUsage>,
+    /// Identical requests seen at least [`REPEAT_THRESHOLD`] times today, most frequent first.
+    pub repeated: Vec<RepeatedRequest>,
+}
+
+/// Orders `calls`, given latest-ended first, newest first by arrival ([`CallRecord::at`]): a call
+/// is recorded when it ends, so a slow call that arrived before a quick one is recorded after it.
+/// Calls that arrived at the same time keep their order. Every store's snapshot goes through this.
+pub fn sort_newest_first(calls: &mut [CallRecord]) {
+    calls.sort_by_key(|call| std::cmp::Reverse(call.at));
+}
+
+/// The usage of one org; bounded whatever arrives.
+#[derive(Clone, Debug)]
+pub struct UsageLedger {
+    kept: usize,
+    calls: VecDeque<CallRecord>,
+    days: VecDeque<(NaiveDate, u64)>,
+    today: Option<NaiveDate>,
+    /// The local day of the latest call: its zone, its bounds and its date (most calls fall in it,
+    /// and comparing two instants is cheaper than converting one to a local date).
+    day: Option<(Tz, Bounds, NaiveDate)>,
+    admitted_today: u64,
+    endpoints: HashMap<Endpoint, (u64, u64), Hasher>,
+    repeated: HashMap<Endpoint, Repeat, Hasher>,
+}
+
+/// The local date of `at` in `tz`.
+pub fn local_date(tz: Tz, at: Timestamp) -> NaiveDate {
+    tz.from_utc_datetime(&at.to_utc().naive_utc()).date_naive()
+}
+
+impl UsageLedger {
+    /// An empty ledger keeping the last `kept` calls.
+    pub fn new(kept: usize) -> Self {
+        Self {
+            kept: kept.max(1),
+            calls: VecDeque::with_capacity(kept.clamp(1, 128)),
+            days: VecDeque::with_capacity(DAYS_KEPT),
+            today: None,
+            day: None,
+            admitted_today: 0,
+            endpoints: HashMap::default(),
+            repeated: HashMap::default(),
+        }
+    }
+
+    fn roll(&mut self, date: NaiveDate) {
+        if self.today.is_some_and(|today| today >= date) {
+            return;
+        }
+        self.today = Some(date);
+        self.admitted_today = 0;
+        self.endpoints.clear();
+        self.repeated.clear();
+    }
+
+    /// The local date of `at` in `tz`, from the cached day when it contains `at`.
+    fn date_of(&mut self, tz: Tz, at: Timestamp) -> NaiveDate {
+        if let Some((zone, bounds, date)) = self.day
+            && zone == tz
+            && bounds.start <= at
+            && at < bounds.end
+        {
+            return date;
+        }
+        let date = local_date(tz, at);
+        if self
+            .day
+            .is_none_or(|(zone, _, latest)| zone != tz || latest < date)
+        {
+            self.day = Some((tz, Window::Day.bounds(tz, at), date));
+        }
+        date
+    }
+
+    /// Records one call on its local date in `tz`.
+    pub fn record(&mut self, tz: Tz, call: CallRecord) {
+        let date = self.date_of(tz, call.at);
+        self.roll(date);
+        let is_today = self.today == Some(date);
+        if call.billable {
+            match self.days.iter_mut().rev().find(|(day, _)| *day == date) {
+                Some((_, count)) => *count += 1,
+                None => {
+                    let at = self
+                        .days
+                        .iter()
+                        .position(|(day, _)| *day > date)
+                        .unwrap_or(self.days.len());
+                    self.days.insert(at, (date, 1));
+                    while self.days.len() > DAYS_KEPT {
+                        self.days.pop_front();
+                    }
+                }
+            }
+        }
+        if is_today {
+            if call.outcome == Outcome::Admitted {
+                self.admitted_today += 1;
+            }
+            self.count_endpoint(&call);
+            self.count_repeat(&call);
+        }
+        if self.calls.len() == self.kept {
+            self.calls.pop_front();
+        }
+        self.calls.push_back(call);
+    }
+
+    fn count_endpoint(&mut self, call: &CallRecord) {
+        let route = call.route.as_ref().unwrap_or(&call.path);
+        let points = if call.outcome == Outcome::Admitted {
+            call.cost
+        } else {
+            0
+        };
+        let found: &dyn EndpointKey = &(&*call.method, &**route);
+        if let Some(entry) = self.endpoints.get_mut(found) {
+            entry.0 += 1;
+            entry.1 += points;
+            return;
+        }
+        let key = if self.endpoints.len() >= MAX_ENDPOINTS - 1 {
+            Endpoint(Arc::from("*"), Arc::from("(other)"))
+        } else {
+            Endpoint(Arc::clone(&call.method), Arc::clone(route))
+        };
+        let entry = self.endpoints.entry(key).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 += points;
+    }
+
+    fn count_repeat(&mut self, call: &CallRecord) {
+        let found: &dyn EndpointKey = &(&*call.method, &*call.path);
+        if let Some(entry) = self.repeated.get_mut(found) {
+            entry.count += 1;
+            entry.last = entry.last.max(call.at);
+            entry.first = entry.first.min(call.at);
+            return;
+        }
+        if self.repeated.len() >= MAX_REPEATED {
+            // Make room by forgetting the paths seen least; a path that repeats comes back quickly.
+            let mut counts: Vec<u64> = self.repeated.values().map(|r| r.count).collect();
+            let middle = counts.len() / 2;
+            let (_, median, _) = counts.select_nth_unstable(middle);
+            let cut = *median;
+            self.repeated.retain(|_, repeat| repeat.count > cut);
+            if self.repeated.len() >= MAX_REPEATED {
+                return;
+            }
+        }
+        self.repeated.insert(
+            Endpoint(Arc::clone(&call.method), Arc::clone(&call.path)),
+            Repeat {
+                count: 1,
+                first: call.at,
+                last: call.at,
+            },
+        );
+    }
+
+    /// Everything the usage routes show, as of `now` in `tz`, with `days` days of billing (at most 31).
+    pub fn snapshot(&self, tz: Tz, now: Timestamp, days: usize) -> UsageSnapshot {
+        let date = local_date(tz, now);
+        let current = self.today == Some(date);
+        let days = days.clamp(1, DAYS_KEPT);
+        let billable_days: Vec<(NaiveDate, u64)> = (0..days)
+            .rev()
+            .filter_map(|back| date.checked_sub_days(Days::new(back as u64)))
+            .map(|day| {
+                (
+                    day,
+                    self.days
+                        .iter()
+                        .find(|(d, _)| *d == day)
+                        .map_or(0, |(_, count)| *count),
+                )
+            })
+            .collect();
+        let mut endpoints: Vec<EndpointUsage> = if current {
+            self.endpoints
+                .iter()
+                .map(|(Endpoint(method, route), (calls, points))| EndpointUsage {
+                    method: method.clone(),
+                    route: route.clone(),
+                    calls: *calls,
+                    points: *points,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        endpoints.sort_by(|a, b| {
+            b.calls
+                .cmp(&a.calls)
+                .then(b.points.cmp(&a.points))
+                .then(a.route.cmp(&b.route))
+        });
+        let mut repeated: Vec<RepeatedRequest> = if current {
+            self.repeated
+                .iter()
+                .filter(|(_, repeat)| repeat.count >= REPEAT_THRESHOLD)
+                .map(|(Endpoint(method, path), repeat)| RepeatedRequest {
+                    method: method.clone(),
+                    path: path.clone(),
+                    count: repeat.count,
+                    mean_interval_s: repeat.last.millis_since(repeat.first) as f64
+                        / 1000.0
+                        / (repeat.count - 1) as f64,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        repeated.sort_by(|a, b| b.count.cmp(&a.count).then(a.path.cmp(&b.path)));
+        let mut calls: Vec<CallRecord> = self.calls.iter().rev().cloned().collect();
+        sort_newest_first(&mut calls);
+        UsageSnapshot {
+            date,
+            calls_today: if current { self.admitted_today } else { 0 },
+            billable_today: billable_days.last().map_or(0, |(_, count)| *count),
+            billable_days,
+            calls,
+            endpoints,
+            repeated,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(secs: i64, path: &str) -> CallRecord {
+        CallRecord::new(Timestamp::from_secs(secs), "GET", path).with_route("/v1/items")
+    }
+
+    #[test]
+    fn keeps_the_newest_calls_newest_first() {
+        let mut usage = UsageLedger::new(100);
+        for i in 0..101 {
+            usage.record(Tz::UTC, call(i, &format!("/v1/items?i={i}")));
+        }
+        let snapshot = usage.snapshot(Tz::UTC, Timestamp::from_secs(200), 31);
+        assert_eq!(snapshot.calls.len(), 100);
+        assert_eq!(&*snapshot.calls[0].path, "/v1/items?i=100");
+        assert_eq!(&*snapshot.calls[99].path, "/v1/items?i=1");
+        assert_eq!(snapshot.calls_today, 101);
+    }
+
+    #[test]
+    fn calls_are_listed_by_arrival_not_by_end() {
+        let mut usage = UsageLedger::new(10);
+        // A slow call arrives at 10 s and ends after a quick one that arrived at 11 s.
+        usage.record(Tz::UTC, call(11, "/quick"));
+        usage.record(Tz::UTC, call(10, "/slow"));
+        usage.record(Tz::UTC, call(12, "/later"));
+        let snapshot = usage.snapshot(Tz::UTC, Timestamp::from_secs(20), 31);
+        let paths: Vec<&str> = snapshot.calls.iter().map(|call| &*call.path).collect();
+        assert_eq!(paths, ["/later", "/quick", "/slow"]);
+    }
+
+    #[test]
+    fn billable_days_in_order_today_last() {
+        let mut usage = UsageLedger::new(10);
+        let day = 86_400;
+        usage.record(Tz::UTC, call(0, "/a"));
+        usage.record(Tz::UTC, call(2 * day, "/a"));
+        usage.record(
+            Tz::UTC,
+            call(2 * day + 5, "/a").with_outcome(Outcome::Exempt),
+        );
+        let snapshot = usage.snapshot(Tz::UTC, Timestamp::from_secs(2 * day + 10), 3);
+        let counts: Vec<u64> = snapshot
+            .billable_days
+            .iter()
+            .map(|(_, count)| *count)
+            .collect();
+        assert_eq!(counts, vec![1, 0, 2]);
+        assert_eq!(snapshot.billable_today, 2);
+        assert_eq!(snapshot.calls_today, 1);
+        assert_eq!(snapshot.billable_days[2].0, snapshot.date);
+    }
+
+    #[test]
+    fn repeated_requests_are_reported_with_their_interval() {
+        let mut usage = UsageLedger::new(10);
+        for i in 0..12 {
+            usage.record(Tz::UTC, call(i * 30, "/v1/items?status=open"));
+        }
+        for i in 0..9 {
+            usage.record(Tz::UTC, call(i, "/v1/items?status=closed"));
+        }
+        let snapshot = usage.snapshot(Tz::UTC, Timestamp::from_secs(400), 31);
+        assert_eq!(snapshot.repeated.len(), 1);
+        assert_eq!(snapshot.repeated[0].count, 12);
+        assert!((snapshot.repeated[0].mean_interval_s - 30.0).abs() < 1e-9);
+        assert_eq!(snapshot.endpoints[0].calls, 21);
+    }
+
+    #[test]
+    fn distinct_paths_stay_bounded_and_repeats_survive() {
+        let mut usage = UsageLedger::new(10);
+        for i in 0..20 {
+            usage.record(Tz::UTC, call(i, "/poll"));
+        }
+        for i in 0..10_000 {
+            usage.record(Tz::UTC, call(100, &format!("/unique/{i}")));
+        }
+        assert!(usage.repeated.len() <= MAX_REPEATED);
+        let snapshot = usage.snapshot(Tz::UTC, Timestamp::from_secs(200), 31);
+        assert_eq!(snapshot.repeated[0].path.as_ref(), "/poll");
+        assert_eq!(snapshot.repeated[0].count, 20);
+    }
+
+    #[test]
+    fn calls_are_billed_on_their_local_date_across_midnights_and_dst() {
+        // Santiago skips from 00:00 to 01:00 on 6 Sep 2026: the day starts at 01:00 local.
+        let tz: Tz = "America/Santiago".parse().expect("zone");
+        let start = 1_788_750_000; // 2026-09-05T... UTC, a day before the change
+        let mut usage = UsageLedger::new(10);
+        let mut expected: Vec<(NaiveDate, u64)> = Vec::new();
+        // Every 17 minutes for three days, and once a second around each local midnight.
+        let mut instants: Vec<i64> = (0..3 * 24 * 60 / 17).map(|i| start + i * 17 * 60).collect();
+        for day in 0..3 {
+            let at = Timestamp::from_secs(start + day * 86_400);
+            let midnight = Window::Day.bounds(tz, at).end.as_millis() / 1000;
+            instants.extend(midnight - 3..midnight + 3);
+        }
+        instants.sort_unstable();
+        for secs in instants {
+            let date = local_date(tz, Timestamp::from_secs(secs));
+            match expected.last_mut() {
+                Some((last, count)) if *last == date => *count += 1,
+                _ => expected.push((date, 1)),
+            }
+            usage.record(tz, call(secs, "/a"));
+        }
+        let now = Timestamp::from_secs(start + 3 * 86_400);
+        let snapshot = usage.snapshot(tz, now, 31);
+        let billed: Vec<(NaiveDate, u64)> = snapshot
+            .billable_days
+            .into_iter()
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        assert_eq!(billed, expected);
+        assert!(expected.len() >= 3, "{expected:?}");
+    }
+
+    #[test]
+    fn masks_keys() {
+        assert_eq!(mask_key("acme-key-1"), "…ey-1");
+        assert_eq!(mask_key("ab"), "…ab");
+        assert_eq!(mask_key(""), "…");
+        assert_eq!(mask_key("clé-ünï"), "…-ünï");
+    }
+}

@@ -1,0 +1,461 @@
+//! Calendar windows aligned to the wall clock of a time zone.
+//!
+//! A [`Window`] is a minute, an hour, a day or a month of some zone's local clock. For any instant,
+//! [`Window::bounds`] gives the window that contains it as [`Bounds`]: its first instant and the first
+//! instant of the next one. A window is identified by its start instant in UTC.
+//!
+//! The rules across clock changes:
+//! - A day runs from local midnight to the next local midnight: 23 or 25 hours across DST changes.
+//!   Where midnight does not exist (the clock jumps from 23:59:59 to 01:00), the day starts at the
+//!   first instant of that date. A month likewise starts at the first instant of its first day.
+//! - An hour (and a minute) is a local clock hour. When the clock is set back, the repeated hour is a
+//!   window of its own, so no hour lasts longer than 60 minutes; when it jumps forward, the hour that
+//!   straddles the jump is cut short. (Where a clock is set back by less than an hour, as on Lord
+//!   Howe Island, only the repeated minutes start again, and that clock hour lasts longer.)
+//! - Zones with offsets of :30 or :45 (Asia/Kolkata, Asia/Kathmandu) start their hours at those
+//!   minutes of UTC hours.
+//!
+//! # Example
+//!
+//! ```
+//! use chrono::TimeZone;
+//! use tollhouse_core::{Timestamp, Window};
+//!
+//! let tz: chrono_tz::Tz = "America/Los_Angeles".parse().expect("an IANA zone");
+//! // 8 March 2026, the day US clocks spring forward, has 23 hours.
+//! let noon = Timestamp::from(tz.with_ymd_and_hms(2026, 3, 8, 12, 0, 0).single().expect("noon exists"));
+//! let day = Window::Day.bounds(tz, noon);
+//! assert_eq!(day.len().as_secs(), 23 * 3600);
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{
+    Datelike, Duration as ChronoDuration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Timelike,
+};
+use chrono_tz::Tz;
+
+use crate::time::Timestamp;
+
+/// A calendar window of a zone's wall clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Window {
+    /// A clock minute.
+    Minute,
+    /// A clock hour.
+    Hour,
+    /// A calendar day, from local midnight to local midnight.
+    Day,
+    /// A calendar month, from the first instant of its first day.
+    Month,
+}
+
+/// The instants that bound one window: `start` is in it, `end` is the start of the next one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Bounds {
+    /// The window's first instant; it identifies the window.
+    pub start: Timestamp,
+    /// The first instant after the window.
+    pub end: Timestamp,
+}
+
+impl Bounds {
+    /// Whether `at` falls inside these bounds.
+    pub fn contains(&self, at: Timestamp) -> bool {
+        self.start <= at && at < self.end
+    }
+
+    /// How long the window lasts.
+    pub fn len(&self) -> Duration {
+        self.end.saturating_since(self.start)
+    }
+
+    /// Whether the window is empty (never true for a computed window).
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+impl Window {
+    /// Every window, shortest first.
+    pub const ALL: [Window; 4] = [Window::Minute, Window::Hour, Window::Day, Window::Month];
+
+    /// The name used in policy files and headers: `minute`, `hour`, `day`, `month`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Window::Minute => "minute",
+            Window::Hour => "hour",
+            Window::Day => "day",
+            Window::Month => "month",
+        }
+    }
+
+    /// The window's nominal length in seconds (a month counts 30 days), as the `w` parameter of the
+    /// `RateLimit-Policy` header wants it.
+    pub const fn nominal_secs(self) -> u64 {
+        match self {
+            Window::Minute => 60,
+            Window::Hour => 3_600,
+            Window::Day => 86_400,
+            Window::Month => 2_592_000,
+        }
+    }
+
+    /// The window of zone `tz` that contains `at`.
+    pub fn bounds(self, tz: Tz, at: Timestamp) -> Bounds {
+        let start = self.start(tz, at);
+        let end = self.end_after(tz, at, start);
+        Bounds { start, end }
+    }
+
+    /// The local date-time that names the window containing the local time `local`.
+    fn truncate(self, local: NaiveDateTime) -> NaiveDateTime {
+        let date = local.date();
+        match self {
+            Window::Minute => date
+                .and_hms_opt(local.hour(), local.minute(), 0)
+                .unwrap_or(local),
+            Window::Hour => date.and_hms_opt(local.hour(), 0, 0).unwrap_or(local),
+            Window::Day => date.and_hms_opt(0, 0, 0).unwrap_or(local),
+            Window::Month => NaiveDate::from_ymd_opt(date.year(), date.month(), 1)
+                .and_then(|first| first.and_hms_opt(0, 0, 0))
+                .unwrap_or(local),
+        }
+    }
+
+    /// The local date-time that names the window after the one named by `floor`.
+    fn next(self, floor: NaiveDateTime) -> NaiveDateTime {
+        match self {
+            Window::Minute => floor + ChronoDuration::minutes(1),
+            Window::Hour => floor + ChronoDuration::hours(1),
+            Window::Day => floor + ChronoDuration::days(1),
+            Window::Month => {
+                let date = floor.date();
+                let (year, month) = if date.month() == 12 {
+                    (date.year() + 1, 1)
+                } else {
+                    (date.year(), date.month() + 1)
+                };
+                NaiveDate::from_ymd_opt(year, month, 1)
+                    .and_then(|first| first.and_hms_opt(0, 0, 0))
+                    .unwrap_or(floor + ChronoDuration::days(31))
+            }
+        }
+    }
+
+    /// When the clock is set back over a window's name, minutes and hours start again (the repeated
+    /// hour is its own window); days and months keep their first instant.
+    const fn repeats(self) -> bool {
+        matches!(self, Window::Minute | Window::Hour)
+    }
+
+    fn local(tz: Tz, at: Timestamp) -> NaiveDateTime {
+        tz.from_utc_datetime(&at.to_utc().naive_utc()).naive_local()
+    }
+
+    /// The first instant of the window containing `at`.
+    fn start(self, tz: Tz, at: Timestamp) -> Timestamp {
+        let floor = self.truncate(Self::local(tz, at));
+        match tz.from_local_datetime(&floor) {
+            LocalResult::Single(start) => Timestamp::from_datetime(&start).min(at),
+            LocalResult::Ambiguous(first, second) => {
+                let second = Timestamp::from_datetime(&second);
+                if self.repeats() && second <= at {
+                    second
+                } else {
+                    Timestamp::from_datetime(&first).min(at)
+                }
+            }
+            // The window's name was skipped by a jump forward: it starts at the first instant whose
+            // local time is at or after its name. Local time only rises across such a jump, so a
+            // binary search between an instant before the jump and `at` finds it.
+            LocalResult::None => {
+                let low = at.as_millis() - 2 * self.nominal_secs() as i64 * 1000 - 86_400_000;
+                first_instant_at_or_after(tz, floor, low, at.as_millis())
+            }
+        }
+    }
+
+    /// The first instant after `at` that belongs to a later window than the one starting at `start`.
+    fn end_after(self, tz: Tz, at: Timestamp, start: Timestamp) -> Timestamp {
+        let floor = self.truncate(Self::local(tz, at));
+        let next = self.next(floor);
+        let candidate = match tz.from_local_datetime(&next) {
+            LocalResult::Single(t) => Timestamp::from_datetime(&t),
+            // In a repeated hour the next name's first occurrence may already be past: the window
+            // ends at the first occurrence after `at`.
+            LocalResult::Ambiguous(first, second) => {
+                let first = Timestamp::from_datetime(&first);
+                if first > at {
+                    first
+                } else {
+                    Timestamp::from_datetime(&second)
+                }
+            }
+            LocalResult::None => {
+                let high = at.as_millis() + 2 * self.nominal_secs() as i64 * 1000 + 86_400_000;
+                first_instant_at_or_after(tz, next, at.as_millis(), high)
+            }
+        };
+        if candidate <= at {
+            // Cannot happen with real zone data; a window always ends after the instant it holds.
+            return Timestamp::from_millis(at.as_millis() + 1);
+        }
+        // A clock set back inside (at, candidate) can start a new window earlier (the repeated
+        // hour). Window starts never decrease as time goes on, so search for the first change.
+        let before = Timestamp::from_millis(candidate.as_millis() - 1);
+        if self.start(tz, before) == start {
+            return candidate;
+        }
+        let (mut low, mut high) = (at.as_millis(), candidate.as_millis() - 1);
+        // Invariant: start(low) == start, start(high) != start.
+        while high - low > 1 {
+            let mid = low + (high - low) / 2;
+            if self.start(tz, Timestamp::from_millis(mid)) == start {
+                low = mid;
+            } else {
+                high = mid;
+            }
+        }
+        Timestamp::from_millis(high)
+    }
+}
+
+/// The first instant in `(low, high]` whose local time in `tz` is at or after `name`, given that local
+/// time rises across the range.
+fn first_instant_at_or_after(
+    tz: Tz,
+    name: NaiveDateTime,
+    mut low: i64,
+    mut high: i64,
+) -> Timestamp {
+    while high - low > 1 {
+        let mid = low + (high - low) / 2;
+        if Window::local(tz, Timestamp::from_millis(mid)) >= name {
+            high = mid;
+        } else {
+            low = mid;
+        }
+    }
+    Timestamp::from_millis(high)
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text was not one of `minute`, `hour`, `day`, `month`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown window {0:?}: use \"minute\", \"hour\", \"day\" or \"month\"")]
+pub struct UnknownWindow(pub String);
+
+impl FromStr for Window {
+    type Err = UnknownWindow;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Window::ALL
+            .into_iter()
+            .find(|window| window.as_str() == text)
+            .ok_or_else(|| UnknownWindow(text.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tz(name: &str) -> Tz {
+        name.parse().expect("a zone in the database")
+    }
+
+    fn local(tz: Tz, y: i32, mo: u32, d: u32, h: u32, mi: u32) -> Timestamp {
+        Timestamp::from(
+            tz.with_ymd_and_hms(y, mo, d, h, mi, 0)
+                .earliest()
+                .expect("a valid local time"),
+        )
+    }
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> Timestamp {
+        local(Tz::UTC, y, mo, d, h, mi)
+    }
+
+    #[test]
+    fn utc_windows() {
+        let at = utc(2026, 11, 24, 13, 59).saturating_add(Duration::from_millis(30_500));
+        assert_eq!(
+            Window::Minute.bounds(Tz::UTC, at),
+            Bounds {
+                start: utc(2026, 11, 24, 13, 59),
+                end: utc(2026, 11, 24, 14, 0)
+            }
+        );
+        assert_eq!(
+            Window::Hour.bounds(Tz::UTC, at),
+            Bounds {
+                start: utc(2026, 11, 24, 13, 0),
+                end: utc(2026, 11, 24, 14, 0)
+            }
+        );
+        assert_eq!(
+            Window::Day.bounds(Tz::UTC, at),
+            Bounds {
+                start: utc(2026, 11, 24, 0, 0),
+                end: utc(2026, 11, 25, 0, 0)
+            }
+        );
+        assert_eq!(
+            Window::Month.bounds(Tz::UTC, at),
+            Bounds {
+                start: utc(2026, 11, 1, 0, 0),
+                end: utc(2026, 12, 1, 0, 0)
+            }
+        );
+        let december = utc(2026, 12, 31, 23, 59);
+        assert_eq!(
+            Window::Month.bounds(Tz::UTC, december).end,
+            utc(2027, 1, 1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn an_instant_on_the_boundary_opens_the_next_window() {
+        let midnight = utc(2026, 11, 25, 0, 0);
+        assert_eq!(Window::Day.bounds(Tz::UTC, midnight).start, midnight);
+        let before = Timestamp::from_millis(midnight.as_millis() - 1);
+        assert_eq!(Window::Day.bounds(Tz::UTC, before).end, midnight);
+    }
+
+    #[test]
+    fn spring_forward_day_has_23_hours_and_fall_back_day_25() {
+        let la = tz("America/Los_Angeles");
+        let spring = Window::Day.bounds(la, local(la, 2026, 3, 8, 12, 0));
+        assert_eq!(spring.len(), Duration::from_secs(23 * 3600));
+        assert_eq!(spring.start, local(la, 2026, 3, 8, 0, 0));
+        let fall = Window::Day.bounds(la, local(la, 2026, 11, 1, 12, 0));
+        assert_eq!(fall.len(), Duration::from_secs(25 * 3600));
+    }
+
+    #[test]
+    fn repeated_hour_is_its_own_window() {
+        let la = tz("America/Los_Angeles");
+        // 1 November 2026: 01:00-02:00 happens twice, first at -07:00 then at -08:00.
+        let first = Timestamp::from(
+            chrono::DateTime::parse_from_rfc3339("2026-11-01T01:30:00-07:00").expect("rfc3339"),
+        );
+        let second = Timestamp::from(
+            chrono::DateTime::parse_from_rfc3339("2026-11-01T01:30:00-08:00").expect("rfc3339"),
+        );
+        let a = Window::Hour.bounds(la, first);
+        let b = Window::Hour.bounds(la, second);
+        assert_eq!(a.len(), Duration::from_secs(3600));
+        assert_eq!(b.len(), Duration::from_secs(3600));
+        assert_eq!(a.end, b.start);
+        // The day is still one window.
+        assert_eq!(
+            Window::Day.bounds(la, first),
+            Window::Day.bounds(la, second)
+        );
+    }
+
+    #[test]
+    fn skipped_hour_is_cut_short() {
+        let la = tz("America/Los_Angeles");
+        // 8 March 2026: 02:00 becomes 03:00; the hour before the jump is 01:00-02:00 (-08:00).
+        let before = Timestamp::from(
+            chrono::DateTime::parse_from_rfc3339("2026-03-08T01:59:00-08:00").expect("rfc3339"),
+        );
+        let hour = Window::Hour.bounds(la, before);
+        assert_eq!(hour.len(), Duration::from_secs(3600));
+        let after = Timestamp::from(
+            chrono::DateTime::parse_from_rfc3339("2026-03-08T03:10:00-07:00").expect("rfc3339"),
+        );
+        assert_eq!(Window::Hour.bounds(la, after).start, hour.end);
+    }
+
+    #[test]
+    fn santiago_day_without_midnight_starts_at_one() {
+        let santiago = tz("America/Santiago");
+        // 6 September 2026: clocks jump from 00:00 (-04) to 01:00 (-03); the day starts at 01:00.
+        let noon = local(santiago, 2026, 9, 6, 12, 0);
+        let day = Window::Day.bounds(santiago, noon);
+        assert_eq!(day.start, utc(2026, 9, 6, 4, 0));
+        assert_eq!(day.len(), Duration::from_secs(23 * 3600));
+        // The day before ends where this one starts.
+        let eve = local(santiago, 2026, 9, 5, 23, 30);
+        assert_eq!(Window::Day.bounds(santiago, eve).end, day.start);
+    }
+
+    #[test]
+    fn kathmandu_hours_start_at_a_quarter_past_utc() {
+        let kathmandu = tz("Asia/Kathmandu");
+        let at = utc(2026, 6, 1, 10, 20);
+        let hour = Window::Hour.bounds(kathmandu, at);
+        assert_eq!(hour.start, utc(2026, 6, 1, 10, 15));
+        assert_eq!(hour.end, utc(2026, 6, 1, 11, 15));
+        let day = Window::Day.bounds(kathmandu, at);
+        assert_eq!(day.start, utc(2026, 5, 31, 18, 15));
+    }
+
+    #[test]
+    fn parses_names() {
+        assert_eq!("hour".parse::<Window>(), Ok(Window::Hour));
+        assert!("week".parse::<Window>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod continuity {
+    use super::*;
+
+    /// Every window of every kind, walked across a zone's DST days: contiguous, containing, short.
+    fn walk(zone: &str, from: &str, hours: i64) {
+        let tz: Tz = zone.parse().expect("zone");
+        let start = Timestamp::from(chrono::DateTime::parse_from_rfc3339(from).expect("rfc3339"));
+        for window in Window::ALL {
+            let mut at = start;
+            let mut steps = 0;
+            while at.millis_since(start) < hours * 3_600_000 {
+                let bounds = window.bounds(tz, at);
+                assert!(
+                    bounds.contains(at),
+                    "{zone} {window}: {bounds:?} does not contain {at:?}"
+                );
+                assert!(
+                    bounds.len() <= Duration::from_secs(window.nominal_secs() + 86_400 * 3),
+                    "{zone} {window} {bounds:?}"
+                );
+                let next = window.bounds(tz, bounds.end);
+                assert_eq!(
+                    next.start, bounds.end,
+                    "{zone} {window}: windows must be contiguous at {at:?}"
+                );
+                // Lord Howe sets its clock back by 30 minutes: that clock hour lasts 90 minutes.
+                if window <= Window::Hour && zone != "Australia/Lord_Howe" {
+                    assert!(
+                        bounds.len() <= Duration::from_secs(window.nominal_secs()),
+                        "{zone} {window} {bounds:?}"
+                    );
+                }
+                at = bounds.end;
+                steps += 1;
+                assert!(steps < 100_000, "{zone} {window}: too many windows");
+            }
+        }
+    }
+
+    #[test]
+    fn windows_are_contiguous_across_dst_changes() {
+        walk("Europe/Amsterdam", "2026-10-24T12:00:00Z", 48);
+        walk("Europe/Amsterdam", "2026-03-28T12:00:00Z", 48);
+        walk("America/Santiago", "2026-09-05T00:00:00Z", 72);
+        walk("America/Santiago", "2026-04-04T00:00:00Z", 72);
+        walk("Pacific/Auckland", "2026-04-04T00:00:00Z", 48);
+        walk("Australia/Lord_Howe", "2026-04-04T00:00:00Z", 48);
+        walk("Asia/Kathmandu", "2026-01-01T00:00:00Z", 24);
+    }
+}

@@ -1,0 +1,147 @@
+-- tollhouse: admit one request, atomically (one round trip).
+--
+-- Checks concurrency (a sorted set of leases scored by their expiry in Redis server time), then
+-- every tier of every limit, and charges all of them or none, exactly as tollhouse_core's
+-- `Ledger::admit`: tiers drain shortest window first, a charge may spill over into longer windows,
+-- only the last tier may go below zero; `requests`/`points` limits admit when the tiers together
+-- hold the charge, `latency_ms` limits while they hold more than zero.
+--
+-- KEYS[1]   the org's lease set (sorted set: lease id -> expiry, Redis server ms)
+-- KEYS[2]   the org's window index (sorted set: counter key -> window end, instance ms)
+-- KEYS[3..] one counter per tier of every limit, in plan order, named by the window's start
+--
+-- ARGV[1]   now (instance clock, ms)
+-- ARGV[2]   margin (ms): index entries whose window ended this long ago are dropped
+-- ARGV[3]   concurrency limit (0: none)
+-- ARGV[4]   lease id to add when admitted: every admitted request holds a lease while in flight,
+--           so the lease set counts an org's requests in flight with or without a limit
+-- ARGV[5]   lease time to live (ms)
+-- ARGV[6]   number of limits
+-- ARGV[7]   deadline (Redis server ms; 0: none): the instance stops waiting for the reply then,
+--           so a script that runs later (Redis was stalled) charges nothing
+-- then per limit: latency (1 or 0), amount to charge, number of tiers n,
+--                 then n times: capacity, counter ttl (ms), window end (instance ms)
+--
+-- Returns {status, in flight, server ms, used...}: status 1 admitted, 0 rejected by a limit, 2
+-- rejected for concurrency, 3 too late (past the deadline; nothing else follows); the leases held
+-- after this request; Redis's clock when the script ran; then what each counter (KEYS[3..]) held
+-- before this request.
+
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
+
+local time = redis.call('TIME')
+local server_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local deadline = tonumber(ARGV[7])
+if deadline > 0 and server_ms > deadline then
+  return { 3, 0, server_ms }
+end
+
+local used = {}
+if #KEYS >= 3 then
+  local values = redis.call('MGET', unpack(KEYS, 3))
+  for i = 1, #values do
+    used[i + 2] = tonumber(values[i]) or 0
+  end
+end
+
+local in_flight = 0
+local function reply(status)
+  local out = { status, in_flight, server_ms }
+  for i = 3, #KEYS do
+    out[#out + 1] = used[i]
+  end
+  return out
+end
+
+local concurrency = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', server_ms)
+in_flight = redis.call('ZCARD', KEYS[1])
+if concurrency > 0 and in_flight >= concurrency then
+  return reply(2)
+end
+
+local limits = {}
+local pos = 8
+local key = 3
+local admitted = true
+for l = 1, tonumber(ARGV[6]) do
+  local limit = {
+    latency = ARGV[pos] == '1',
+    amount = tonumber(ARGV[pos + 1]),
+    n = tonumber(ARGV[pos + 2]),
+    first = key,
+    caps = {},
+    ttls = {},
+    ends = {},
+  }
+  pos = pos + 3
+  local available = 0
+  for t = 1, limit.n do
+    local cap = tonumber(ARGV[pos])
+    limit.caps[t] = cap
+    limit.ttls[t] = ARGV[pos + 1]
+    limit.ends[t] = ARGV[pos + 2]
+    pos = pos + 3
+    local remaining = cap - used[key + t - 1]
+    if t < limit.n and remaining < 0 then
+      remaining = 0
+    end
+    available = available + remaining
+  end
+  key = key + limit.n
+  if limit.latency then
+    if available <= 0 then
+      admitted = false
+    end
+  elseif available < limit.amount then
+    admitted = false
+  end
+  limits[l] = limit
+end
+
+if not admitted then
+  return reply(0)
+end
+
+local now = tonumber(ARGV[1])
+local margin = tonumber(ARGV[2])
+local pruned = false
+for _, limit in ipairs(limits) do
+  local left = limit.amount
+  for t = 1, limit.n do
+    if left <= 0 then
+      break
+    end
+    local k = limit.first + t - 1
+    local take = left
+    if t < limit.n then
+      take = math.min(left, math.max(limit.caps[t] - used[k], 0))
+    end
+    if take > 0 then
+      local after = redis.call('INCRBY', KEYS[k], take)
+      if after == take then
+        -- A new window: expire its counter after the window (plus margin), and index it so that
+        -- a reset finds it.
+        redis.call('PEXPIRE', KEYS[k], limit.ttls[t])
+        redis.call('ZADD', KEYS[2], limit.ends[t], KEYS[k])
+        if not pruned then
+          redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - margin)
+          pruned = true
+        end
+        if redis.call('PTTL', KEYS[2]) < tonumber(limit.ttls[t]) then
+          redis.call('PEXPIRE', KEYS[2], limit.ttls[t])
+        end
+      end
+      left = left - take
+    end
+  end
+end
+
+local ttl = tonumber(ARGV[5])
+redis.call('ZADD', KEYS[1], server_ms + ttl, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+in_flight = in_flight + 1
+
+return reply(1)

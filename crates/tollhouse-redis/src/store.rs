@@ -1,0 +1,572 @@
+//! [`RedisStore`]: the counts of every org in Redis, shared by every instance that uses it.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tollhouse_redis::RedisStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tollhouse_redis::ConnectError> {
+//! let store = RedisStore::builder()
+//!     .prefix("billing-api:")
+//!     .timeout(Duration::from_millis(50))
+//!     .connect("redis://127.0.0.1:6379/")
+//!     .await?;
+//! assert!(store.health().healthy);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, LazyLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use chrono::{Datelike, NaiveDate};
+use parking_lot::Mutex;
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Script, Value};
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tollhouse_core::ledger::decide;
+use tollhouse_core::tier::LimitState;
+use tollhouse_core::usage::local_date;
+use tollhouse_core::{
+    CallRecord, Charge, Decision, Dimension, LimitStatus, OrgId, OrgUsage, ResolvedOrg, Settlement,
+    Snapshot, Store, StoreError, Timestamp, Verdict,
+};
+
+use crate::error::ConnectError;
+use crate::health::{Health, HealthState};
+use crate::keys::OrgKeys;
+
+mod builder;
+mod late;
+mod lease;
+mod reply;
+mod settle;
+mod usage;
+
+pub use builder::RedisStoreBuilder;
+use late::{AdmissionReply, Late, ServerClock, Unanswered, wall_ms};
+use lease::PendingLease;
+use reply::{array, int, protocol, text};
+use settle::Job;
+
+/// How long [`Store::permit_freed`] waits at most before the caller tries again.
+pub const PERMIT_POLL: Duration = Duration::from_millis(10);
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The counts of every org in Redis: exact across every instance that shares it.
+///
+/// Implements [`Store`] with the semantics of [`MemoryStore`](tollhouse_core::MemoryStore); see
+/// [the crate documentation](crate) for keys, leases, clocks and failures. Clones share one
+/// connection; the leases' renewal stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+    _renewal: Arc<AbortOnDrop>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .field("calls_kept", &self.inner.calls_kept)
+            .field("lease_ttl_ms", &self.inner.lease_ttl_ms)
+            .field("health", &self.inner.health.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The scripts every store runs (static, so that an admission's call can outlive the store's
+/// borrow: see [`late`]).
+#[derive(Debug)]
+struct Scripts {
+    admit: Script,
+    settle: Script,
+    usage: Script,
+    renew: Script,
+    reset: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    admit: Script::new(include_str!("admit.lua")),
+    settle: Script::new(include_str!("settle.lua")),
+    usage: Script::new(include_str!("usage.lua")),
+    renew: Script::new(include_str!("renew.lua")),
+    reset: Script::new(include_str!("reset.lua")),
+});
+
+struct Inner {
+    me: Weak<Inner>,
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    calls_kept: usize,
+    lease_ttl_ms: i64,
+    margin_ms: i64,
+    /// The leases this instance holds: lease id -> the org's lease set.
+    leases: Mutex<HashMap<u64, Arc<str>>>,
+    instance: u64,
+    next_lease: AtomicU64,
+    freed: Notify,
+    health: HealthState,
+    /// How far Redis's clock is ahead of this instance's, for admission deadlines.
+    server_clock: ServerClock,
+    runtime: Handle,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A builder with the default settings.
+    pub fn builder() -> RedisStoreBuilder {
+        RedisStoreBuilder::default()
+    }
+
+    /// Connects with the default settings; see [`RedisStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
+        Self::builder().connect(url).await
+    }
+
+    /// Whether Redis answers, since when, and how many calls failed.
+    pub fn health(&self) -> Health {
+        self.inner.health.snapshot()
+    }
+
+    /// The start of every key.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The bound on every call.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// Leases this instance holds now (requests in flight through it).
+    pub fn leases_held(&self) -> usize {
+        self.inner.leases.lock().len()
+    }
+
+    /// Renews every lease this instance holds now (the background task does this every third of
+    /// the lease time to live).
+    pub async fn renew_leases(&self) -> Result<(), StoreError> {
+        self.inner.renew_all().await
+    }
+}
+
+/// The counters of one org at one instant: a state per limit with its windows, and the counter
+/// key of every tier in plan order.
+struct Layout {
+    states: Vec<LimitState>,
+    keys: Vec<String>,
+}
+
+impl Layout {
+    fn new(org: &ResolvedOrg, keys: &OrgKeys, now: Timestamp) -> Self {
+        let mut layout = Layout {
+            states: Vec::with_capacity(org.limits().len()),
+            keys: Vec::with_capacity(org.limits().len() * 2),
+        };
+        for limit in org.limits() {
+            let mut state = LimitState::fresh(limit.tiers().len());
+            for (tier, slot) in limit.tiers().iter().zip(state.tiers_mut()) {
+                let bounds = tier.window().bounds(limit.zone(), now);
+                slot.start = bounds.start;
+                slot.end = bounds.end;
+                layout
+                    .keys
+                    .push(keys.counter(limit.name(), tier.window(), bounds.start));
+            }
+            layout.states.push(state);
+        }
+        layout
+    }
+
+    /// Sets every tier's count, in plan order.
+    fn fill(&mut self, used: impl IntoIterator<Item = i64>) -> Result<(), StoreError> {
+        let mut used = used.into_iter();
+        for state in &mut self.states {
+            for tier in state.tiers_mut() {
+                tier.used = used
+                    .next()
+                    .ok_or_else(|| protocol("fewer counts than tiers"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The time to live of a counter whose window ends at `end`: what is left of the window on the
+/// instance's clock, plus the margin. Relative, so Redis's own clock does not matter.
+fn ttl(end: Timestamp, now: Timestamp, margin_ms: i64) -> i64 {
+    end.millis_since(now)
+        .max(0)
+        .saturating_add(margin_ms)
+        .max(1)
+}
+
+fn day_number(date: NaiveDate) -> i32 {
+    date.num_days_from_ce()
+}
+
+impl Inner {
+    fn keys(&self, org: &OrgId) -> OrgKeys {
+        OrgKeys::new(&self.prefix, org)
+    }
+
+    /// Runs one call to Redis, bounded by the timeout, and keeps the health up to date.
+    async fn run<T>(&self, call: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
+        self.checked(tokio::time::timeout(self.timeout, call).await)
+    }
+
+    /// What a call bounded by the timeout came to, with the health kept up to date.
+    fn checked<T>(
+        &self,
+        outcome: Result<RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StoreError> {
+        let error = match outcome {
+            Ok(Ok(value)) => {
+                self.health.success();
+                return Ok(value);
+            }
+            Ok(Err(error)) => StoreError::Unavailable(Box::new(error)),
+            Err(_) => StoreError::Timeout(self.timeout),
+        };
+        self.health.failure(&error);
+        Err(error)
+    }
+
+    /// Loads every script, so that the first admission is one round trip too.
+    async fn load_scripts(&self) -> RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let scripts = &*SCRIPTS;
+        for script in [
+            &scripts.admit,
+            &scripts.settle,
+            &scripts.usage,
+            &scripts.renew,
+            &scripts.reset,
+        ] {
+            script.load_async(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn admit(
+        self: &Arc<Self>,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+    ) -> Result<Decision, StoreError> {
+        // Redis failed moments ago: fail at once, but for the occasional probe.
+        self.health.gate()?;
+        let started = tokio::time::Instant::now();
+        if let Some(decision) = self.admit_within(org, charge, now, self.timeout).await? {
+            return Ok(decision);
+        }
+        // The script ran past its deadline, yet its reply came within the timeout: Redis's clock
+        // had moved away from this instance's since the last reply (or none had come yet), and
+        // this reply measured the offset anew. Once more, within what is left of the timeout.
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let decision = if left.is_zero() {
+            None
+        } else {
+            self.admit_within(org, charge, now, left).await?
+        };
+        decision.ok_or_else(|| {
+            let error = StoreError::Timeout(self.timeout);
+            self.health.failure(&error);
+            error
+        })
+    }
+
+    /// One admission, waited for `budget` at most; `None` if its script ran past its deadline
+    /// (and so charged nothing).
+    async fn admit_within(
+        self: &Arc<Self>,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+        budget: Duration,
+    ) -> Result<Option<Decision>, StoreError> {
+        let concurrency = org.concurrency().map_or(0, |c| c.max());
+        let keys = self.keys(org.id());
+        let layout = Layout::new(org, &keys, now);
+        let leases = keys.leases();
+        // Every admitted request holds a lease while in flight: the lease set is the org's
+        // in-flight count (what the usage shows), and its limit when the plan has one.
+        let pending = PendingLease::register(self, &leases);
+        let mut invocation = SCRIPTS.admit.prepare_invoke();
+        invocation.key(&leases).key(keys.index());
+        for key in &layout.keys {
+            invocation.key(key);
+        }
+        let sent = wall_ms();
+        invocation
+            .arg(now.as_millis())
+            .arg(self.margin_ms)
+            .arg(concurrency)
+            .arg(pending.member())
+            .arg(self.lease_ttl_ms)
+            .arg(org.limits().len())
+            .arg(self.server_clock.deadline(sent, budget));
+        for (limit, state) in org.limits().iter().zip(&layout.states) {
+            let latency = limit.dimension() == Dimension::LatencyMs;
+            invocation
+                .arg(if latency { "1" } else { "0" })
+                .arg(charge.amount(limit.dimension()))
+                .arg(limit.tiers().len());
+            for (tier, slot) in state.tiers().iter().enumerate() {
+                invocation
+                    .arg(limit.capacity(tier, now))
+                    .arg(ttl(slot.end, now, self.margin_ms))
+                    .arg(slot.end.as_millis());
+            }
+        }
+        let mut conn = self.conn.clone();
+        let call = Box::pin(async move { invocation.invoke_async::<Value>(&mut conn).await });
+        let late = Late {
+            inner: Arc::clone(self),
+            org: Arc::clone(org),
+            layout,
+            charge,
+            now,
+        };
+        // Given up (the timeout) or dropped (the request went away), the call goes on in the
+        // background and what the script charged, if it ran, is given back.
+        let (reply, late) = Unanswered::new(call, late).reply(budget).await?;
+        let received = wall_ms();
+        let mut layout = late.layout;
+        let AdmissionReply {
+            status,
+            in_flight,
+            server_ms,
+            used,
+        } = AdmissionReply::parse(reply, layout.keys.len())?;
+        self.server_clock.observe(server_ms, received);
+        if status == AdmissionReply::TOO_LATE {
+            pending.forget();
+            return Ok(None);
+        }
+        layout.fill(used)?;
+        let verdict = if status == AdmissionReply::CONCURRENCY {
+            Verdict::concurrency(org, &layout.states, charge, now)
+        } else {
+            let verdict = decide(org, &mut layout.states, charge, now);
+            if verdict.is_admitted() != (status == AdmissionReply::ADMITTED) {
+                let error = protocol("the admission script and the ledger disagree");
+                self.health.failure(&error);
+                return Err(error);
+            }
+            verdict
+        };
+        let in_flight = Some(u32::try_from(in_flight).unwrap_or(u32::MAX));
+        let permit = if verdict.is_admitted() {
+            Some(pending.into_permit())
+        } else {
+            pending.forget();
+            None
+        };
+        Ok(Some(Decision {
+            verdict,
+            permit,
+            in_flight,
+        }))
+    }
+
+    async fn peek(
+        &self,
+        org: &ResolvedOrg,
+        now: Timestamp,
+    ) -> Result<Vec<LimitStatus>, StoreError> {
+        if org.limits().is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut layout = Layout::new(org, &self.keys(org.id()), now);
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(&layout.keys);
+        let mut conn = self.conn.clone();
+        let reply = array(self.run(cmd.query_async::<Value>(&mut conn)).await?)?;
+        if reply.len() != layout.keys.len() {
+            return Err(protocol("a reply with the wrong number of counts"));
+        }
+        layout.fill(reply.iter().map(int).collect::<Result<Vec<_>, _>>()?)?;
+        Ok(Snapshot::new(&layout.states, now).statuses(org))
+    }
+
+    async fn reset(&self, org: &ResolvedOrg, limit: Option<&str>) -> Result<(), StoreError> {
+        let keys = self.keys(org.id());
+        let index = keys.index();
+        let start = keys.counters_of(limit);
+        let mut conn = self.conn.clone();
+        let mut range = redis::cmd("ZRANGE");
+        range.arg(&index).arg(0).arg(-1);
+        let counters = array(self.run(range.query_async::<Value>(&mut conn)).await?)?;
+        let mut invocation = SCRIPTS.reset.prepare_invoke();
+        invocation.key(&index);
+        let mut any = false;
+        for counter in &counters {
+            let counter = text(counter)?;
+            if counter.starts_with(&start) {
+                invocation.key(counter);
+                any = true;
+            }
+        }
+        if any {
+            self.run(invocation.invoke_async::<Value>(&mut conn))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Store for RedisStore {
+    fn admit(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send {
+        self.inner.admit(org, charge, now)
+    }
+
+    /// Starts the settlement at once, in the background: awaiting the future reports how it went
+    /// (within the timeout), dropping it does not cancel it.
+    fn settle(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        settlement: Settlement,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let job = self.inner.settle_job(org, settlement);
+        self.inner.spawn(job)
+    }
+
+    /// Starts recording at once, in the background, like [`settle`](Store::settle).
+    fn record(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        call: CallRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let at = call.at;
+        let job = self.inner.settle_job(
+            org,
+            Settlement {
+                call: Some(call),
+                at,
+                ..Settlement::default()
+            },
+        );
+        self.inner.spawn(job)
+    }
+
+    fn peek(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<LimitStatus>, StoreError>> + Send {
+        self.inner.peek(org, now)
+    }
+
+    fn reset(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        limit: Option<&str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.reset(org, limit)
+    }
+
+    fn usage(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        now: Timestamp,
+        days: usize,
+    ) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send {
+        self.inner.usage(org, now, days)
+    }
+
+    /// Resolves when a permit released through this instance has been given back to Redis, or
+    /// after [`PERMIT_POLL`] (a permit released by another instance is seen on the next try).
+    fn permit_freed(&self, _org: &OrgId) -> impl Future<Output = ()> + Send {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            let _ = tokio::time::timeout(PERMIT_POLL, inner.freed.notified()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One org, `acme`, whose plan allows `capacity` requests a day.
+    pub(super) fn daily_policy(capacity: u64) -> tollhouse_core::Policy {
+        let text = format!(
+            r#"
+            [plans.p]
+            [[plans.p.limits]]
+            name = "daily"
+            dimension = "requests"
+            tiers = [{{ window = "day", capacity = {capacity} }}]
+            [[orgs]]
+            id = "acme"
+            plan = "p"
+            "#
+        );
+        tollhouse_core::Policy::from_toml_str(&text, "policy.toml".as_ref()).expect("policy")
+    }
+
+    #[test]
+    fn counter_ttl_is_what_is_left_plus_the_margin() {
+        let now = Timestamp::from_secs(30);
+        assert_eq!(ttl(Timestamp::from_secs(60), now, 1_000), 31_000);
+        assert_eq!(ttl(Timestamp::from_secs(10), now, 1_000), 1_000);
+        assert_eq!(ttl(Timestamp::from_secs(10), now, 0), 1);
+    }
+
+    #[tokio::test]
+    async fn lazy_store_fails_fast_without_redis() {
+        // Nothing listens on port 1: calls fail (or time out) within the timeout, never hang.
+        let store = RedisStore::builder()
+            .timeout(Duration::from_millis(50))
+            .connect_lazy("redis://127.0.0.1:1/")
+            .expect("valid settings");
+        let policy = daily_policy(2);
+        let org = policy.org("acme").expect("org");
+        let started = std::time::Instant::now();
+        let result = store
+            .admit(org, Charge::default(), Timestamp::from_secs(0))
+            .await;
+        assert!(result.is_err());
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(!store.health().healthy);
+        // The layer takes any store as a trait object.
+        let dynamic: Arc<dyn tollhouse_core::DynStore> = Arc::new(store);
+        assert!(format!("{dynamic:?}").contains("RedisStore"));
+    }
+}

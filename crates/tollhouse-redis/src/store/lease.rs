@@ -1,0 +1,128 @@
+//! Leases: every admitted request holds one in its org's lease set until its permit is released;
+//! the store renews the leases it holds, and a lease that is not renewed expires.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::Value;
+use tollhouse_core::{Permit, ReleasePermit, StoreError};
+
+use super::{Inner, SCRIPTS};
+
+/// A lease registered before its admission is sent: if the admission fails, times out or is
+/// cancelled, the lease (which the script may have added) is released.
+pub(super) struct PendingLease<'a> {
+    inner: &'a Arc<Inner>,
+    lease: u64,
+    armed: bool,
+}
+
+impl<'a> PendingLease<'a> {
+    /// A new lease of `inner`'s in the lease set `set`, held by this instance from now on.
+    pub(super) fn register(inner: &'a Arc<Inner>, set: &str) -> Self {
+        let lease = inner.next_lease.fetch_add(1, Ordering::Relaxed);
+        inner.leases.lock().insert(lease, Arc::from(set));
+        Self {
+            inner,
+            lease,
+            armed: true,
+        }
+    }
+
+    /// The lease's member in its set.
+    pub(super) fn member(&self) -> String {
+        self.inner.member(self.lease)
+    }
+
+    /// The script said no: nothing was added.
+    pub(super) fn forget(mut self) {
+        self.armed = false;
+        self.inner.leases.lock().remove(&self.lease);
+    }
+
+    /// Admitted: the lease now belongs to a permit.
+    pub(super) fn into_permit(mut self) -> Permit {
+        self.armed = false;
+        let owner: Arc<dyn ReleasePermit> = Arc::clone(self.inner) as Arc<dyn ReleasePermit>;
+        Permit::new(owner, self.lease)
+    }
+}
+
+impl Drop for PendingLease<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.release(self.lease);
+        }
+    }
+}
+
+impl ReleasePermit for Inner {
+    fn release(&self, lease: u64) {
+        let Some(set) = self.leases.lock().remove(&lease) else {
+            return;
+        };
+        let Some(inner) = self.me.upgrade() else {
+            return;
+        };
+        let member = self.member(lease);
+        // Never block in `Drop`: the lease is removed in the background. If that fails, the lease
+        // expires on its own (it is no longer renewed).
+        self.runtime.spawn(async move {
+            let mut conn = inner.conn.clone();
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(&*set).arg(&member);
+            let _ = inner.run(cmd.query_async::<Value>(&mut conn)).await;
+            inner.freed.notify_waiters();
+        });
+    }
+}
+
+impl Inner {
+    pub(super) fn member(&self, lease: u64) -> String {
+        format!("{:016x}:{lease}", self.instance)
+    }
+
+    /// Renews every lease this instance holds, one round trip per org.
+    pub(super) async fn renew_all(&self) -> Result<(), StoreError> {
+        let mut by_set: HashMap<Arc<str>, Vec<String>> = HashMap::new();
+        for (lease, set) in self.leases.lock().iter() {
+            by_set
+                .entry(Arc::clone(set))
+                .or_default()
+                .push(self.member(*lease));
+        }
+        let mut result = Ok(());
+        for (set, members) in by_set {
+            let mut invocation = SCRIPTS.renew.prepare_invoke();
+            invocation.key(&*set).arg(self.lease_ttl_ms);
+            for member in &members {
+                invocation.arg(member);
+            }
+            let mut conn = self.conn.clone();
+            if let Err(error) = self.run(invocation.invoke_async::<Value>(&mut conn)).await {
+                result = Err(error);
+            }
+        }
+        result
+    }
+}
+
+/// Renews the leases of `inner` every `every` until the store is dropped.
+pub(super) async fn renew_leases(inner: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.leases.lock().is_empty() {
+            continue;
+        }
+        // Failures are counted and logged by the health; the next tick tries again.
+        let _ = inner.renew_all().await;
+    }
+}

@@ -1,0 +1,245 @@
+//! The shared engine behind every copy of the layer: the current policy, the route rules declared
+//! in code, the store and the clock.
+//!
+//! [`RateLimitLayer::new`](crate::RateLimitLayer::new) builds one [`Engine`] behind an `Arc`; every
+//! service axum makes from the layer (one per route with `Router::layer`) shares it, so all routes
+//! count against the same store. The policy can be replaced while serving
+//! ([`Engine::replace_policy`]): counts live in the store, keyed by org id and limit name, so usage
+//! already counted in open windows is kept.
+//!
+//! # Example
+//!
+//! ```
+//! use tollhouse::{Policy, RateLimitLayer, Treatment};
+//!
+//! let text = r#"
+//! [[plans.build.limits]]
+//! name = "points"
+//! dimension = "points"
+//! tiers = [{ window = "minute", capacity = 100 }]
+//!
+//! [[routes]]
+//! match = "GET /v1/reports"
+//! cost = 10
+//! "#;
+//! let layer = RateLimitLayer::new(Policy::from_toml_str(text, "policy.toml".as_ref())?)
+//!     .cost("GET /v1/reports", 5);
+//! let engine = layer.engine();
+//! // Rules declared in code win over the file's.
+//! assert_eq!(engine.treatment("GET", "/v1/reports"), Treatment::Cost(5));
+//! assert_eq!(engine.treatment("GET", "/v1/items"), Treatment::Cost(1));
+//!
+//! // A new policy takes effect on the next request; counts are kept.
+//! let next = Policy::from_toml_str(&text.replace("100", "200"), "policy.toml".as_ref())?;
+//! engine.replace_policy(next);
+//! # Ok::<(), tollhouse_core::PolicyError>(())
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use arc_swap::{ArcSwap, Guard};
+use tollhouse_core::{
+    Clock, DynStore, MemoryStore, Policy, ResolvedOrg, RouteRule, StoreError, SystemClock,
+    Timestamp, Treatment, org_map::OrgMap,
+};
+
+use crate::headers::Quotas;
+
+/// A quiet spell (in the engine's clock) after which a store failure is logged again.
+const STORE_ERROR_BURST_MS: i64 = 10_000;
+
+/// The state every copy of the layer shares: policy, declared route rules, store and clock.
+pub struct Engine {
+    policy: ArcSwap<Policy>,
+    rules: ArcSwap<Vec<RouteRule>>,
+    store: Arc<dyn DynStore>,
+    clock: Arc<dyn Clock>,
+    last_store_error: AtomicI64,
+    suppressed_store_errors: AtomicU64,
+    quotas: OrgMap<Arc<Quotas>>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.store)
+            .field("clock", &self.clock)
+            .field("declared_rules", &self.rules.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a request's route is treated, and the pattern that said so.
+#[derive(Clone, Debug)]
+pub(crate) struct Classified {
+    pub(crate) treatment: Treatment,
+    /// The pattern of the matching rule, if one matched.
+    pub(crate) pattern: Option<Arc<str>>,
+}
+
+impl Engine {
+    /// An engine over `policy`, counting in a [`MemoryStore`] that keeps `server.calls_kept` calls
+    /// per org, on the system clock.
+    pub fn new(policy: Policy) -> Self {
+        let store = Arc::new(MemoryStore::with_calls_kept(policy.server().calls_kept));
+        Self {
+            policy: ArcSwap::from_pointee(policy),
+            rules: ArcSwap::from_pointee(Vec::new()),
+            store,
+            clock: Arc::new(SystemClock),
+            last_store_error: AtomicI64::new(i64::MIN),
+            suppressed_store_errors: AtomicU64::new(0),
+            quotas: OrgMap::new(),
+        }
+    }
+
+    /// This engine counting in `store` instead.
+    pub fn with_store(mut self, store: Arc<dyn DynStore>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// This engine reading time from `clock` instead.
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// A new engine with the same policy, rules, store and clock (for builder methods of a layer
+    /// whose engine is already shared).
+    pub(crate) fn duplicate(&self) -> Self {
+        Self {
+            policy: ArcSwap::new(self.policy.load_full()),
+            rules: ArcSwap::new(self.rules.load_full()),
+            store: Arc::clone(&self.store),
+            clock: Arc::clone(&self.clock),
+            last_store_error: AtomicI64::new(i64::MIN),
+            suppressed_store_errors: AtomicU64::new(0),
+            quotas: OrgMap::new(),
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// The policy in force, borrowed for one decision: unlike [`policy`](Self::policy), it does not
+    /// write the reference count that every request shares (turn it into an `Arc` with
+    /// [`Guard::into_inner`] to keep it longer).
+    pub(crate) fn policy_for_decision(&self) -> Guard<Arc<Policy>> {
+        self.policy.load()
+    }
+
+    /// Puts `policy` in force from the next request on. Counts are kept: stores key them by org id
+    /// and limit name, and carry a limit's counts over when its tiers keep their windows.
+    pub fn replace_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// The store the counts live in.
+    pub fn store(&self) -> &Arc<dyn DynStore> {
+        &self.store
+    }
+
+    /// The clock every decision reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The current instant of the engine's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Declares how requests matching `rule` are treated. Rules declared in code are tried before
+    /// the policy file's `[[routes]]`, in the order they were declared; the first match wins.
+    pub fn declare(&self, rule: RouteRule) {
+        self.rules.rcu(|rules| {
+            let mut next = Vec::with_capacity(rules.len() + 1);
+            next.extend(rules.iter().cloned());
+            next.push(rule.clone());
+            next
+        });
+    }
+
+    /// The rules declared in code, in declaration order.
+    pub fn declared_rules(&self) -> Arc<Vec<RouteRule>> {
+        self.rules.load_full()
+    }
+
+    /// How a request with this method and path (raw, or the route template) is treated: the first
+    /// declared rule that matches, else the policy file's first, else a cost of 1.
+    pub fn treatment(&self, method: &str, path: &str) -> Treatment {
+        self.classify(&self.policy.load(), method, path, false)
+            .treatment
+    }
+
+    /// Classifies a request; `want_pattern` asks for the matching rule's pattern (when no route
+    /// template is known to label the call with).
+    pub(crate) fn classify(
+        &self,
+        policy: &Policy,
+        method: &str,
+        path: &str,
+        want_pattern: bool,
+    ) -> Classified {
+        let declared = self.rules.load();
+        let rule = declared
+            .iter()
+            .find(|rule| rule.matches(method, path))
+            .or_else(|| policy.treatment(method, path).map(|(rule, _)| rule));
+        match rule {
+            Some(rule) => Classified {
+                treatment: rule.treatment(),
+                pattern: want_pattern.then(|| Arc::clone(rule.pattern().as_arc())),
+            },
+            None => Classified {
+                treatment: Treatment::default(),
+                pattern: None,
+            },
+        }
+    }
+
+    /// The header parts of `org`'s quotas, computed once per org and plan. Their capacities are
+    /// those of when they were computed: a [`HeaderBuilder`](crate::headers::HeaderBuilder) says
+    /// whether they still fit, and [`fresh_quotas`](Self::fresh_quotas) replaces them if not.
+    pub(crate) fn quotas(&self, org: &ResolvedOrg, now: Timestamp) -> Arc<Quotas> {
+        let quotas = self.quotas.pin();
+        if let Some(cached) = quotas.get(org.id())
+            && cached.shape_fits(org)
+        {
+            return Arc::clone(cached);
+        }
+        let fresh = Arc::new(Quotas::new(org, now));
+        quotas.insert(org.id(), Arc::clone(&fresh));
+        fresh
+    }
+
+    /// `org`'s quotas computed afresh at `now`, replacing the cached ones.
+    pub(crate) fn fresh_quotas(&self, org: &ResolvedOrg, now: Timestamp) -> Arc<Quotas> {
+        let fresh = Arc::new(Quotas::new(org, now));
+        self.quotas.pin().insert(org.id(), Arc::clone(&fresh));
+        fresh
+    }
+
+    /// Notes a store failure: logs a warning for the first of a burst, counts the rest.
+    pub(crate) fn store_failed(&self, what: &'static str, error: &StoreError) {
+        metrics::counter!("tollhouse_store_errors_total").increment(1);
+        let now = self.clock.now().as_millis();
+        let last = self.last_store_error.swap(now, Ordering::AcqRel);
+        if now.saturating_sub(last) >= STORE_ERROR_BURST_MS || now < last {
+            let suppressed = self.suppressed_store_errors.swap(0, Ordering::AcqRel);
+            tracing::warn!(
+                error = error as &dyn std::error::Error,
+                during = what,
+                suppressed_since_last_warning = suppressed,
+                "tollhouse: the store failed; requests are let through or refused as on_store_error says until it recovers"
+            );
+        } else {
+            self.suppressed_store_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
