@@ -322,6 +322,18 @@ impl RouteRule {
     }
 }
 
+/// `GET /v1/reports`, or `* /v1/items` for any method: the policy file's `match` syntax.
+impl fmt::Display for RouteRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}",
+            self.method.as_deref().unwrap_or("*"),
+            self.pattern.as_str()
+        )
+    }
+}
+
 /// Whether a rule for `rule` (upper case) covers a request with `method`: the same method, or
 /// `HEAD` under `GET`.
 #[inline]

@@ -68,6 +68,7 @@ use http::request::Parts;
 use tollhouse_core::{PolicyError, RoutePattern, RouteRule, Treatment};
 
 use crate::engine::Engine;
+use crate::methods::{self, Served};
 
 /// How a route is metered: a point cost, or exempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +131,35 @@ impl Cost {
             self.treatment,
         ))
     }
+
+    /// The rules for `path` served by a method router that serves `served`: one per method (a
+    /// `GET` rule covers `HEAD`), one for any method when the router answers every method, or the
+    /// one method of [`for_method`](Self::for_method), which the router must serve.
+    fn rules(&self, path: &str, served: &Served) -> Result<Vec<RouteRule>, PolicyError> {
+        let pattern = RoutePattern::parse(path)?;
+        let rule = |method: Option<&str>| RouteRule::new(method, pattern.clone(), self.treatment);
+        match (&self.method, served) {
+            (Some(method), Served::Methods(methods))
+                if !methods.iter().any(|served| {
+                    *served == method.as_str() || (*served == "GET" && method == Method::HEAD)
+                }) =>
+            {
+                Err(PolicyError::invalid(
+                    "cost",
+                    format!(
+                        "the cost for {method} {path} is declared beside a method router that serves {}",
+                        methods.join(", ")
+                    ),
+                    "declare the cost beside the method router that serves that method, or drop `for_method`",
+                ))
+            }
+            (Some(method), _) => Ok(vec![rule(Some(method.as_str()))]),
+            (None, Served::Methods(methods)) => {
+                Ok(methods.iter().map(|method| rule(Some(method))).collect())
+            }
+            (None, Served::Any) => Ok(vec![rule(None)]),
+        }
+    }
 }
 
 impl From<Treatment> for Cost {
@@ -155,6 +185,11 @@ pub trait RouterCostExt<S>: Sized {
     /// cost `cost` under `limits` (a [`RateLimitLayer`](crate::RateLimitLayer) or its
     /// [`Engine`]).
     ///
+    /// The cost applies to the methods `method_router` serves: `get(list)` declares it for `GET`
+    /// (and `HEAD`, which axum answers with the `GET` handler), `post(create)` for `POST`,
+    /// `get(..).post(..)` for both, and `any(..)` (or a router with a fallback of its own) for
+    /// every method. So the same path can be routed twice with two costs, one per method router.
+    ///
     /// The declaration names `path` as written here: a router [nested](Router::nest) under a
     /// prefix later is matched under the full path, so declare nested routes' costs on the layer
     /// with their full path instead.
@@ -162,7 +197,8 @@ pub trait RouterCostExt<S>: Sized {
     /// # Panics
     ///
     /// If `path` is not an axum path that tollhouse can match (axum's own `route` panics on most of
-    /// those too).
+    /// those too), or if a rule declared in code before this one already covers the same requests,
+    /// so that this cost would never apply (as the policy file refuses such a rule).
     fn route_with_cost(
         self,
         path: &str,
@@ -183,9 +219,15 @@ where
         limits: &impl AsRef<Engine>,
         cost: Cost,
     ) -> Self {
-        match cost.rule(path) {
-            Ok(rule) => limits.as_ref().declare(rule),
-            Err(error) => panic!("tollhouse: cannot declare a cost for route {path:?}: {error}"),
+        let declared = cost
+            .rules(path, &methods::served(&method_router))
+            .and_then(|rules| {
+                rules
+                    .into_iter()
+                    .try_for_each(|rule| limits.as_ref().try_declare(rule))
+            });
+        if let Err(error) = declared {
+            panic!("tollhouse: cannot declare a cost for route {path:?}: {error}");
         }
         self.route(path, method_router)
     }

@@ -41,8 +41,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use arc_swap::{ArcSwap, Guard};
 use tollhouse_core::{
-    Clock, DynStore, MemoryStore, Policy, ResolvedOrg, RouteRule, StoreError, SystemClock,
-    Timestamp, Treatment, org_map::OrgMap,
+    Clock, DynStore, MemoryStore, Policy, PolicyError, ResolvedOrg, RouteRule, StoreError,
+    SystemClock, Timestamp, Treatment, org_map::OrgMap,
 };
 
 use crate::headers::Quotas;
@@ -77,6 +77,29 @@ pub(crate) struct Classified {
     pub(crate) treatment: Treatment,
     /// The pattern of the matching rule, if one matched.
     pub(crate) pattern: Option<Arc<str>>,
+}
+
+/// Why `later` is refused: `earlier` matches every request it does, first.
+fn unreachable_rule(earlier: &RouteRule, later: &RouteRule) -> PolicyError {
+    PolicyError::invalid(
+        "route",
+        format!(
+            "the rule for \"{later}\" ({}) never applies: \"{earlier}\" ({}), declared before it, matches the same requests first",
+            describe(later.treatment()),
+            describe(earlier.treatment()),
+        ),
+        "declare the narrower rule first (a path before a pattern that covers it, one method before any), \
+         or give each method router its own cost",
+    )
+}
+
+/// `cost 3`, `exempt` or `exempt, not billable`.
+fn describe(treatment: Treatment) -> String {
+    match treatment {
+        Treatment::Cost(points) => format!("cost {points}"),
+        Treatment::Exempt { billable: true } => "exempt".to_owned(),
+        Treatment::Exempt { billable: false } => "exempt, not billable".to_owned(),
+    }
 }
 
 impl Engine {
@@ -156,13 +179,40 @@ impl Engine {
 
     /// Declares how requests matching `rule` are treated. Rules declared in code are tried before
     /// the policy file's `[[routes]]`, in the order they were declared; the first match wins.
+    ///
+    /// # Panics
+    ///
+    /// If a rule declared before covers every request `rule` matches, so that it would never
+    /// apply: see [`try_declare`](Self::try_declare).
     pub fn declare(&self, rule: RouteRule) {
+        if let Err(error) = self.try_declare(rule) {
+            panic!("tollhouse: {error}");
+        }
+    }
+
+    /// Declares `rule` as [`declare`](Self::declare) does, or refuses it, leaving the rules as
+    /// they were, when a rule declared before covers every request it matches (the same path
+    /// shape or a wider one, and its method, any method, or `GET` before `HEAD`): it would never
+    /// apply, as the policy file refuses such a rule. Declaring the same rule again changes
+    /// nothing.
+    pub fn try_declare(&self, rule: RouteRule) -> Result<(), PolicyError> {
+        let mut refused = None;
         self.rules.rcu(|rules| {
+            refused = None;
+            // The same rule twice (a router built twice over one layer) changes nothing.
+            if rules.contains(&rule) {
+                return Arc::clone(rules);
+            }
+            if let Some(earlier) = rules.iter().find(|earlier| earlier.covers(&rule)) {
+                refused = Some(unreachable_rule(earlier, &rule));
+                return Arc::clone(rules);
+            }
             let mut next = Vec::with_capacity(rules.len() + 1);
             next.extend(rules.iter().cloned());
             next.push(rule.clone());
-            next
+            Arc::new(next)
         });
+        refused.map_or(Ok(()), Err)
     }
 
     /// The rules declared in code, in declaration order.

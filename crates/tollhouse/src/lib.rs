@@ -47,6 +47,7 @@ pub mod future;
 pub mod headers;
 pub mod identity;
 pub mod layer;
+mod methods;
 mod problem;
 mod rejection;
 pub mod service;
