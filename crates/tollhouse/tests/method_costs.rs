@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use axum::routing::{MethodFilter, any, get, on, post, put};
+use axum::routing::{MethodFilter, any, get, on, post};
 use tollhouse::{Cost, ManualClock, Policy, RateLimitLayer, RouterCostExt, Timestamp};
 use tower::ServiceExt;
 
