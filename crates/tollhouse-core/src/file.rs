@@ -355,18 +355,13 @@ impl Source<'_> {
             settings.ietf_headers = ietf;
         }
         if let Some(choice) = &raw.on_store_error {
-            settings.on_store_error = match choice.get_ref().as_str() {
-                "allow" => OnStoreError::Allow,
-                "deny" => OnStoreError::Deny,
-                other => {
-                    return Err(self.mistake(
-                        &choice.span(),
-                        "server.on_store_error",
-                        format!("unknown choice {other:?}"),
-                        "use \"allow\" (let requests through) or \"deny\" (answer 503)",
-                    ));
-                }
-            };
+            settings.on_store_error = self.on_error(choice, "server.on_store_error")?;
+        }
+        if let Some(choice) = &raw.on_lookup_error {
+            settings.on_lookup_error = self.on_error(choice, "server.on_lookup_error")?;
+        }
+        if let Some(label) = raw.metrics_org_label {
+            settings.metrics_org_label = label;
         }
         if let Some(kept) = &raw.calls_kept {
             let place = "server.calls_kept";
@@ -384,6 +379,20 @@ impl Source<'_> {
             settings.calls_kept = value;
         }
         Ok(settings)
+    }
+
+    /// `"allow"` or `"deny"`: what to do when the store or a key lookup fails.
+    fn on_error(&self, choice: &Spanned<String>, place: &str) -> Result<OnStoreError, PolicyError> {
+        match choice.get_ref().as_str() {
+            "allow" => Ok(OnStoreError::Allow),
+            "deny" => Ok(OnStoreError::Deny),
+            other => Err(self.mistake(
+                &choice.span(),
+                place,
+                format!("unknown choice {other:?}"),
+                "use \"allow\" (let requests through) or \"deny\" (answer 503)",
+            )),
+        }
     }
 
     fn plan(&self, name: &Spanned<String>, raw: &RawPlan) -> Result<Plan, PolicyError> {

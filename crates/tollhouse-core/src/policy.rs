@@ -68,8 +68,14 @@ pub struct ServerSettings {
     pub ietf_headers: bool,
     /// What to do when the store fails.
     pub on_store_error: OnStoreError,
+    /// What to do when the service's own key lookup cannot tell who is calling (its database is
+    /// down): answer 503 (`Deny`, the default) or let the request through unmetered (`Allow`).
+    pub on_lookup_error: OnStoreError,
     /// How many recent calls each org's log keeps.
     pub calls_kept: usize,
+    /// Whether per-org metrics (`tollhouse_in_flight`) carry an `org` label; off, they are one
+    /// series for all orgs, for fleets where a series per tenant is too many.
+    pub metrics_org_label: bool,
 }
 
 impl Default for ServerSettings {
@@ -81,7 +87,9 @@ impl Default for ServerSettings {
             legacy_headers: true,
             ietf_headers: true,
             on_store_error: OnStoreError::Allow,
+            on_lookup_error: OnStoreError::Deny,
             calls_kept: 100,
+            metrics_org_label: true,
         }
     }
 }

@@ -46,6 +46,7 @@ use tollhouse_core::{
 };
 
 use crate::headers::Quotas;
+use crate::problem::ShapeProblem;
 
 /// A quiet spell (in the engine's clock) after which a store failure is logged again.
 const STORE_ERROR_BURST_MS: i64 = 10_000;
@@ -59,6 +60,7 @@ pub struct Engine {
     last_store_error: AtomicI64,
     suppressed_store_errors: AtomicU64,
     quotas: OrgMap<Arc<Quotas>>,
+    shape_problem: Option<ShapeProblem>,
 }
 
 impl fmt::Debug for Engine {
@@ -115,6 +117,7 @@ impl Engine {
             last_store_error: AtomicI64::new(i64::MIN),
             suppressed_store_errors: AtomicU64::new(0),
             quotas: OrgMap::new(),
+            shape_problem: None,
         }
     }
 
@@ -141,6 +144,7 @@ impl Engine {
             last_store_error: AtomicI64::new(i64::MIN),
             suppressed_store_errors: AtomicU64::new(0),
             quotas: OrgMap::new(),
+            shape_problem: self.shape_problem.clone(),
         }
     }
 
@@ -165,6 +169,18 @@ impl Engine {
     /// The store the counts live in.
     pub fn store(&self) -> &Arc<dyn DynStore> {
         &self.store
+    }
+
+    /// Lets `shape` see and change every problem body the layer and the usage routes answer
+    /// with (see [`crate::problem`]).
+    pub fn with_problem(mut self, shape: ShapeProblem) -> Self {
+        self.shape_problem = Some(shape);
+        self
+    }
+
+    /// The service's hook on problem bodies, if it gave one.
+    pub(crate) fn shape_problem(&self) -> Option<&ShapeProblem> {
+        self.shape_problem.as_ref()
     }
 
     /// The clock every decision reads.
@@ -263,16 +279,27 @@ impl Engine {
         {
             return Arc::clone(cached);
         }
-        let fresh = Arc::new(Quotas::new(org, now));
+        let fresh = Arc::new(self.new_quotas(org, now));
         quotas.insert(org.id(), Arc::clone(&fresh));
         fresh
     }
 
     /// `org`'s quotas computed afresh at `now`, replacing the cached ones.
     pub(crate) fn fresh_quotas(&self, org: &ResolvedOrg, now: Timestamp) -> Arc<Quotas> {
-        let fresh = Arc::new(Quotas::new(org, now));
+        let fresh = Arc::new(self.new_quotas(org, now));
         self.quotas.pin().insert(org.id(), Arc::clone(&fresh));
         fresh
+    }
+
+    /// An org's header values and in-flight gauge key, labelled by org unless the policy says
+    /// `metrics_org_label = false`.
+    fn new_quotas(&self, org: &ResolvedOrg, now: Timestamp) -> Quotas {
+        let quotas = Quotas::new(org, now);
+        if self.policy.load().server().metrics_org_label {
+            quotas
+        } else {
+            quotas.without_org_label(org)
+        }
     }
 
     /// Notes a store failure: logs a warning for the first of a burst, counts the rest.

@@ -40,7 +40,7 @@ use http::request::Parts;
 use tollhouse_core::{LimitStatus, OrgId, ResolvedOrg, Snapshot, Timestamp, Treatment};
 
 use crate::cost::{CostCell, ReportCost, UNSET};
-use crate::problem::Problem;
+use crate::problem::{Cause, Problem};
 
 /// The org of a request and the decision the layer made on it.
 #[derive(Clone, Debug)]
@@ -166,6 +166,7 @@ impl std::error::Error for MissingMetered {}
 impl IntoResponse for MissingMetered {
     fn into_response(self) -> Response {
         Problem::new(
+            Cause::LayerMissing,
             StatusCode::INTERNAL_SERVER_ERROR,
             "Internal Server Error",
             self.to_string(),

@@ -56,6 +56,7 @@ use std::time::Instant;
 use arc_swap::Guard;
 use axum::extract::{MatchedPath, OriginalUri};
 use bytes::Bytes;
+use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use smallvec::SmallVec;
@@ -71,8 +72,8 @@ use crate::engine::Engine;
 use crate::extract::Metered;
 use crate::finish::{self, Finish};
 use crate::headers::{HeaderBuilder, HeaderSet, Inputs, RETRY_AFTER, Slots, slot_retry};
-use crate::identity::{IdentifyOrg, Identity, Unidentified};
-use crate::problem::Problem;
+use crate::identity::{Identified, IdentifyOrg, Identity, Refusal, Unidentified};
+use crate::problem::{Cause, Problem};
 use crate::rejection::Rejection;
 use crate::telemetry::{self, Remaining};
 use crate::templates;
@@ -119,10 +120,22 @@ pin_project! {
 /// What the store's answer comes with when it had to be waited for.
 type Admitted = BoxFuture<'static, (Result<Decision, StoreError>, Admission)>;
 
-/// The inner service (ready) and the request, while the decision is waited for.
+/// The inner service (ready) and the request, while the decision is waited for. The head is
+/// away while an identification holds it.
 struct Pending<S, B> {
     inner: S,
-    request: Request<B>,
+    head: Option<Parts>,
+    body: B,
+}
+
+impl<S, B> Pending<S, B> {
+    /// The request, whole again.
+    fn into_call(self) -> (S, Request<B>) {
+        let Some(head) = self.head else {
+            panic!("tollhouse: the request head was not given back by its identification")
+        };
+        (self.inner, Request::from_parts(head, self.body))
+    }
 }
 
 /// What each step of a decision needs.
@@ -171,42 +184,39 @@ where
     {
         let started = Instant::now();
         let policy = engine.policy_for_decision();
-        let (parts, body) = request.into_parts();
-        let Some(identity) = identify.try_identify(&parts, &policy) else {
-            let future = identify.identify(&parts, &policy);
-            let request = Request::from_parts(parts, body);
+        let (mut head, body) = request.into_parts();
+        let Some(identity) = identify.try_identify(&head, &policy) else {
+            let future = identify.identify(head, &policy);
             let step = WaitStep::Identifying { future };
-            return Self::waiting(
-                step,
-                inner,
-                request,
-                engine,
-                Guard::into_inner(policy),
-                started,
-            );
+            let pending = Pending {
+                inner: take_ready(inner),
+                head: None,
+                body,
+            };
+            return Self::waiting(step, pending, engine, Guard::into_inner(policy), started);
         };
-        let mut request = Request::from_parts(parts, body);
         let meter = Meter {
             engine,
             policy: &policy,
             started,
         };
-        match identified(meter, &mut request, identity) {
+        match identified(meter, &mut head, identity) {
             Step::Answer(response) => Self::answered(response),
             Step::Call(finish) => Self {
                 state: State::Called {
-                    future: inner.call(request),
+                    future: inner.call(Request::from_parts(head, body)),
                 },
                 finish,
             },
-            Step::Admit(future) => Self::waiting(
-                WaitStep::Admitting { future },
-                inner,
-                request,
-                engine,
-                Guard::into_inner(policy),
-                started,
-            ),
+            Step::Admit(future) => {
+                let pending = Pending {
+                    inner: take_ready(inner),
+                    head: Some(head),
+                    body,
+                };
+                let step = WaitStep::Admitting { future };
+                Self::waiting(step, pending, engine, Guard::into_inner(policy), started)
+            }
         }
     }
 
@@ -219,23 +229,14 @@ where
         }
     }
 
-    /// Waits for `step` in a box that takes the ready inner service (a clone stays in `inner`'s
-    /// place) and the request.
+    /// Waits for `step` in a box that takes the ready inner service and the request.
     fn waiting(
         step: WaitStep<I::Future>,
-        inner: &mut S,
-        request: Request<B>,
+        pending: Pending<S, B>,
         engine: &Arc<Engine>,
         policy: Arc<Policy>,
         started: Instant,
-    ) -> Self
-    where
-        S: Clone,
-    {
-        let pending = Pending {
-            inner: take_ready(inner),
-            request,
-        };
+    ) -> Self {
         Self {
             state: State::Waiting {
                 future: Box::pin(Waiting {
@@ -290,10 +291,8 @@ where
                     Waited::Answer(response) => this.state.set(State::Answered {
                         response: Some(response),
                     }),
-                    Waited::Call {
-                        pending: Pending { mut inner, request },
-                        finish,
-                    } => {
+                    Waited::Call { pending, finish } => {
+                        let (mut inner, request) = pending.into_call();
                         *this.finish = finish;
                         this.state.set(State::Called {
                             future: inner.call(request),
@@ -365,7 +364,7 @@ enum Waited<S, B> {
 
 impl<Id, S, B> Future for Waiting<Id, S, B>
 where
-    Id: Future<Output = Result<Identity, Unidentified>>,
+    Id: Future<Output = Identified>,
 {
     type Output = Waited<S, B>;
 
@@ -382,13 +381,16 @@ where
             };
             let step = match this.step.as_mut().project() {
                 WaitStepProj::Identifying { future } => {
-                    let identity = ready!(future.poll(cx));
-                    identified(meter, &mut pending.request, identity)
+                    let (head, identity) = ready!(future.poll(cx));
+                    identified(meter, pending.head.insert(head), identity)
                 }
                 WaitStepProj::Admitting { future } => {
                     let (decision, admission) = ready!(future.as_mut().poll(cx));
                     let now = meter.engine.now();
-                    decided(meter, &mut pending.request, admission, decision, now)
+                    let Some(head) = pending.head.as_mut() else {
+                        panic!("tollhouse: a request was admitted without its head")
+                    };
+                    decided(meter, head, admission, decision, now)
                 }
             };
             match step {
@@ -405,38 +407,33 @@ where
 }
 
 /// The org is known (or not): answer 401, let an exempt route through, or ask the store.
-fn identified<B>(
-    meter: Meter<'_>,
-    request: &mut Request<B>,
-    identity: Result<Identity, Unidentified>,
-) -> Step {
+fn identified(meter: Meter<'_>, request: &mut Parts, identity: Result<Identity, Refusal>) -> Step {
     let identity = match identity {
         Ok(identity) => identity,
-        Err(unidentified) => {
-            tracing::debug!(reason = %unidentified, "tollhouse: caller not identified");
-            return Step::Answer(unidentified_response(unidentified));
-        }
+        Err(refusal) => return refused(meter, refusal),
     };
-    let (org, key) = match identity.resolve(meter.policy) {
+    let (org, key, extensions) = match identity.resolve_with_extensions(meter.policy) {
         Ok(resolved) => resolved,
         Err(error) => {
             tracing::error!(%error, "tollhouse: the identified org does not fit the policy");
-            return Step::Answer(
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal Server Error",
-                    "the organisation's plan is not defined by the server's policy".into(),
-                )
-                .response(),
+            let problem = Problem::new(
+                Cause::OrgNotInPolicy,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error",
+                "the organisation's plan is not defined by the server's policy".into(),
             );
+            return Step::Answer(problem.shaped(meter.engine.shape_problem()).response());
         }
     };
+    if let Some(extensions) = extensions {
+        request.extensions.extend(*extensions);
+    }
     let engine = meter.engine;
-    let matched = request.extensions().get::<MatchedPath>();
-    let path = matched.map_or_else(|| request.uri().path(), MatchedPath::as_str);
+    let matched = request.extensions.get::<MatchedPath>();
+    let path = matched.map_or_else(|| request.uri.path(), MatchedPath::as_str);
     let classified = engine.classify(
         meter.policy,
-        request.method().as_str(),
+        request.method.as_str(),
         path,
         matched.is_none(),
     );
@@ -448,7 +445,7 @@ fn identified<B>(
     let mut call = CallRecord {
         at: arrived,
         key: Arc::clone(&key),
-        method: method_label(request.method()),
+        method: method_label(&request.method),
         path: target(request, route.as_ref()),
         route,
         status: 200,
@@ -469,7 +466,7 @@ fn identified<B>(
                 "tollhouse: exempt"
             );
             telemetry::decision("exempt", None, meter.started);
-            request.extensions_mut().insert(Metered::new(
+            request.extensions.insert(Metered::new(
                 Arc::clone(&org),
                 key,
                 classified.treatment,
@@ -537,9 +534,9 @@ fn admit(engine: Arc<Engine>, admission: Admission) -> Admitted {
 }
 
 /// The store answered at `now`: let the request through with its headers, or answer 429 (or 503).
-fn decided<B>(
+fn decided(
     meter: Meter<'_>,
-    request: &mut Request<B>,
+    request: &mut Parts,
     admission: Admission,
     decision: Result<Decision, StoreError>,
     now: Timestamp,
@@ -576,10 +573,12 @@ fn decided<B>(
                 }
                 OnStoreError::Deny => {
                     let mut response = Problem::new(
+                        Cause::StoreUnavailable,
                         StatusCode::SERVICE_UNAVAILABLE,
                         "Service Unavailable",
                         "the rate limiter cannot reach its store; try again shortly".into(),
                     )
+                    .shaped(engine.shape_problem())
                     .response::<Bytes>();
                     response
                         .headers_mut()
@@ -617,7 +616,7 @@ fn decided<B>(
             let metered = Metered::new(Arc::clone(&org), key, treatment, snapshot, true, false);
             // `ReportCost` is extracted from the `Metered` extension.
             let report = metered.report_handle();
-            request.extensions_mut().insert(metered);
+            request.extensions.insert(metered);
             let mut finish = Box::new(Finish::recorded(Arc::clone(engine), org, now, call));
             finish.charge(receipt, charge.points, report, permit, quotas);
             finish.set_headers(headers);
@@ -662,7 +661,7 @@ fn decided<B>(
                 );
                 telemetry::decision("shadow_rejected", Some(&rejection.limit), meter.started);
                 let headers = HeaderSet::new(&inputs);
-                request.extensions_mut().insert(Metered::new(
+                request.extensions.insert(Metered::new(
                     Arc::clone(&org),
                     key,
                     treatment,
@@ -690,6 +689,7 @@ fn decided<B>(
                 rejection.retry_after,
                 rejection.violated,
             )
+            .shaped(engine.shape_problem())
             .response::<Bytes>();
             HeaderSet::new(&inputs).apply(response.headers_mut());
             call.outcome = Outcome::Rejected {
@@ -721,27 +721,37 @@ fn respond<B>(mut finish: Option<Box<Finish>>, response: Response<B>) -> Respons
     Response::from_parts(parts, ResponseBody::new(body, finish))
 }
 
-fn unidentified_response(unidentified: Unidentified) -> Response<Bytes> {
-    let mut response = Problem::new(
-        StatusCode::UNAUTHORIZED,
-        "Unauthorized",
-        unidentified.to_string(),
-    )
-    .response::<Bytes>();
-    response.headers_mut().insert(
-        http::header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(unidentified.challenge()),
-    );
-    response
+/// The caller was not identified: answer 401 (or the service's own response), or for a lookup
+/// that could not find out, 503 or let the request through unmetered, as `on_lookup_error` says.
+fn refused(meter: Meter<'_>, refusal: Refusal) -> Step {
+    let unidentified = match refusal {
+        Refusal::Unidentified(unidentified) => unidentified,
+        Refusal::Response(response) => {
+            tracing::debug!(status = %response.status(), "tollhouse: caller refused by the identification");
+            return Step::Answer(response);
+        }
+    };
+    tracing::debug!(reason = %unidentified, "tollhouse: caller not identified");
+    telemetry::unidentified(unidentified);
+    if unidentified == Unidentified::Unavailable {
+        if meter.policy.server().on_lookup_error == OnStoreError::Allow {
+            tracing::warn!(
+                "tollhouse: the caller's credentials could not be checked; letting the request through unmetered (on_lookup_error = \"allow\")"
+            );
+            return Step::Call(None);
+        }
+    }
+    let problem = unidentified.problem().shaped(meter.engine.shape_problem());
+    Step::Answer(unidentified.response(&problem))
 }
 
 /// The request target as the usage log shows it: the path the client sent, with its query (the
 /// route's string when they are the same).
-fn target<B>(request: &Request<B>, route: Option<&Arc<str>>) -> Arc<str> {
+fn target(request: &Parts, route: Option<&Arc<str>>) -> Arc<str> {
     let uri = request
-        .extensions()
+        .extensions
         .get::<OriginalUri>()
-        .map_or(request.uri(), |original| &original.0);
+        .map_or(&request.uri, |original| &original.0);
     templates::path(
         uri.path_and_query().map_or(uri.path(), |pq| pq.as_str()),
         route,

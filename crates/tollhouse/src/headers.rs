@@ -268,8 +268,15 @@ impl Quotas {
             prefix_bytes: prefixes.iter().map(|prefix| prefix.len()).sum(),
             prefixes,
             policy: header(list.finish()),
-            in_flight: crate::telemetry::in_flight_key(org),
+            in_flight: crate::telemetry::in_flight_key(org, true),
         }
+    }
+
+    /// These quotas with the org's in-flight gauge in the one series all orgs share
+    /// (`metrics_org_label = false`).
+    pub(crate) fn without_org_label(mut self, org: &ResolvedOrg) -> Self {
+        self.in_flight = crate::telemetry::in_flight_key(org, false);
+        self
     }
 
     /// Whether these quotas have `org`'s limits, tiers and concurrency (capacities are checked as

@@ -50,14 +50,22 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use tollhouse_core::{Clock, DynStore, Policy, RouteRule, Treatment};
 use tower_layer::Layer;
 
 use crate::engine::Engine;
-use crate::identity::{BearerKeys, IdentifyOrg, IdentifyWith, Unidentified};
+use crate::identity::{
+    BearerKeys, BoxIdentify, IdentifyBy, IdentifyOrg, IdentifyWith, Identity, Refusal, Unidentified,
+};
+use crate::problem::Problem;
 use crate::service::RateLimit;
+
+/// A [`RateLimitLayer`] whose identification is boxed (see [`RateLimitLayer::boxed`]): a type to
+/// name in a struct field or a function's return type.
+pub type BoxRateLimitLayer = RateLimitLayer<BoxIdentify>;
 
 /// Meters and limits requests per org: add it to a `Router` or wrap a service with it.
 ///
@@ -113,6 +121,81 @@ impl<I> RateLimitLayer<I> {
             engine: self.engine,
             identify: IdentifyWith::new(identify),
         }
+    }
+
+    /// Identifies callers with an axum extractor `E` the service already has (a `Caller` from a
+    /// JWT, a session, a database key), run once per request: its rejection is the answer when it
+    /// fails; what it found goes to `map` (an `async` closure works, or one returning a future)
+    /// and into the request's extensions, so handlers take `Extension<E>` instead of running it
+    /// again. For an extractor that needs the app's state, see
+    /// [`identify_by_with_state`](Self::identify_by_with_state).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use tollhouse::{Identity, Policy, RateLimitLayer, Unidentified};
+    /// use tollhouse::identity::BearerToken;
+    ///
+    /// # let policy = Policy::from_toml_str(r#"
+    /// # [[plans.build.limits]]
+    /// # name = "daily"
+    /// # dimension = "requests"
+    /// # tiers = [{ window = "day", capacity = 2500 }]
+    /// # "#, "policy.toml".as_ref())?;
+    /// let limits = RateLimitLayer::new(policy).identify_by(
+    ///     async |BearerToken(key): BearerToken, policy: Arc<Policy>| {
+    ///         let (org, _) = policy.owner_of_key(&key).ok_or(Unidentified::Unknown)?;
+    ///         Ok(Identity::new(Arc::clone(org), &key))
+    ///     },
+    /// );
+    /// # let _ = limits;
+    /// # Ok::<(), tollhouse::PolicyError>(())
+    /// ```
+    pub fn identify_by<E, F, Fut>(self, map: F) -> RateLimitLayer<IdentifyBy<E, F>>
+    where
+        IdentifyBy<E, F>: IdentifyOrg,
+        F: Fn(E, Arc<Policy>) -> Fut,
+        Fut: Future<Output = Result<Identity, Unidentified>>,
+    {
+        self.identify_by_with_state((), map)
+    }
+
+    /// [`identify_by`](Self::identify_by) with an extractor that reads the app's `state`.
+    pub fn identify_by_with_state<E, F, Fut, S>(
+        self,
+        state: S,
+        map: F,
+    ) -> RateLimitLayer<IdentifyBy<E, F, S>>
+    where
+        IdentifyBy<E, F, S>: IdentifyOrg,
+        F: Fn(E, Arc<Policy>) -> Fut,
+        Fut: Future<Output = Result<Identity, Unidentified>>,
+    {
+        RateLimitLayer {
+            engine: self.engine,
+            identify: IdentifyBy::new(state, map),
+        }
+    }
+
+    /// This layer with its identification boxed: one type, [`BoxRateLimitLayer`], whatever
+    /// identifies the callers, to keep in a struct or return from a function.
+    pub fn boxed(self) -> BoxRateLimitLayer
+    where
+        I: IdentifyOrg,
+    {
+        RateLimitLayer {
+            engine: self.engine,
+            identify: BoxIdentify::new(self.identify),
+        }
+    }
+
+    /// Lets `shape` see, and change, every problem body the layer answers with (401, 429, 503)
+    /// before it is sent: its `type`, `title` and `detail`, and members of the service's own. See
+    /// [the `problem` module](crate::problem).
+    pub fn problem<F>(self, shape: F) -> Self
+    where
+        F: Fn(&mut Problem) + Send + Sync + 'static,
+    {
+        self.map_engine(|engine| engine.with_problem(Arc::new(shape)))
     }
 
     /// Declares a route rule in code; it wins over the policy file's `[[routes]]`.
@@ -196,19 +279,26 @@ impl<S, I: Clone> Layer<S> for RateLimitLayer<I> {
 /// The usage routes identify callers exactly as the layer does and read the layer's store and
 /// clock: `usage::usage_router(Arc::new(layer.clone()))`.
 impl<I: IdentifyOrg> crate::usage::UsageSource for RateLimitLayer<I> {
-    fn identify<'a>(
-        &'a self,
-        parts: &'a http::request::Parts,
-    ) -> tollhouse_core::BoxFuture<'a, Result<Arc<tollhouse_core::ResolvedOrg>, Unidentified>> {
+    fn identify(
+        &self,
+        parts: http::request::Parts,
+    ) -> tollhouse_core::BoxFuture<'_, Result<Arc<tollhouse_core::ResolvedOrg>, Refusal>> {
         let policy = self.engine.policy();
         let identify = self.identify.identify(parts, &policy);
         Box::pin(async move {
-            let (org, _key) = identify.await?.resolve(&policy).map_err(|error| {
+            let (_head, identity) = identify.await;
+            let (org, _key) = identity?.resolve(&policy).map_err(|error| {
                 tracing::error!(%error, "tollhouse: the identified org does not fit the policy");
-                Unidentified::Unknown
+                Refusal::Unidentified(Unidentified::Unknown)
             })?;
             Ok(org)
         })
+    }
+
+    fn shape_problem(&self, problem: &mut Problem) {
+        if let Some(shape) = self.engine.shape_problem() {
+            shape(problem);
+        }
     }
 
     fn store(&self) -> &dyn DynStore {

@@ -48,7 +48,7 @@ pub mod headers;
 pub mod identity;
 pub mod layer;
 mod methods;
-mod problem;
+pub mod problem;
 mod rejection;
 pub mod service;
 mod telemetry;
@@ -62,13 +62,23 @@ pub use cost::{ActualCost, Cost, ReportCost, RouterCostExt};
 pub use engine::Engine;
 pub use extract::{Metered, MissingMetered};
 pub use future::ResponseFuture;
-pub use identity::{BearerKeys, IdentifyOrg, Identity, Unidentified};
-pub use layer::RateLimitLayer;
-pub use problem::QUOTA_EXCEEDED;
+pub use identity::{BearerKeys, BoxIdentify, IdentifyOrg, Identity, Refusal, Unidentified};
+pub use layer::{BoxRateLimitLayer, RateLimitLayer};
+pub use problem::{Problem, QUOTA_EXCEEDED};
 pub use service::RateLimit;
 
+/// The metering engine, for what this crate does not re-export by name.
 pub use tollhouse_core;
 pub use tollhouse_core::{
-    Clock, DynStore, LimitStatus, ManualClock, MemoryStore, Policy, PolicyError, ResolvedOrg,
-    SystemClock, TierStatus, Timestamp, Treatment,
+    Adjustment, BoxFuture, CallRecord, Charge, Clock, Decision, Dimension, DynStore, Environment,
+    KeyDigest, Limit, LimitStatus, LimitZone, ManualClock, MemoryStore, OnStoreError, Org, OrgId,
+    OrgUsage, Outcome, Override, Plan, Policy, PolicyBuilder, PolicyError, ResetFormat,
+    ResolvedLimit, ResolvedOrg, ResolvedTier, RoutePattern, RouteRule, ServerSettings, Settlement,
+    Snapshot, Store, StoreError, SystemClock, Tier, TierStatus, Timestamp, Treatment,
+    UsageSnapshot, Window,
 };
+
+/// The Redis store (the `redis` feature): every instance that shares one Redis admits exactly
+/// the capacity, together. See [`redis::RedisStore`].
+#[cfg(feature = "redis")]
+pub use tollhouse_redis as redis;

@@ -4,13 +4,16 @@
 //! - an `info` event when a request takes an org past 80% of a `requests` or `points` limit;
 //! - a `warn` event per rejection (and per request a shadow plan would have rejected);
 //! - `tollhouse_decisions_total{outcome,limit}`, `tollhouse_decision_seconds`,
-//!   `tollhouse_in_flight{org}` and `tollhouse_store_errors_total` through the `metrics` facade.
+//!   `tollhouse_in_flight{org}`, `tollhouse_store_errors_total` and
+//!   `tollhouse_unidentified_total{reason}` through the `metrics` facade.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tollhouse_core::{Charge, Dimension, LimitStatus, ResolvedOrg, Snapshot};
+
+use crate::identity::Unidentified;
 
 /// Every limit's remaining count as `name=remaining` pairs, formatted only if an event is enabled.
 pub(crate) struct Remaining<'a> {
@@ -83,9 +86,24 @@ pub(crate) fn decision(outcome: &'static str, limit: Option<&Arc<str>>, started:
     metrics::histogram!("tollhouse_decision_seconds").record(started.elapsed().as_secs_f64());
 }
 
+/// Counts a caller that was not identified, by reason: `tollhouse_unidentified_total{reason}`
+/// (`missing`, `malformed`, `unknown`, `unavailable`).
+pub(crate) fn unidentified(reason: Unidentified) {
+    let reason = match reason {
+        Unidentified::Missing => "missing",
+        Unidentified::Malformed => "malformed",
+        Unidentified::Unknown => "unknown",
+        Unidentified::Unavailable => "unavailable",
+    };
+    metrics::counter!("tollhouse_unidentified_total", "reason" => reason).increment(1);
+}
+
 /// The key of an org's `tollhouse_in_flight` gauge; the engine keeps one per org (see
-/// [`in_flight`]).
-pub(crate) fn in_flight_key(org: &ResolvedOrg) -> metrics::Key {
+/// [`in_flight`]). Without `org_label` (`metrics_org_label = false`), every org shares one series.
+pub(crate) fn in_flight_key(org: &ResolvedOrg, org_label: bool) -> metrics::Key {
+    if !org_label {
+        return metrics::Key::from_static_name("tollhouse_in_flight");
+    }
     metrics::Key::from_parts(
         "tollhouse_in_flight",
         vec![metrics::Label::new("org", org.id().as_arc().clone())],

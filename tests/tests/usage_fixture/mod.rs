@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tollhouse::Unidentified;
-use tollhouse::identity::bearer_token;
+use tollhouse::identity::{Refusal, bearer_token};
 use tollhouse::usage::{self, UsageSource};
 use tollhouse_core::usage::mask_key;
 use tollhouse_core::{
@@ -77,16 +77,14 @@ pub(crate) struct Source {
 }
 
 impl UsageSource for Source {
-    fn identify<'a>(
-        &'a self,
-        parts: &'a http::request::Parts,
-    ) -> BoxFuture<'a, Result<Arc<ResolvedOrg>, Unidentified>> {
+    fn identify(
+        &self,
+        parts: http::request::Parts,
+    ) -> BoxFuture<'_, Result<Arc<ResolvedOrg>, Refusal>> {
         Box::pin(async move {
-            let key = bearer_token(parts)?;
-            self.policy
-                .org_by_key(key)
-                .cloned()
-                .ok_or(Unidentified::Unknown)
+            let key = bearer_token(&parts)?;
+            let org = self.policy.org_by_key(key).ok_or(Unidentified::Unknown)?;
+            Ok(Arc::clone(org))
         })
     }
 

@@ -28,7 +28,9 @@ pub(super) struct RawServer {
     pub(super) legacy_headers: Option<bool>,
     pub(super) ietf_headers: Option<bool>,
     pub(super) on_store_error: Option<Spanned<String>>,
+    pub(super) on_lookup_error: Option<Spanned<String>>,
     pub(super) calls_kept: Option<Spanned<i64>>,
+    pub(super) metrics_org_label: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -66,12 +66,12 @@
 //! ```no_run
 //! use std::sync::Arc;
 //!
-//! use axum::{Router, routing::get};
-//! use tollhouse::Unidentified;
-//! use tollhouse::identity::bearer_token;
+//! use axum::{Router, http::request::Parts, routing::get};
+//! use tollhouse::identity::{Refusal, bearer_token};
 //! use tollhouse::usage::{self, UsageSource};
-//! use tollhouse_core::{
+//! use tollhouse::{
 //!     BoxFuture, Clock, DynStore, MemoryStore, Policy, ResolvedOrg, SystemClock, Timestamp,
+//!     Unidentified,
 //! };
 //!
 //! struct Source {
@@ -80,13 +80,11 @@
 //! }
 //!
 //! impl UsageSource for Source {
-//!     fn identify<'a>(
-//!         &'a self,
-//!         parts: &'a http::request::Parts,
-//!     ) -> BoxFuture<'a, Result<Arc<ResolvedOrg>, Unidentified>> {
+//!     fn identify(&self, parts: Parts) -> BoxFuture<'_, Result<Arc<ResolvedOrg>, Refusal>> {
 //!         Box::pin(async move {
-//!             let key = bearer_token(parts)?;
-//!             self.policy.org_by_key(key).cloned().ok_or(Unidentified::Unknown)
+//!             let key = bearer_token(&parts)?;
+//!             let org = self.policy.org_by_key(key).ok_or(Unidentified::Unknown)?;
+//!             Ok(Arc::clone(org))
 //!         })
 //!     }
 //!
@@ -115,14 +113,16 @@
 
 use std::sync::Arc;
 
+use http::request::Parts;
 use tollhouse_core::{BoxFuture, DynStore, ResolvedOrg, Timestamp};
 
-use crate::identity::Unidentified;
+use crate::identity::Refusal;
+use crate::problem::Problem;
 
 pub mod json;
 mod routes;
 
-pub use routes::usage_router;
+pub use routes::{UsageRouter, usage_router};
 
 /// Calls shown by `GET /v1/usage/calls` and the page's log, newest first.
 pub const CALLS_SHOWN: usize = 100;
@@ -140,24 +140,25 @@ pub const MAX_BILLING_DAYS: usize = 31;
 pub trait UsageSource: Send + Sync + 'static {
     /// Identifies the caller's org from the request head (the bearer key, by default), like on any
     /// metered route. An `Err` is answered as the layer answers it: `401` with a
-    /// `WWW-Authenticate: Bearer` challenge.
-    fn identify<'a>(
-        &'a self,
-        parts: &'a http::request::Parts,
-    ) -> BoxFuture<'a, Result<Arc<ResolvedOrg>, Unidentified>>;
+    /// `WWW-Authenticate: Bearer` challenge, `503` for a lookup that could not find out, or the
+    /// extractor's own rejection.
+    fn identify(&self, parts: Parts) -> BoxFuture<'_, Result<Arc<ResolvedOrg>, Refusal>>;
 
     /// The store that holds the org's counts and usage.
     fn store(&self) -> &dyn DynStore;
 
     /// The current instant (from the engine's clock).
     fn now(&self) -> Timestamp;
+
+    /// Shapes a problem body before the usage routes send it, as the layer's
+    /// [`problem`](crate::RateLimitLayer::problem) hook does; the default leaves it as it is.
+    fn shape_problem(&self, problem: &mut Problem) {
+        let _ = problem;
+    }
 }
 
 impl<U: UsageSource + ?Sized> UsageSource for Arc<U> {
-    fn identify<'a>(
-        &'a self,
-        parts: &'a http::request::Parts,
-    ) -> BoxFuture<'a, Result<Arc<ResolvedOrg>, Unidentified>> {
+    fn identify(&self, parts: Parts) -> BoxFuture<'_, Result<Arc<ResolvedOrg>, Refusal>> {
         (**self).identify(parts)
     }
 
@@ -167,5 +168,9 @@ impl<U: UsageSource + ?Sized> UsageSource for Arc<U> {
 
     fn now(&self) -> Timestamp {
         (**self).now()
+    }
+
+    fn shape_problem(&self, problem: &mut Problem) {
+        (**self).shape_problem(problem);
     }
 }

@@ -5,6 +5,8 @@
 
 (function () {
   var STORAGE_KEY = "tollhouse.usage.key";
+  // The JSON routes, relative to this page (the server writes it when it mounts the page).
+  var API = document.querySelector('meta[name="usage-api"]').getAttribute("content");
   var SVG_NS = "http://www.w3.org/2000/svg";
   var numberFormat = new Intl.NumberFormat();
 
@@ -130,10 +132,10 @@
     var asked = key;
     setStatus("Loading usage\u2026", false);
     return Promise.all([
-      getJson("v1/usage"),
-      getJson("v1/usage/calls"),
-      getJson("v1/usage/billing?days=31"),
-      getJson("v1/usage/report")
+      getJson(API),
+      getJson(API + "/calls"),
+      getJson(API + "/billing?days=31"),
+      getJson(API + "/report")
     ])
       .then(function (results) {
         // Another key was given (or the key forgotten) meanwhile: these numbers are not its.
