@@ -57,8 +57,8 @@ pub struct Engine {
     rules: ArcSwap<Vec<RouteRule>>,
     store: Arc<dyn DynStore>,
     clock: Arc<dyn Clock>,
-    last_store_error: AtomicI64,
-    suppressed_store_errors: AtomicU64,
+    store_errors: BurstLog,
+    lookup_errors: BurstLog,
     quotas: OrgMap<Arc<Quotas>>,
     shape_problem: Option<ShapeProblem>,
 }
@@ -104,6 +104,37 @@ fn describe(treatment: Treatment) -> String {
     }
 }
 
+/// One warning per burst of failures: the first after a quiet [`STORE_ERROR_BURST_MS`], with
+/// how many were not logged since the last one.
+#[derive(Debug)]
+struct BurstLog {
+    last: AtomicI64,
+    suppressed: AtomicU64,
+}
+
+impl Default for BurstLog {
+    fn default() -> Self {
+        Self {
+            last: AtomicI64::new(i64::MIN),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl BurstLog {
+    /// `Some(suppressed)` when a failure at `now` should be logged, `None` when it is counted.
+    fn first_of_burst(&self, now: Timestamp) -> Option<u64> {
+        let now = now.as_millis();
+        let last = self.last.swap(now, Ordering::AcqRel);
+        if now.saturating_sub(last) >= STORE_ERROR_BURST_MS || now < last {
+            Some(self.suppressed.swap(0, Ordering::AcqRel))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 impl Engine {
     /// An engine over `policy`, counting in a [`MemoryStore`] that keeps `server.calls_kept` calls
     /// per org, on the system clock.
@@ -114,8 +145,8 @@ impl Engine {
             rules: ArcSwap::from_pointee(Vec::new()),
             store,
             clock: Arc::new(SystemClock),
-            last_store_error: AtomicI64::new(i64::MIN),
-            suppressed_store_errors: AtomicU64::new(0),
+            store_errors: BurstLog::default(),
+            lookup_errors: BurstLog::default(),
             quotas: OrgMap::new(),
             shape_problem: None,
         }
@@ -141,8 +172,8 @@ impl Engine {
             rules: ArcSwap::new(self.rules.load_full()),
             store: Arc::clone(&self.store),
             clock: Arc::clone(&self.clock),
-            last_store_error: AtomicI64::new(i64::MIN),
-            suppressed_store_errors: AtomicU64::new(0),
+            store_errors: BurstLog::default(),
+            lookup_errors: BurstLog::default(),
             quotas: OrgMap::new(),
             shape_problem: self.shape_problem.clone(),
         }
@@ -305,18 +336,24 @@ impl Engine {
     /// Notes a store failure: logs a warning for the first of a burst, counts the rest.
     pub(crate) fn store_failed(&self, what: &'static str, error: &StoreError) {
         metrics::counter!("tollhouse_store_errors_total").increment(1);
-        let now = self.clock.now().as_millis();
-        let last = self.last_store_error.swap(now, Ordering::AcqRel);
-        if now.saturating_sub(last) >= STORE_ERROR_BURST_MS || now < last {
-            let suppressed = self.suppressed_store_errors.swap(0, Ordering::AcqRel);
+        if let Some(suppressed) = self.store_errors.first_of_burst(self.clock.now()) {
             tracing::warn!(
                 error = error as &dyn std::error::Error,
                 during = what,
                 suppressed_since_last_warning = suppressed,
                 "tollhouse: the store failed; requests are let through or refused as on_store_error says until it recovers"
             );
-        } else {
-            self.suppressed_store_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Logs, once per burst, that callers' credentials could not be checked and requests go
+    /// through unmetered (`on_lookup_error = "allow"`).
+    pub(crate) fn lookup_failed_open(&self) {
+        if let Some(suppressed) = self.lookup_errors.first_of_burst(self.clock.now()) {
+            tracing::warn!(
+                suppressed_since_last_warning = suppressed,
+                "tollhouse: callers' credentials cannot be checked; letting their requests through unmetered (on_lookup_error = \"allow\")"
+            );
         }
     }
 }

@@ -733,13 +733,11 @@ fn refused(meter: Meter<'_>, refusal: Refusal) -> Step {
     };
     tracing::debug!(reason = %unidentified, "tollhouse: caller not identified");
     telemetry::unidentified(unidentified);
-    if unidentified == Unidentified::Unavailable {
-        if meter.policy.server().on_lookup_error == OnStoreError::Allow {
-            tracing::warn!(
-                "tollhouse: the caller's credentials could not be checked; letting the request through unmetered (on_lookup_error = \"allow\")"
-            );
-            return Step::Call(None);
-        }
+    if unidentified == Unidentified::Unavailable
+        && meter.policy.server().on_lookup_error == OnStoreError::Allow
+    {
+        meter.engine.lookup_failed_open();
+        return Step::Call(None);
     }
     let problem = unidentified.problem().shaped(meter.engine.shape_problem());
     Step::Answer(unidentified.response(&problem))

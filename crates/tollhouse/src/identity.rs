@@ -180,10 +180,7 @@ impl Identity {
     }
 
     /// [`resolve`](Self::resolve), with the extensions for the handlers.
-    pub(crate) fn resolve_with_extensions(
-        self,
-        policy: &Policy,
-    ) -> Result<(Arc<ResolvedOrg>, Arc<str>, Option<Box<Extensions>>), PolicyError> {
+    pub(crate) fn resolve_with_extensions(self, policy: &Policy) -> Result<Resolved, PolicyError> {
         let org = match self.org {
             Who::Resolved(org) => org,
             Who::Defined(org) => Arc::new(policy.resolve(&org)?),
@@ -191,6 +188,9 @@ impl Identity {
         Ok((org, self.key, self.extensions))
     }
 }
+
+/// A resolved identity: the org, the key label, and what goes to the handlers.
+pub(crate) type Resolved = (Arc<ResolvedOrg>, Arc<str>, Option<Box<Extensions>>);
 
 /// [`mask_key`] as a shared string, built in one allocation (a request identifies itself once).
 fn masked(key: &str) -> Arc<str> {
