@@ -4,7 +4,7 @@
 //! [`MemoryStore`](tollhouse_core::MemoryStore) — the same spill-over, the same all-or-nothing
 //! admission, the same retry times, the same usage and billing — but keeps the counts in Redis, so
 //! every instance of a service that shares one Redis admits exactly the capacity, together. A
-//! shared test suite (`tests/tests/store_suite.rs`) runs every store case on both stores.
+//! shared test suite in the repository runs every store case on both stores.
 //!
 //! - **One round trip per admission**: a Lua script (`src/admit.lua`, called by its SHA and
 //!   reloaded when Redis answers `NOSCRIPT`) checks the concurrency lease set and every tier of

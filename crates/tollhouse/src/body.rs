@@ -26,7 +26,7 @@
 //! let app: Router = Router::new()
 //!     .route("/v1/stream", get(move || async move { Body::from_stream(chunks()) }))
 //!     .layer(RateLimitLayer::new(policy));
-//! # Ok::<(), tollhouse_core::PolicyError>(())
+//! # Ok::<(), tollhouse::PolicyError>(())
 //! ```
 
 use std::fmt;

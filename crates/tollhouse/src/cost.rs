@@ -51,7 +51,7 @@
 //!     .route("/v1/batch", post(|| async { (ActualCost(7), "done") }))
 //!     .route("/v1/files/{id}", get(|| async { "bytes" }))
 //!     .layer(limits);
-//! # Ok::<(), tollhouse_core::PolicyError>(())
+//! # Ok::<(), tollhouse::PolicyError>(())
 //! ```
 
 use std::convert::Infallible;

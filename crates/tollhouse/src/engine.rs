@@ -32,7 +32,7 @@
 //! // A new policy takes effect on the next request; counts are kept.
 //! let next = Policy::from_toml_str(&text.replace("100", "200"), "policy.toml".as_ref())?;
 //! engine.replace_policy(next);
-//! # Ok::<(), tollhouse_core::PolicyError>(())
+//! # Ok::<(), tollhouse::PolicyError>(())
 //! ```
 
 use std::fmt;

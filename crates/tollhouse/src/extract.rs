@@ -27,7 +27,7 @@
 //! let app: Router = Router::new()
 //!     .route("/v1/whoami", get(whoami))
 //!     .layer(RateLimitLayer::new(policy));
-//! # Ok::<(), tollhouse_core::PolicyError>(())
+//! # Ok::<(), tollhouse::PolicyError>(())
 //! ```
 
 use std::sync::Arc;

@@ -18,7 +18,7 @@
 //! ```
 //! use std::convert::Infallible;
 //! use axum::body::Body;
-//! use http::{Request, Response, StatusCode};
+//! use axum::http::{Request, Response, StatusCode};
 //! use tollhouse::{Policy, RateLimitLayer};
 //! use tower::{Layer, Service, ServiceExt, service_fn};
 //!

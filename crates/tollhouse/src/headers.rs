@@ -1,4 +1,4 @@
-//! The rate-limit headers of a metered response (SPEC §4).
+//! The rate-limit headers of a metered response.
 //!
 //! - `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`: the most constraining limit
 //!   of the org's plan (the lowest remaining share, ties to the first in plan order); on a 429 the

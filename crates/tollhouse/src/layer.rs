@@ -46,7 +46,7 @@
 //! // Later, without downtime:
 //! # let next = limits.engine().policy().as_ref().clone();
 //! limits.replace_policy(next);
-//! # Ok::<(), tollhouse_core::PolicyError>(())
+//! # Ok::<(), tollhouse::PolicyError>(())
 //! ```
 
 use std::fmt;
@@ -78,7 +78,7 @@ pub struct RateLimitLayer<I = BearerKeys> {
 
 impl RateLimitLayer {
     /// A layer enforcing `policy`, identifying callers by bearer key ([`BearerKeys`]), counting in
-    /// a [`MemoryStore`](tollhouse_core::MemoryStore) on the system clock.
+    /// a [`MemoryStore`](crate::MemoryStore) on the system clock.
     pub fn new(policy: Policy) -> Self {
         Self::from_engine(Arc::new(Engine::new(policy)))
     }
@@ -106,7 +106,7 @@ impl<I> RateLimitLayer<I> {
         self.map_engine(|engine| engine.with_store(store))
     }
 
-    /// Reads time from `clock` (a [`ManualClock`](tollhouse_core::ManualClock) in tests).
+    /// Reads time from `clock` (a [`ManualClock`](crate::ManualClock) in tests).
     pub fn with_clock(self, clock: impl Clock) -> Self {
         self.map_engine(|engine| engine.with_clock(clock))
     }

@@ -20,7 +20,7 @@
 //! # }
 //! ```
 //!
-//! What happens to a request (SPEC §3), and where to read about each step:
+//! What happens to a request, and where to read about each step:
 //!
 //! 1. [`identity`]: the org is identified (bearer key by default; any closure, sync or async);
 //!    unknown callers get 401.

@@ -296,4 +296,52 @@ mod tests {
         }
         Ok(())
     }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_in_flight_series_without_the_org_label_and_401s_counted_by_reason()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let f = fixture(policy("[server]\nmetrics_org_label = false\n"));
+        let mut svc = f.layer.clone().layer(tower::service_fn(
+            |_request: http::Request<axum::body::Body>| async { ok(axum::body::Body::empty()) },
+        ));
+        let kept = svc
+            .ready()
+            .await?
+            .call(get("/items", Some("acme-key-1")))
+            .await?;
+        for key in [None, Some("nobody"), Some("nobody")] {
+            drop(svc.ready().await?.call(get("/items", key)).await?);
+        }
+        let snapshot = snapshotter.snapshot().into_vec();
+        let in_flight: Vec<_> = snapshot
+            .iter()
+            .filter(|(key, ..)| key.key().name() == "tollhouse_in_flight")
+            .collect();
+        assert_eq!(in_flight.len(), 1, "one series for every org");
+        assert_eq!(in_flight[0].0.key().labels().count(), 0, "no org label");
+        assert_eq!(in_flight[0].3, DebugValue::Gauge(1.0.into()));
+        assert_eq!(
+            metric(
+                &snapshot,
+                "tollhouse_unidentified_total",
+                &[("reason", "unknown")]
+            ),
+            Some(&DebugValue::Counter(2))
+        );
+        assert_eq!(
+            metric(
+                &snapshot,
+                "tollhouse_unidentified_total",
+                &[("reason", "missing")]
+            ),
+            Some(&DebugValue::Counter(1))
+        );
+        drop(kept);
+        Ok(())
+    }
 }

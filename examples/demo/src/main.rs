@@ -142,7 +142,7 @@ async fn main() -> ExitCode {
     let limits = RateLimitLayer::new(policy).with_store(store);
     tokio::spawn(reload::watch(path.clone(), limits.clone()));
     let app = app(limits.clone())
-        // ---- Usage and billing (SPEC §8): never limited or billed, so outside the layer. ----
+        // ---- Usage and billing: never limited or billed, so outside the layer. ----
         .merge(tollhouse::usage::usage_router(Arc::new(limits)))
         // ---- Prometheus text format, outside the layer. ----
         .route(
@@ -219,7 +219,7 @@ async fn shutdown() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// The demo's routes (SPEC §6): every `/v1` route behind the layer, `/healthz` outside it.
+/// The demo's routes: every `/v1` route behind the layer, `/healthz` outside it.
 fn app(limits: RateLimitLayer) -> Router {
     Router::new()
         .route("/v1/items", get(list_items).post(create_item))

@@ -1,6 +1,6 @@
 //! Usage and billing per org, as JSON for programs and as a page for people.
 //!
-//! [`usage_router`] returns an axum [`Router`](axum::Router) with these routes (SPEC §8):
+//! [`usage_router`] returns an axum [`Router`](axum::Router) with these routes:
 //!
 //! | route | returns |
 //! |---|---|
@@ -13,7 +13,7 @@
 //! Every JSON route identifies the caller through [`UsageSource::identify`], exactly like a metered
 //! route, and shows that org's usage only: there is no org parameter. A missing, malformed or unknown
 //! key gets `401` with a `WWW-Authenticate: Bearer` challenge and an `application/problem+json`
-//! body, exactly as on the metered routes ([`Unidentified`]); a store that cannot answer gets `503`. Instants are RFC 3339 in the org's own time zone, dates are the
+//! body, exactly as on the metered routes ([`Unidentified`](crate::Unidentified)); a store that cannot answer gets `503`. Instants are RFC 3339 in the org's own time zone, dates are the
 //! org's local dates. Mount the router *outside* the rate-limit layer: reading your usage is never
 //! limited and never billed.
 //!
@@ -60,8 +60,8 @@
 //! # }
 //! ```
 //!
-//! Or a [`UsageSource`] of your own, here over a fixed [`Policy`](tollhouse_core::Policy) and a
-//! [`MemoryStore`](tollhouse_core::MemoryStore), mounted beside an API:
+//! Or a [`UsageSource`] of your own, here over a fixed [`Policy`](crate::Policy) and a
+//! [`MemoryStore`](crate::MemoryStore), mounted beside an API:
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -135,8 +135,8 @@ pub const MAX_BILLING_DAYS: usize = 31;
 ///
 /// The rate-limit layer's engine implements it, so the usage routes identify callers and read
 /// counts exactly as the metered routes do; a test can implement it over a
-/// [`Policy`](tollhouse_core::Policy), a [`MemoryStore`](tollhouse_core::MemoryStore) and a
-/// [`ManualClock`](tollhouse_core::ManualClock). See the [module example](self#example).
+/// [`Policy`](crate::Policy), a [`MemoryStore`](crate::MemoryStore) and a
+/// [`ManualClock`](crate::ManualClock). See the [module example](self#example).
 pub trait UsageSource: Send + Sync + 'static {
     /// Identifies the caller's org from the request head (the bearer key, by default), like on any
     /// metered route. An `Err` is answered as the layer answers it: `401` with a
