@@ -90,7 +90,7 @@ keys = ["acme-key-1", "acme-key-2"]
 [[orgs]]
 id = "flat"
 plan = "flat"
-keys = ["flat-key"]
+keys = ["flat-key-1"]
 
 [[orgs]]
 id = "lagging"

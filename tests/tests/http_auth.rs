@@ -50,7 +50,7 @@ async fn missing_malformed_and_unknown_credentials_get_401() {
         assert_unauthorized(response, "one Authorization header, `Bearer <key>`").await;
     }
     // Two keys of different orgs (or one key twice): which org pays is not guessed.
-    for second in ["flat-key", "acme-key-1"] {
+    for second in ["flat-key-1", "acme-key-1"] {
         let response = app
             .client
             .get(format!("{}/v1/items", app.base))

@@ -20,7 +20,7 @@ async fn exactly_the_capacity_is_admitted_to_32_concurrent_clients() {
             barrier.wait().await;
             client
                 .get(format!("{}/v1/items", app.base))
-                .bearer_auth("flat-key")
+                .bearer_auth("flat-key-1")
                 .send()
                 .await
                 .expect("the server answers")
@@ -83,7 +83,7 @@ async fn costs_of_1_3_and_10_points_are_charged() {
         (reqwest::Method::POST, "/v1/items", 3),
         (reqwest::Method::GET, "/v1/reports", 10),
     ] {
-        let response = app.send(method, path, Some("flat-key")).await;
+        let response = app.send(method, path, Some("flat-key-1")).await;
         assert!(response.status().is_success(), "{path}");
         expected -= cost;
         assert_eq!(
@@ -95,12 +95,12 @@ async fn costs_of_1_3_and_10_points_are_charged() {
     assert_eq!(app.statuses("flat").await[0].remaining, 6);
     // A 10-point report no longer fits in the 6 points left, not even as HEAD (which runs the GET
     // handler, so the GET rule prices it); a 3-point write does.
-    assert_eq!(app.get("/v1/reports", "flat-key").await.status(), 429);
+    assert_eq!(app.get("/v1/reports", "flat-key-1").await.status(), 429);
     let head = app
-        .send(reqwest::Method::HEAD, "/v1/reports", Some("flat-key"))
+        .send(reqwest::Method::HEAD, "/v1/reports", Some("flat-key-1"))
         .await;
     assert_eq!(head.status(), 429);
-    assert_eq!(app.post("/v1/items", "flat-key").await.status(), 201);
+    assert_eq!(app.post("/v1/items", "flat-key-1").await.status(), 201);
     assert_eq!(app.statuses("flat").await[0].remaining, 3);
 }
 
@@ -110,9 +110,9 @@ async fn costs_declared_in_code_win_over_the_policy_file() {
         layer.cost("GET /v1/reports", 4).cost("GET /v1/items", 2)
     })
     .await;
-    let report = app.get("/v1/reports", "flat-key").await;
+    let report = app.get("/v1/reports", "flat-key-1").await;
     assert_eq!(int_header(&report, "x-ratelimit-remaining"), 16);
-    let items = app.get("/v1/items", "flat-key").await;
+    let items = app.get("/v1/items", "flat-key-1").await;
     assert_eq!(int_header(&items, "x-ratelimit-remaining"), 14);
 }
 
@@ -120,19 +120,19 @@ async fn costs_declared_in_code_win_over_the_policy_file() {
 async fn exempt_routes_are_not_counted_but_are_billable() {
     let app = TestApp::start(POLICY, Placement::Layer).await;
     for _ in 0..25 {
-        let response = app.get("/v1/files/42", "flat-key").await;
+        let response = app.get("/v1/files/42", "flat-key-1").await;
         assert_eq!(response.status(), 200);
         assert!(response.headers().get("x-ratelimit-limit").is_none());
         assert!(response.headers().get("ratelimit").is_none());
         assert_eq!(response.bytes().await.expect("the file").len(), 4096);
     }
     for _ in 0..5 {
-        let response = app.post("/v1/connectors/forms", "flat-key").await;
+        let response = app.post("/v1/connectors/forms", "flat-key-1").await;
         assert_eq!(response.status(), 202);
         assert!(response.headers().get("x-ratelimit-limit").is_none());
     }
     // 25 exempt downloads did not use the 20 points.
-    let items = app.get("/v1/items", "flat-key").await;
+    let items = app.get("/v1/items", "flat-key-1").await;
     assert_eq!(int_header(&items, "x-ratelimit-remaining"), 19);
     let usage = app.usage("flat").await;
     assert_eq!(
@@ -153,7 +153,7 @@ async fn exempt_routes_are_not_counted_but_are_billable() {
 async fn a_corrected_cost_is_settled_after_the_response() {
     let app = TestApp::start(POLICY, Placement::Layer).await;
     // Declared 1 point; the handler reports 7 once it knows.
-    let response = app.get("/v1/search?cost=7", "flat-key").await;
+    let response = app.get("/v1/search?cost=7", "flat-key-1").await;
     assert_eq!(
         int_header(&response, "x-ratelimit-remaining"),
         19,
@@ -166,7 +166,7 @@ async fn a_corrected_cost_is_settled_after_the_response() {
         "then corrected to 7"
     );
     // A correction downwards gives points back.
-    let response = app.get("/v1/search?cost=0", "flat-key").await;
+    let response = app.get("/v1/search?cost=0", "flat-key-1").await;
     response.bytes().await.expect("the body");
     assert_eq!(app.statuses("flat").await[0].remaining, 13);
     let costs: Vec<u64> = app

@@ -140,7 +140,7 @@ async fn delta_resets_and_switched_off_families() {
         1,
     );
     let app = TestApp::start(&text, Placement::Layer).await;
-    let response = app.get("/v1/items", "flat-key").await;
+    let response = app.get("/v1/items", "flat-key-1").await;
     assert_eq!(int_header(&response, "x-ratelimit-reset"), 30);
     assert!(response.headers().get("ratelimit").is_none());
     assert!(response.headers().get("ratelimit-policy").is_none());
@@ -151,7 +151,7 @@ async fn delta_resets_and_switched_off_families() {
         1,
     );
     let app = TestApp::start(&text, Placement::Layer).await;
-    let response = app.get("/v1/items", "flat-key").await;
+    let response = app.get("/v1/items", "flat-key-1").await;
     assert!(response.headers().get("x-ratelimit-limit").is_none());
     assert!(response.headers().get("ratelimit").is_some());
 }

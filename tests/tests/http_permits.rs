@@ -157,9 +157,9 @@ async fn requests_in_flight_are_counted_without_a_concurrency_limit() {
     // `flat` has no concurrency limit: nothing is refused for it, but its requests in flight are
     // still counted (the usage shows them).
     let app = std::sync::Arc::new(TestApp::start(POLICY, Placement::Layer).await);
-    let slow = held(&app, "flat-key", 2);
+    let slow = held(&app, "flat-key-1", 2);
     app.wait_in_flight("flat", 2).await;
-    let response = app.get("/v1/items", "flat-key").await;
+    let response = app.get("/v1/items", "flat-key-1").await;
     assert_eq!(response.status(), 200);
     let ratelimit = response.headers()["ratelimit"]
         .to_str()
@@ -189,19 +189,19 @@ tiers = [{ window = "minute", capacity = 2 }]
 [[orgs]]
 id = "slots"
 plan = "slots"
-keys = ["slots-key"]
+keys = ["slots-key-1"]
 
 [[orgs]]
 id = "one"
 plan = "one"
-keys = ["one-key"]
+keys = ["one-key-01"]
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_with_only_a_concurrency_limit_sends_it_as_x_ratelimit() {
     let app = std::sync::Arc::new(TestApp::start(SLOTS, Placement::Layer).await);
     // Admitted: the slots are the only limit, so they are the most constraining one.
-    let response = app.get("/v1/items", "slots-key").await;
+    let response = app.get("/v1/items", "slots-key-1").await;
     assert_eq!(response.status(), 200);
     assert_eq!(int_header(&response, "x-ratelimit-limit"), 2);
     assert_eq!(int_header(&response, "x-ratelimit-remaining"), 1);
@@ -214,9 +214,9 @@ async fn a_plan_with_only_a_concurrency_limit_sends_it_as_x_ratelimit() {
     assert_eq!(ratelimit, r#""concurrency";r=1;t=0"#);
     app.wait_in_flight("slots", 0).await;
 
-    let slow = held(&app, "slots-key", 2);
+    let slow = held(&app, "slots-key-1", 2);
     app.wait_in_flight("slots", 2).await;
-    let third = app.get("/v1/items", "slots-key").await;
+    let third = app.get("/v1/items", "slots-key-1").await;
     assert_eq!(third.status(), 429);
     assert_eq!(int_header(&third, "x-ratelimit-limit"), 2);
     assert_eq!(int_header(&third, "x-ratelimit-remaining"), 0);
@@ -230,13 +230,13 @@ async fn a_plan_with_only_a_concurrency_limit_sends_it_as_x_ratelimit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_names_a_full_limit_beside_a_full_concurrency_limit() {
     let app = std::sync::Arc::new(TestApp::start(SLOTS, Placement::Layer).await);
-    assert_eq!(app.get("/v1/items", "one-key").await.status(), 200);
+    assert_eq!(app.get("/v1/items", "one-key-01").await.status(), 200);
     app.wait_in_flight("one", 0).await;
     // The second and last request of the minute holds the one slot.
-    let slow = held(&app, "one-key", 1);
+    let slow = held(&app, "one-key-01", 1);
     app.wait_in_flight("one", 1).await;
 
-    let third = app.get("/v1/items", "one-key").await;
+    let third = app.get("/v1/items", "one-key-01").await;
     assert_eq!(third.status(), 429);
     // The minute frees up last (30 s from now; a slot may free in 1 s): it is the reason and
     // Retry-After waits for it, and concurrency is violated too.
@@ -258,7 +258,7 @@ async fn a_429_names_a_full_limit_beside_a_full_concurrency_limit() {
     // Half a second before the minute ends, the slot (a second away at best) frees up last: a
     // concurrency rejection, which still lists the full limit.
     app.clock.advance(std::time::Duration::from_millis(29_500));
-    let late = app.get("/v1/items", "one-key").await;
+    let late = app.get("/v1/items", "one-key-01").await;
     assert_eq!(late.status(), 429);
     assert_eq!(int_header(&late, "retry-after"), 1);
     let body: serde_json::Value = late.json().await.expect("a problem body");

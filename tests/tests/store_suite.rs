@@ -63,7 +63,7 @@ fn secs(at: Timestamp, secs: i64) -> Timestamp {
 /// The org `acme` of a policy whose plan `p` has the given body (its limits and concurrency).
 fn acme(plan: &str, org: &str) -> Arc<ResolvedOrg> {
     let toml = format!(
-        "[plans.p]\n{plan}\n\n[[orgs]]\nid = \"acme\"\nplan = \"p\"\nkeys = [\"acme-key\"]\n{org}\n"
+        "[plans.p]\n{plan}\n\n[[orgs]]\nid = \"acme\"\nplan = \"p\"\nkeys = [\"acme-key-1\"]\n{org}\n"
     );
     let policy = Policy::from_toml_str(&toml, "suite.toml".as_ref()).expect("a valid policy");
     Arc::clone(policy.org("acme").expect("acme is defined"))

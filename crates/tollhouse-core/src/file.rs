@@ -77,9 +77,10 @@ use toml::de::DeTable;
 use crate::error::PolicyError;
 use crate::org::{Adjustment, Environment, Org, Override};
 use crate::plan::{Concurrency, Dimension, Limit, LimitZone, Plan, Tier, parse_zone};
-use crate::policy::{OnStoreError, Policy, ResetFormat, ServerSettings};
+use crate::policy::{OnStoreError, Policy, ResetFormat, ServerSettings, UsageQuery};
 use crate::route::{RouteRule, Treatment};
 use crate::time::Timestamp;
+use crate::usage::MAX_CALLS_KEPT;
 use crate::window::Window;
 
 mod place;
@@ -363,6 +364,7 @@ impl Source<'_> {
         if let Some(label) = raw.metrics_org_label {
             settings.metrics_org_label = label;
         }
+        settings.usage_query = self.usage_query(raw)?;
         if let Some(kept) = &raw.calls_kept {
             let place = "server.calls_kept";
             let fix = "keep at least 1 call";
@@ -375,10 +377,61 @@ impl Source<'_> {
                     fix,
                 ));
             }
+            if value > MAX_CALLS_KEPT {
+                return Err(self.mistake(
+                    &kept.span(),
+                    place,
+                    format!("a call log of {value} calls per org is more than tollhouse keeps"),
+                    "keep at most 1000 calls per org",
+                ));
+            }
             places.note(place.to_owned(), kept.span());
             settings.calls_kept = value;
         }
         Ok(settings)
+    }
+
+    /// `usage_query` (`"keep"` or `"drop"`) and `redact_query` (parameter names).
+    fn usage_query(&self, raw: &RawServer) -> Result<UsageQuery, PolicyError> {
+        let keep = match &raw.usage_query {
+            None => true,
+            Some(choice) => match choice.get_ref().as_str() {
+                "keep" => true,
+                "drop" => false,
+                other => {
+                    return Err(self.mistake(
+                        &choice.span(),
+                        "server.usage_query",
+                        format!("unknown choice {other:?}"),
+                        "use \"keep\" (the whole query) or \"drop\" (the path alone)",
+                    ));
+                }
+            },
+        };
+        let names = raw.redact_query.as_deref().unwrap_or_default();
+        for (index, name) in names.iter().enumerate() {
+            let bad = name.get_ref().is_empty()
+                || name.get_ref().contains(['&', '=', '?', '#'])
+                || name.get_ref().len() > 64;
+            if bad {
+                return Err(self.mistake(
+                    &name.span(),
+                    &format!("server.redact_query[{index}]"),
+                    format!("{:?} is not a query parameter name", name.get_ref()),
+                    "name parameters as they appear before '=', such as \"token\"",
+                ));
+            }
+        }
+        Ok(match (keep, names.is_empty()) {
+            (false, _) => UsageQuery::Drop,
+            (true, true) => UsageQuery::Keep,
+            (true, false) => UsageQuery::Redact(
+                names
+                    .iter()
+                    .map(|name| Box::from(name.get_ref().as_str()))
+                    .collect(),
+            ),
+        })
     }
 
     /// `"allow"` or `"deny"`: what to do when the store or a key lookup fails.
@@ -548,13 +601,8 @@ impl Source<'_> {
         for (key_index, key) in raw.keys.iter().enumerate() {
             let key_place = format!("{place}.keys[{key_index}]");
             places.note(key_place.clone(), key.span());
-            if key.get_ref().is_empty() {
-                return Err(self.mistake(
-                    &key.span(),
-                    &key_place,
-                    "the key is empty",
-                    "give every key at least one character, or remove it",
-                ));
+            if let Err((problem, fix)) = crate::org::check_key(key.get_ref()) {
+                return Err(self.mistake(&key.span(), &key_place, problem, fix));
             }
             if let Some(&owner) = key_owners.get(key.get_ref().as_str()) {
                 let (problem, fix) = if owner == index {

@@ -58,7 +58,10 @@ pub mod window;
 pub use error::{PolicyError, StoreError};
 pub use ledger::{Charge, Correction, Ledger, Receipt, ReceiptPart, RejectReason, Verdict};
 pub use memory::MemoryStore;
-pub use org::{Adjustment, Environment, KeyDigest, Org, OrgId, Override};
+pub use org::{
+    Adjustment, Environment, KeyDigest, MAX_KEY_LENGTH, MIN_KEY_LENGTH, Org, OrgId, Override,
+    check_key,
+};
 pub use permit::{Permit, ReleasePermit};
 pub use plan::{
     CONCURRENCY, Concurrency, Dimension, Limit, LimitZone, MAX_CAPACITY, Plan, Tier, item_name,
@@ -66,11 +69,13 @@ pub use plan::{
 };
 pub use policy::{
     OnStoreError, Policy, PolicyBuilder, ResetFormat, ResolvedLimit, ResolvedOrg, ResolvedTier,
-    ServerSettings,
+    ServerSettings, UsageQuery,
 };
 pub use route::{RoutePattern, RouteRule, Treatment};
 pub use status::{LimitStatus, Snapshot, TierStatus};
-pub use store::{BoxFuture, Decision, DynStore, OrgUsage, Settlement, Store, admit_waiting};
+pub use store::{
+    BoxFuture, Decision, DynStore, OrgUsage, Settlement, Store, UsageView, admit_waiting,
+};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use usage::{CallRecord, Outcome, UsageSnapshot};
 pub use window::{Bounds, UnknownWindow, Window};

@@ -27,7 +27,7 @@ use crate::org_map::{OrgMap, Pinned};
 use crate::permit::{Permit, ReleasePermit};
 use crate::policy::ResolvedOrg;
 use crate::status::LimitStatus;
-use crate::store::{Decision, OrgUsage, Settlement, Store};
+use crate::store::{Decision, OrgUsage, Settlement, Store, UsageView};
 use crate::time::Timestamp;
 use crate::usage::{CallRecord, UsageLedger};
 
@@ -312,7 +312,16 @@ impl Store for MemoryStore {
         now: Timestamp,
         days: usize,
     ) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send {
-        let usage = self.with_usage(org.id(), |usage| usage.snapshot(org.time_zone(), now, days));
+        self.usage_view(org, now, UsageView::All { days })
+    }
+
+    fn usage_view(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        now: Timestamp,
+        view: UsageView,
+    ) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send {
+        let usage = self.with_usage(org.id(), |usage| usage.view(org.time_zone(), now, view));
         let in_flight = self
             .slots
             .pin()

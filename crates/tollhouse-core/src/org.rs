@@ -303,6 +303,42 @@ fn positive(place: &str, capacity: u64) -> Result<u64, PolicyError> {
     }
 }
 
+/// The fewest characters an API key of the policy file may have: a shorter one is too easy to
+/// guess (`acme-key-1` is the shortest the examples use).
+pub const MIN_KEY_LENGTH: usize = 10;
+/// The most characters an API key of the policy file may have.
+pub const MAX_KEY_LENGTH: usize = 256;
+
+/// Whether `key` can be an API key: [`MIN_KEY_LENGTH`] to [`MAX_KEY_LENGTH`] characters of
+/// visible ASCII, what an `Authorization: Bearer` header can carry. `Err` holds the problem and
+/// the fix.
+pub fn check_key(key: &str) -> Result<(), (String, &'static str)> {
+    if let Some(bad) = key.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err((
+            format!(
+                "the key has {bad:?} in it, which an `Authorization: Bearer` header cannot carry, so it could never be used"
+            ),
+            "use letters, digits and visible ASCII punctuation only (no spaces)",
+        ));
+    }
+    if key.len() < MIN_KEY_LENGTH {
+        return Err((
+            format!("a key of {} characters is too easy to guess", key.len()),
+            "give every key at least 10 characters (a random one: 32 or more)",
+        ));
+    }
+    if key.len() > MAX_KEY_LENGTH {
+        return Err((
+            format!(
+                "a key of {} characters is longer than tollhouse accepts",
+                key.len()
+            ),
+            "give every key at most 256 characters",
+        ));
+    }
+    Ok(())
+}
+
 /// The SHA-256 digest of an API key: how keys are held in memory.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeyDigest([u8; 32]);

@@ -53,6 +53,18 @@ pub enum OnStoreError {
     Deny,
 }
 
+/// What the usage log and report keep of a request's query string.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum UsageQuery {
+    /// The whole query (the default).
+    #[default]
+    Keep,
+    /// No query: the path alone.
+    Drop,
+    /// The query with the values of these parameters replaced by `REDACTED`.
+    Redact(Arc<[Box<str>]>),
+}
+
 /// Settings that apply to every org.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerSettings {
@@ -73,6 +85,8 @@ pub struct ServerSettings {
     pub on_lookup_error: OnStoreError,
     /// How many recent calls each org's log keeps.
     pub calls_kept: usize,
+    /// What the usage keeps of a request's query string.
+    pub usage_query: UsageQuery,
     /// Whether per-org metrics (`tollhouse_in_flight`) carry an `org` label; off, they are one
     /// series for all orgs, for fleets where a series per tenant is too many.
     pub metrics_org_label: bool,
@@ -89,6 +103,7 @@ impl Default for ServerSettings {
             on_store_error: OnStoreError::Allow,
             on_lookup_error: OnStoreError::Deny,
             calls_kept: 100,
+            usage_query: UsageQuery::Keep,
             metrics_org_label: true,
         }
     }
@@ -431,11 +446,14 @@ impl PolicyBuilder {
                 "set sandbox_divisor to 1 (sandboxes get full capacity) or more",
             ));
         }
-        if self.server.calls_kept == 0 {
+        if self.server.calls_kept == 0 || self.server.calls_kept > crate::usage::MAX_CALLS_KEPT {
             return Err(PolicyError::invalid(
                 "server.calls_kept",
-                "a call log of 0 keeps nothing",
-                "keep at least 1 call",
+                format!(
+                    "a call log of {} calls per org is outside what tollhouse keeps",
+                    self.server.calls_kept
+                ),
+                "keep from 1 to 1000 calls per org",
             ));
         }
         let mut plans: Vec<Arc<Plan>> = Vec::with_capacity(self.plans.len());

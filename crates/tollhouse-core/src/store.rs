@@ -85,6 +85,50 @@ pub struct OrgUsage {
     pub in_flight: u32,
 }
 
+/// What a usage read asks for: each usage route reads only what it shows, so a read costs the
+/// store no more than its answer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UsageView {
+    /// Calls and billable calls today and requests in flight: no call log, no report.
+    Summary,
+    /// The last calls, at most [`CALLS_SHOWN`](crate::usage::CALLS_SHOWN).
+    Calls,
+    /// Billable calls per day for this many days (at most 31).
+    Billing {
+        /// Days, today included.
+        days: usize,
+    },
+    /// Today's endpoints and the most repeated requests
+    /// ([`REPORT_ROWS`](crate::usage::REPORT_ROWS) at most).
+    Report,
+    /// Everything, with this many days of billing.
+    All {
+        /// Days, today included.
+        days: usize,
+    },
+}
+
+impl UsageView {
+    /// Days of billing the view shows (1 when it shows only today).
+    pub fn days(self) -> usize {
+        match self {
+            UsageView::Billing { days } | UsageView::All { days } => days,
+            _ => 1,
+        }
+    }
+
+    /// Whether the view shows the call log.
+    pub fn calls(self) -> bool {
+        matches!(self, UsageView::Calls | UsageView::All { .. })
+    }
+
+    /// Whether the view shows the report (endpoints, repeated requests).
+    pub fn report(self) -> bool {
+        matches!(self, UsageView::Report | UsageView::All { .. })
+    }
+}
+
 /// Where counts live: atomic per org, exact under any concurrency.
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Checks concurrency and every limit of `org`'s plan at `now`; if all admit, charges all of
@@ -131,6 +175,23 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         now: Timestamp,
         days: usize,
     ) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send;
+
+    /// The part of the org's usage that `view` shows, as of `now`: what a usage route reads. The
+    /// default reads everything and leaves out what the view does not show; stores override it
+    /// to read less.
+    fn usage_view(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        now: Timestamp,
+        view: UsageView,
+    ) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send {
+        let read = self.usage(org, now, view.days());
+        async move {
+            let mut usage = read.await?;
+            usage.usage.keep_only(view);
+            Ok(usage)
+        }
+    }
 
     /// Resolves when a permit of `org` may have been freed (a waiting request then tries again).
     /// May resolve early; callers bound the wait.
@@ -206,6 +267,12 @@ pub trait DynStore: Send + Sync + fmt::Debug + 'static {
         now: Timestamp,
         days: usize,
     ) -> BoxFuture<'a, Result<OrgUsage, StoreError>>;
+    fn usage_view<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        now: Timestamp,
+        view: UsageView,
+    ) -> BoxFuture<'a, Result<OrgUsage, StoreError>>;
     fn permit_freed<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, ()>;
     fn try_admit(
         &self,
@@ -261,6 +328,14 @@ impl<S: Store> DynStore for S {
         days: usize,
     ) -> BoxFuture<'a, Result<OrgUsage, StoreError>> {
         Box::pin(Store::usage(self, org, now, days))
+    }
+    fn usage_view<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        now: Timestamp,
+        view: UsageView,
+    ) -> BoxFuture<'a, Result<OrgUsage, StoreError>> {
+        Box::pin(Store::usage_view(self, org, now, view))
     }
     fn permit_freed<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, ()> {
         Box::pin(Store::permit_freed(self, org))

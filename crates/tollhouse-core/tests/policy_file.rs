@@ -726,13 +726,13 @@ fn key_shared_by_two_orgs() {
 [[orgs]]
 id = "acme"
 plan = "build"
-keys = ["k-1", "k-2"]
+keys = ["key-acme-01", "key-shared-02"]
 
 [[orgs]]
 id = "globex"
 plan = "build"
-keys = ["k-3",
-  "k-2"]
+keys = ["key-globex-03",
+  "key-shared-02"]
 "#
     );
     let (_, message) = assert_mistake(
@@ -746,7 +746,7 @@ keys = ["k-3",
         "{message}"
     );
     assert!(
-        !message.contains("k-2"),
+        !message.contains("key-shared-02"),
         "the key itself is a secret: {message}"
     );
 }

@@ -15,7 +15,7 @@ fn field(out: &mut String, value: &str) {
 }
 
 /// Encodes a call for the log.
-pub(crate) fn encode(call: &CallRecord) -> String {
+pub fn encode(call: &CallRecord) -> String {
     let mut out = String::with_capacity(64 + call.path.len() + call.key.len());
     field(&mut out, VERSION);
     field(&mut out, &call.at.as_millis().to_string());
@@ -50,6 +50,11 @@ pub(crate) fn encode(call: &CallRecord) -> String {
         }
     }
     field(&mut out, if call.billable { "1" } else { "0" });
+    // Added after the first entries were written: a missing field reads as "not cut".
+    match call.path_len {
+        Some(len) => field(&mut out, &len.to_string()),
+        None => field(&mut out, ""),
+    }
     out
 }
 
@@ -91,7 +96,7 @@ fn bad(what: &str) -> StoreError {
 }
 
 /// Decodes an entry of the call log.
-pub(crate) fn decode(entry: &[u8]) -> Result<CallRecord, StoreError> {
+pub fn decode(entry: &[u8]) -> Result<CallRecord, StoreError> {
     let mut fields = Fields { rest: entry };
     if fields.next()? != VERSION {
         return Err(bad("an unknown version"));
@@ -115,17 +120,29 @@ pub(crate) fn decode(entry: &[u8]) -> Result<CallRecord, StoreError> {
         _ => return Err(bad("an unknown outcome")),
     };
     let billable = fields.next()? == "1";
+    let path_len = match fields.rest {
+        [] => None,
+        _ => match fields.next()? {
+            "" => None,
+            len => Some(
+                len.parse()
+                    .map_err(|_| bad("a path length that is not a number"))?,
+            ),
+        },
+    };
     Ok(CallRecord {
         at,
         key,
         method,
         path,
+        path_len,
         route,
         status,
         cost,
         latency_ms,
         outcome,
         billable,
+        logged: true,
     })
 }
 
@@ -149,6 +166,9 @@ mod tests {
         call.route = None;
         call.outcome = Outcome::Exempt;
         assert_eq!(decode(encode(&call).as_bytes()).ok(), Some(call));
+        let long = CallRecord::new(Timestamp::from_millis(1), "GET", &"/a".repeat(300));
+        assert_eq!(long.path_len, Some(600));
+        assert_eq!(decode(encode(&long).as_bytes()).ok(), Some(long));
     }
 
     #[test]

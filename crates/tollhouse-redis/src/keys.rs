@@ -135,9 +135,14 @@ impl OrgKeys {
         self.dated(":u:p:", date)
     }
 
-    /// Identical requests of a date.
+    /// Identical requests of a date: a sorted set of entry hashes by count.
     pub(crate) fn repeated(&self, date: NaiveDate) -> String {
         self.dated(":u:r:", date)
+    }
+
+    /// What each identical request of a date is: entry hash -> `first last method\npath`.
+    pub(crate) fn repeated_info(&self, date: NaiveDate) -> String {
+        self.dated(":u:ri:", date)
     }
 }
 
@@ -186,6 +191,7 @@ mod tests {
             keys.endpoint_calls(date),
             keys.endpoint_points(date),
             keys.repeated(date),
+            keys.repeated_info(date),
         ]
     }
 

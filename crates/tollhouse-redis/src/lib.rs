@@ -147,3 +147,10 @@ pub use error::ConnectError;
 pub use health::{FailingFast, Health, LOG_EVERY, PROBE_INTERVAL, TRIP_AFTER};
 pub use keys::cluster_slot;
 pub use store::{PERMIT_POLL, RedisStore, RedisStoreBuilder};
+
+/// Not part of the API: the call-log codec, reachable only so that the fuzz targets in `fuzz/` can
+/// call it. It may change or disappear in any release.
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::codec::{decode, encode};
+}

@@ -12,8 +12,9 @@
 -- KEYS[4]   the day hash of the call's date: b = billable calls, a = admitted calls
 -- KEYS[5]   endpoint calls of that date (hash: method \n route -> calls)
 -- KEYS[6]   endpoint points of that date (hash: method \n route -> points)
--- KEYS[7]   repeated requests of that date (hash: method \n path -> "count first last")
--- KEYS[8..] the counters of every correction, in order
+-- KEYS[7]   repeated requests of that date (sorted set: entry hash -> count)
+-- KEYS[8]   what each repeated request is (hash: entry hash -> "first last method \n path")
+-- KEYS[9..] the counters of every correction, in order
 --
 -- ARGV[1]   now (instance clock, ms)
 -- ARGV[2]   margin (ms)
@@ -23,8 +24,11 @@
 --                      (for a refund, what the tier took at admission; 0 if its window changed)
 -- then the record: '1' or '0' (nothing to record); when '1':
 --   encoded call, calls kept, call log ttl (ms), date, day ttl (ms), report ttl (ms),
---   billable (1/0), admitted (1/0), endpoint field, points, repeat field, at (ms),
---   max endpoints, max repeated paths, the overflow endpoint field
+--   billable (1/0), admitted (1/0), endpoint field, points, repeat entry hash, repeat display,
+--   at (ms), max endpoints, max repeated paths, the overflow endpoint field, logged (1/0)
+--
+-- Every step is O(1) or O(log n) in the size of the org's maps: a full repeated-request set
+-- forgets its least counted entry (ZPOPMIN), never scans.
 
 if redis.replicate_commands then
   redis.replicate_commands()
@@ -33,7 +37,7 @@ end
 local now = tonumber(ARGV[1])
 local margin = tonumber(ARGV[2])
 local pos = 4
-local key = 8
+local key = 9
 local pruned = false
 
 for _ = 1, tonumber(ARGV[3]) do
@@ -109,11 +113,13 @@ local billable = ARGV[pos + 7] == '1'
 local admitted = ARGV[pos + 8] == '1'
 local endpoint = ARGV[pos + 9]
 local points = tonumber(ARGV[pos + 10])
-local path = ARGV[pos + 11]
-local at = tonumber(ARGV[pos + 12])
-local max_endpoints = tonumber(ARGV[pos + 13])
-local max_repeated = tonumber(ARGV[pos + 14])
-local other = ARGV[pos + 15]
+local entry = ARGV[pos + 11]
+local display = ARGV[pos + 12]
+local at = tonumber(ARGV[pos + 13])
+local max_endpoints = tonumber(ARGV[pos + 14])
+local max_repeated = tonumber(ARGV[pos + 15])
+local other = ARGV[pos + 16]
+local logged = ARGV[pos + 17] == '1'
 
 -- The org's date only moves forward; a late call for an earlier date counts as billable on its
 -- date but not in today's report.
@@ -143,40 +149,32 @@ if date == today then
   redis.call('PEXPIRE', KEYS[5], report_ttl)
   redis.call('PEXPIRE', KEYS[6], report_ttl)
 
-  local current = redis.call('HGET', KEYS[7], path)
-  if current then
-    local count, first, last = string.match(current, '^(%-?%d+) (%-?%d+) (%-?%d+)$')
-    count = tonumber(count) + 1
+  local info = redis.call('HGET', KEYS[8], entry)
+  if info then
+    local first, last = string.match(info, '^(%-?%d+) (%-?%d+) ')
+    local rest = string.sub(info, #first + #last + 3)
     first = math.min(tonumber(first), at)
     last = math.max(tonumber(last), at)
-    redis.call('HSET', KEYS[7], path, string.format('%d %d %d', count, first, last))
+    redis.call('ZINCRBY', KEYS[7], 1, entry)
+    redis.call('HSET', KEYS[8], entry, string.format('%d %d ', first, last) .. rest)
   else
-    local room = true
-    if redis.call('HLEN', KEYS[7]) >= max_repeated then
-      -- Make room by forgetting the paths seen least (at or below the median count); a path that
-      -- repeats comes back quickly.
-      local all = redis.call('HGETALL', KEYS[7])
-      local counts = {}
-      for i = 2, #all, 2 do
-        counts[#counts + 1] = tonumber(string.match(all[i], '^(%-?%d+)'))
+    if redis.call('ZCARD', KEYS[7]) >= max_repeated then
+      -- Forget the entry counted least (the lowest hash on a tie), as the memory store does.
+      local least = redis.call('ZPOPMIN', KEYS[7])
+      if least[1] then
+        redis.call('HDEL', KEYS[8], least[1])
       end
-      table.sort(counts)
-      local cut = counts[math.floor(#counts / 2) + 1]
-      for i = 1, #all, 2 do
-        if tonumber(string.match(all[i + 1], '^(%-?%d+)')) <= cut then
-          redis.call('HDEL', KEYS[7], all[i])
-        end
-      end
-      room = redis.call('HLEN', KEYS[7]) < max_repeated
     end
-    if room then
-      redis.call('HSET', KEYS[7], path, string.format('%d %d %d', 1, at, at))
-    end
+    redis.call('ZADD', KEYS[7], 1, entry)
+    redis.call('HSET', KEYS[8], entry, string.format('%d %d ', at, at) .. display)
   end
+  redis.call('PEXPIRE', KEYS[8], report_ttl)
   redis.call('PEXPIRE', KEYS[7], report_ttl)
 end
 
-redis.call('LPUSH', KEYS[2], encoded)
-redis.call('LTRIM', KEYS[2], 0, kept - 1)
-redis.call('PEXPIRE', KEYS[2], log_ttl)
+if logged then
+  redis.call('LPUSH', KEYS[2], encoded)
+  redis.call('LTRIM', KEYS[2], 0, kept - 1)
+  redis.call('PEXPIRE', KEYS[2], log_ttl)
+end
 return 1

@@ -37,7 +37,7 @@ use tollhouse_core::tier::LimitState;
 use tollhouse_core::usage::local_date;
 use tollhouse_core::{
     CallRecord, Charge, Decision, Dimension, LimitStatus, OrgId, OrgUsage, ResolvedOrg, Settlement,
-    Snapshot, Store, StoreError, Timestamp, Verdict,
+    Snapshot, Store, StoreError, Timestamp, UsageView, Verdict,
 };
 
 use crate::error::ConnectError;
@@ -507,7 +507,16 @@ impl Store for RedisStore {
         now: Timestamp,
         days: usize,
     ) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send {
-        self.inner.usage(org, now, days)
+        self.inner.usage(org, now, UsageView::All { days })
+    }
+
+    fn usage_view(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        now: Timestamp,
+        view: UsageView,
+    ) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send {
+        self.inner.usage(org, now, view)
     }
 
     /// Resolves when a permit released through this instance has been given back to Redis, or

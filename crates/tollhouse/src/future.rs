@@ -60,6 +60,8 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use smallvec::SmallVec;
+use tollhouse_core::UsageQuery;
+use tollhouse_core::usage::{MAX_PATH_BYTES, OTHER_METHOD, bounded_path, usage_target};
 use tollhouse_core::{
     BoxFuture, CallRecord, Charge, Decision, LimitStatus, OnStoreError, Outcome, Policy,
     RejectReason, ResolvedOrg, Snapshot, StoreError, Timestamp, Treatment, Verdict, admit_waiting,
@@ -442,17 +444,20 @@ fn identified(meter: Meter<'_>, request: &mut Parts, identity: Result<Identity, 
         .or(classified.pattern);
     let arrived = engine.now();
     // Built whole: `CallRecord::new` would allocate an empty key first.
+    let (path, path_len) = target(request, route.as_ref(), &meter.policy.server().usage_query);
     let mut call = CallRecord {
         at: arrived,
         key: Arc::clone(&key),
         method: method_label(&request.method),
-        path: target(request, route.as_ref()),
+        path,
+        path_len,
         route,
         status: 200,
         cost: 1,
         latency_ms: 0,
         outcome: Outcome::Admitted,
         billable: true,
+        logged: true,
     };
     match classified.treatment {
         Treatment::Exempt { billable } => {
@@ -743,23 +748,43 @@ fn refused(meter: Meter<'_>, refusal: Refusal) -> Step {
     Step::Answer(unidentified.response(&problem))
 }
 
-/// The request target as the usage log shows it: the path the client sent, with its query (the
-/// route's string when they are the same).
-fn target(request: &Parts, route: Option<&Arc<str>>) -> Arc<str> {
+/// The request target as the usage log shows it: the path the client sent, with its query as the
+/// policy's `usage_query` says (the route's string when they are the same), cut to
+/// [`MAX_PATH_BYTES`](tollhouse_core::usage::MAX_PATH_BYTES) with its full length.
+fn target(
+    request: &Parts,
+    route: Option<&Arc<str>>,
+    query: &UsageQuery,
+) -> (Arc<str>, Option<u32>) {
     let uri = request
         .extensions
         .get::<OriginalUri>()
         .map_or(&request.uri, |original| &original.0);
-    templates::path(
+    let target = usage_target(
         uri.path_and_query().map_or(uri.path(), |pq| pq.as_str()),
-        route,
-    )
+        query,
+    );
+    if target.len() <= MAX_PATH_BYTES {
+        return (templates::path(&target, route), None);
+    }
+    bounded_path(&target)
 }
 
-/// The method as a shared string, without allocating for the common ones.
+/// The method as a shared string, without allocating: the common ones by name, any other as
+/// `OTHER`, so a caller's invented methods add no distinct strings to its usage.
 fn method_label(method: &Method) -> Arc<str> {
-    static COMMON: LazyLock<[Arc<str>; 7]> = LazyLock::new(|| {
-        ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"].map(Arc::from)
+    static COMMON: LazyLock<[Arc<str>; 8]> = LazyLock::new(|| {
+        [
+            "GET",
+            "POST",
+            "PUT",
+            "PATCH",
+            "DELETE",
+            "HEAD",
+            "OPTIONS",
+            OTHER_METHOD,
+        ]
+        .map(Arc::from)
     });
     let index = match method.as_str() {
         "GET" => 0,
@@ -769,7 +794,7 @@ fn method_label(method: &Method) -> Arc<str> {
         "DELETE" => 4,
         "HEAD" => 5,
         "OPTIONS" => 6,
-        other => return Arc::from(other),
+        _ => 7,
     };
     Arc::clone(&COMMON[index])
 }

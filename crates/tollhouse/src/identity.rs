@@ -152,9 +152,11 @@ impl Identity {
         }
     }
 
-    /// The same identity with `label` as the usage log's key column, verbatim (not masked).
-    pub fn with_label(mut self, label: impl Into<Arc<str>>) -> Self {
-        self.key = label.into();
+    /// The same identity with `label` as the usage log's key column, verbatim (not masked), cut
+    /// to [`MAX_LABEL_BYTES`](tollhouse_core::usage::MAX_LABEL_BYTES).
+    pub fn with_label(mut self, label: impl AsRef<str>) -> Self {
+        self.key =
+            tollhouse_core::usage::cut(label.as_ref(), tollhouse_core::usage::MAX_LABEL_BYTES);
         self
     }
 

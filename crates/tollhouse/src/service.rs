@@ -738,7 +738,7 @@ tiers = [{ window = "day", capacity = 1 }]
 [[orgs]]
 id = "trial"
 plan = "trial"
-keys = ["trial-key"]
+keys = ["trial-key-1"]
 "#,
         ));
         let app = Router::new()
@@ -749,10 +749,10 @@ keys = ["trial-key"]
             .layer(f.layer.clone());
         let first = app
             .clone()
-            .oneshot(get_req("/items", Some("trial-key")))
+            .oneshot(get_req("/items", Some("trial-key-1")))
             .await?;
         assert_eq!(&first.into_body().collect().await?.to_bytes()[..], b"false");
-        let second = app.oneshot(get_req("/items", Some("trial-key"))).await?;
+        let second = app.oneshot(get_req("/items", Some("trial-key-1"))).await?;
         assert_eq!(second.status(), StatusCode::OK);
         assert_eq!(second.headers()[X_RATELIMIT_REMAINING], "0");
         assert!(second.headers().get(RETRY_AFTER).is_none());

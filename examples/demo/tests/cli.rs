@@ -216,7 +216,7 @@ tiers = [{{ window = "day", capacity = {capacity} }}]
 [[orgs]]
 id = "acme"
 plan = "p"
-keys = ["k"]
+keys = ["only-key-01"]
 "#
     )
 }
@@ -225,7 +225,7 @@ keys = ["k"]
 async fn call(client: &reqwest::Client, demo: &Demo) -> (u16, String, String) {
     let response = client
         .get(demo.url("/v1/items"))
-        .bearer_auth("k")
+        .bearer_auth("only-key-01")
         .send()
         .await
         .expect("a response");

@@ -34,12 +34,12 @@ tiers = [{ window = "month", capacity = 100000 }]
 [[orgs]]
 id = "acme"
 plan = "shared"
-keys = ["acme-key"]
+keys = ["acme-key-1"]
 
 [[orgs]]
 id = "busy"
 plan = "slots"
-keys = ["busy-key"]
+keys = ["busy-key-1"]
 "#;
 
 /// Three demos on one fresh Redis. Store calls may take up to `timeout_ms` before the policy's
@@ -83,7 +83,7 @@ async fn three_instances_admit_exactly_the_capacity_together() {
         async move {
             let response = client
                 .get(url)
-                .bearer_auth("acme-key")
+                .bearer_auth("acme-key-1")
                 .send()
                 .await
                 .expect("a response");
@@ -109,7 +109,7 @@ async fn three_instances_admit_exactly_the_capacity_together() {
     assert_eq!(rejected, 250);
     // Every instance sees the same, shared count.
     for demo in &demos {
-        let usage = usage(&client, demo, "acme-key").await;
+        let usage = usage(&client, demo, "acme-key-1").await;
         assert_eq!(usage["limits"][0]["remaining"], 0, "{usage}");
     }
 }
@@ -126,7 +126,7 @@ async fn usage(client: &reqwest::Client, demo: &Demo, key: &str) -> serde_json::
 }
 
 async fn in_flight(client: &reqwest::Client, demo: &Demo) -> u64 {
-    usage(client, demo, "busy-key").await["in_flight"]
+    usage(client, demo, "busy-key-1").await["in_flight"]
         .as_u64()
         .expect("in_flight is a number")
 }
@@ -142,7 +142,7 @@ async fn the_concurrency_limit_holds_across_instances() {
     for demo in &demos {
         let response = client
             .get(demo.url("/v1/stream?chunks=2&interval_ms=5000"))
-            .bearer_auth("busy-key")
+            .bearer_auth("busy-key-1")
             .send()
             .await
             .expect("a streaming response");
@@ -153,7 +153,7 @@ async fn the_concurrency_limit_holds_across_instances() {
     for demo in &demos {
         let fourth = client
             .get(demo.url("/v1/items"))
-            .bearer_auth("busy-key")
+            .bearer_auth("busy-key-1")
             .send()
             .await
             .expect("a response");
@@ -173,7 +173,7 @@ async fn the_concurrency_limit_holds_across_instances() {
     }
     let admitted = client
         .get(demos[1].url("/v1/items"))
-        .bearer_auth("busy-key")
+        .bearer_auth("busy-key-1")
         .send()
         .await
         .expect("a response");
@@ -191,7 +191,7 @@ async fn redis_stopping_and_coming_back() {
         .expect("client");
     let admitted = client
         .get(demos[0].url("/v1/items"))
-        .bearer_auth("acme-key")
+        .bearer_auth("acme-key-1")
         .send()
         .await
         .expect("a response");
@@ -204,7 +204,7 @@ async fn redis_stopping_and_coming_back() {
         let started = Instant::now();
         let response = client
             .get(demo.url("/v1/items"))
-            .bearer_auth("acme-key")
+            .bearer_auth("acme-key-1")
             .send()
             .await
             .expect("answered");
@@ -223,7 +223,7 @@ async fn redis_stopping_and_coming_back() {
     loop {
         let response = client
             .get(demos[2].url("/v1/items"))
-            .bearer_auth("acme-key")
+            .bearer_auth("acme-key-1")
             .send()
             .await
             .expect("answered");

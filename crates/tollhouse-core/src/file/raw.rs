@@ -31,6 +31,8 @@ pub(super) struct RawServer {
     pub(super) on_lookup_error: Option<Spanned<String>>,
     pub(super) calls_kept: Option<Spanned<i64>>,
     pub(super) metrics_org_label: Option<bool>,
+    pub(super) usage_query: Option<Spanned<String>>,
+    pub(super) redact_query: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]

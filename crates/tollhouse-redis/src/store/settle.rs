@@ -5,7 +5,9 @@ use std::future::Future;
 
 use chrono::NaiveDate;
 use redis::Value;
-use tollhouse_core::usage::{DAYS_KEPT, MAX_ENDPOINTS, MAX_REPEATED, local_date};
+use tollhouse_core::usage::{
+    DAYS_KEPT, DISPLAY_BYTES, MAX_ENDPOINTS, MAX_REPEATED, cut, entry_hash, local_date,
+};
 use tollhouse_core::{
     CallRecord, Dimension, Outcome, ResolvedOrg, Settlement, StoreError, Timestamp,
 };
@@ -41,6 +43,7 @@ impl Inner {
                 keys.endpoint_calls(date),
                 keys.endpoint_points(date),
                 keys.repeated(date),
+                keys.repeated_info(date),
             ],
             args: vec![
                 at.as_millis().to_string(),
@@ -120,13 +123,15 @@ impl Inner {
             REPORT_TTL_MS.to_string(),
             if call.billable { "1" } else { "0" }.to_owned(),
             if admitted { "1" } else { "0" }.to_owned(),
-            format!("{}\n{route}", call.method),
+            format!("{}\n{}", call.method, cut(route, DISPLAY_BYTES)),
             if admitted { call.cost } else { 0 }.to_string(),
-            format!("{}\n{}", call.method, call.path),
+            format!("{:016x}", entry_hash(&call.method, &call.path)),
+            format!("{}\n{}", call.method, cut(&call.path, DISPLAY_BYTES)),
             call.at.as_millis().to_string(),
             MAX_ENDPOINTS.to_string(),
             MAX_REPEATED.to_string(),
             OTHER_ENDPOINT.to_owned(),
+            if call.logged { "1" } else { "0" }.to_owned(),
         ];
         job.args.extend(args);
     }

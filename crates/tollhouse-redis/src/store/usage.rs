@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use chrono::{Days, NaiveDate};
 use redis::Value;
 use tollhouse_core::usage::{
-    DAYS_KEPT, EndpointUsage, REPEAT_THRESHOLD, RepeatedRequest, local_date, sort_newest_first,
+    CALLS_SHOWN, DAYS_KEPT, EndpointUsage, REPEAT_THRESHOLD, REPORT_ROWS, RepeatedRequest, Row,
+    local_date, sort_newest_first,
 };
-use tollhouse_core::{OrgUsage, ResolvedOrg, StoreError, Timestamp, UsageSnapshot};
+use tollhouse_core::{OrgUsage, ResolvedOrg, StoreError, Timestamp, UsageSnapshot, UsageView};
 
 use super::reply::{array, int, protocol, text};
 use super::{Inner, SCRIPTS, day_number};
@@ -19,11 +20,17 @@ impl Inner {
         &self,
         org: &ResolvedOrg,
         now: Timestamp,
-        days: usize,
+        view: UsageView,
     ) -> Result<OrgUsage, StoreError> {
         let keys = self.keys(org.id());
         let date = local_date(org.time_zone(), now);
-        let days = days.clamp(1, DAYS_KEPT);
+        let days = view.days().clamp(1, DAYS_KEPT);
+        let log_count = match view {
+            UsageView::All { .. } => self.calls_kept,
+            UsageView::Calls => CALLS_SHOWN,
+            _ => 0,
+        };
+        let report_rows = if view.report() { REPORT_ROWS } else { 0 };
         let dates: Vec<NaiveDate> = (0..days)
             .rev()
             .filter_map(|back| date.checked_sub_days(Days::new(back as u64)))
@@ -36,11 +43,16 @@ impl Inner {
             .key(keys.endpoint_calls(date))
             .key(keys.endpoint_points(date))
             .key(keys.repeated(date))
+            .key(keys.repeated_info(date))
             .key(keys.log());
         for day in &dates {
             invocation.key(keys.day(*day));
         }
-        invocation.arg(day_number(date));
+        invocation
+            .arg(day_number(date))
+            .arg(log_count)
+            .arg(report_rows)
+            .arg(REPEAT_THRESHOLD);
         let mut conn = self.conn.clone();
         let reply = array(
             self.run(invocation.invoke_async::<Value>(&mut conn))
@@ -137,33 +149,35 @@ fn endpoints(calls: Vec<Value>, points: Vec<Value>) -> Result<Vec<EndpointUsage>
 }
 
 fn repeated_requests(entries: Vec<Value>) -> Result<Vec<RepeatedRequest>, StoreError> {
-    let mut out = Vec::new();
-    for pair in entries.chunks(2) {
-        let [field, value] = pair else {
-            return Err(protocol("a repeated request without its count"));
-        };
-        let mut numbers = text(value)?.split(' ').map(str::parse::<i64>);
-        let (Some(Ok(count)), Some(Ok(first)), Some(Ok(last))) =
-            (numbers.next(), numbers.next(), numbers.next())
-        else {
+    let mut out = Vec::with_capacity(entries.len() / 3);
+    for triple in entries.chunks(3) {
+        let [_entry, count, info] = triple else {
             return Err(protocol(
-                "a repeated request that is not 'count first last'",
+                "a repeated request without its count and what it is",
             ));
         };
-        let count = u64::try_from(count).unwrap_or(0);
-        if count < REPEAT_THRESHOLD {
-            continue;
-        }
-        let (method, path) = split_field(text(field)?);
-        out.push(RepeatedRequest {
+        let count: u64 = text(count)?
+            .parse()
+            .map_err(|_| protocol("a repeated request count that is not a number"))?;
+        let mut parts = text(info)?.splitn(3, ' ');
+        let (Some(Ok(first)), Some(Ok(last)), Some(display)) = (
+            parts.next().map(str::parse::<i64>),
+            parts.next().map(str::parse::<i64>),
+            parts.next(),
+        ) else {
+            return Err(protocol(
+                "a repeated request that is not 'first last method\\npath'",
+            ));
+        };
+        let (method, path) = split_field(display);
+        out.push(RepeatedRequest::of(&Row {
             method: method.into(),
             path: path.into(),
             count,
-            mean_interval_s: Timestamp::from_millis(last)
-                .millis_since(Timestamp::from_millis(first)) as f64
-                / 1000.0
-                / (count - 1) as f64,
-        });
+            points: 0,
+            first: Timestamp::from_millis(first),
+            last: Timestamp::from_millis(last),
+        }));
     }
     Ok(out)
 }

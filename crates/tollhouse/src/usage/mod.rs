@@ -120,12 +120,13 @@ use crate::identity::Refusal;
 use crate::problem::Problem;
 
 pub mod json;
+pub mod recent;
 mod routes;
 
 pub use routes::{UsageRouter, usage_router};
 
 /// Calls shown by `GET /v1/usage/calls` and the page's log, newest first.
-pub const CALLS_SHOWN: usize = 100;
+pub use tollhouse_core::usage::CALLS_SHOWN;
 
 /// Most days `GET /v1/usage/billing` returns (and its default).
 pub const MAX_BILLING_DAYS: usize = 31;

@@ -11,14 +11,30 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::request::Parts;
 use http::{HeaderName, StatusCode};
 use serde::{Deserialize, Serialize};
-use tollhouse_core::{ResolvedOrg, StoreError};
+use tollhouse_core::{OrgUsage, ResolvedOrg, StoreError, UsageView};
 
 use super::json::{Billing, Calls, Report, Usage};
+use super::recent::Recent;
 use super::{MAX_BILLING_DAYS, UsageSource};
 use crate::identity::Refusal;
 use crate::problem::{Cause, Problem};
 
-type Source = Arc<dyn UsageSource>;
+/// What the handlers share: where the usage comes from, and the last answers per org.
+#[derive(Clone)]
+struct Shared {
+    source: Arc<dyn UsageSource>,
+    recent: Arc<Recent>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = dyn UsageSource;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.source
+    }
+}
+
+type Source = Shared;
 
 const PAGE_HTML: &str = include_str!("page.html");
 const PAGE_CSS: &str = include_str!("page.css");
@@ -126,7 +142,10 @@ impl<U: UsageSource> UsageRouter<U> {
     /// The router.
     pub fn build(self) -> Router {
         check_path(&self.api);
-        let source: Source = self.source;
+        let source = Shared {
+            source: self.source,
+            recent: Arc::new(Recent::default()),
+        };
         let api = &self.api;
         let mut router = Router::new()
             .route(api, get(summary))
@@ -263,25 +282,30 @@ fn bad_request(source: &Source, detail: String) -> Response {
 }
 
 /// A JSON body that no cache keeps and no browser sniffs: it is one org's private numbers.
-fn private_json<T: Serialize>(value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => (
-            [
-                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                (CACHE_CONTROL, HeaderValue::from_static("no-store")),
-                (NOSNIFF.0, NOSNIFF.1),
-            ],
-            body,
-        )
-            .into_response(),
-        Err(error) => Problem::new(
+fn private_json_body(body: Bytes) -> Response {
+    (
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (NOSNIFF.0, NOSNIFF.1),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `500`: an answer that could not be written as JSON.
+fn serialization_failed(source: &Source, error: &serde_json::Error) -> Response {
+    problem(
+        source,
+        Problem::new(
             Cause::UsageUnavailable,
             StatusCode::INTERNAL_SERVER_ERROR,
             "Internal Server Error",
             error.to_string(),
-        )
-        .into_response(),
-    }
+        ),
+    )
+    .into_response()
 }
 
 /// `X-Content-Type-Options: nosniff`.
@@ -297,25 +321,55 @@ async fn identify(source: &Source, parts: Parts) -> Result<Arc<ResolvedOrg>, Res
         .map_err(|refusal| refused(source, refusal))
 }
 
+/// Reads `view` of the caller's usage and renders it, or serves the org's last answer when it
+/// reads more often than [`FRESH_READS_PER_SECOND`](super::recent::FRESH_READS_PER_SECOND) times
+/// a second.
+async fn answer<T: Serialize>(
+    source: &Source,
+    org: &Arc<ResolvedOrg>,
+    view: UsageView,
+    render: impl FnOnce(&OrgUsage) -> T,
+) -> Result<Response, Response> {
+    if let Some(body) = source.recent.reuse(org.id(), view) {
+        return Ok(private_json_body(body));
+    }
+    let usage = source
+        .store()
+        .usage_view(org, source.now(), view)
+        .await
+        .map_err(|error| store_failed(source, error))?;
+    let body = serde_json::to_vec(&render(&usage))
+        .map(Bytes::from)
+        .map_err(|error| serialization_failed(source, &error))?;
+    source.recent.keep(org.id(), view, body.clone());
+    Ok(private_json_body(body))
+}
+
 async fn summary(State(source): State<Source>, parts: Parts) -> Result<Response, Response> {
     let org = identify(&source, parts).await?;
+    let view = UsageView::Summary;
+    if let Some(body) = source.recent.reuse(org.id(), view) {
+        return Ok(private_json_body(body));
+    }
     let now = source.now();
     let store = source.store();
     let (usage, statuses) =
-        futures_util::future::try_join(store.usage(&org, now, 1), store.peek(&org, now))
+        futures_util::future::try_join(store.usage_view(&org, now, view), store.peek(&org, now))
             .await
             .map_err(|error| store_failed(&source, error))?;
-    Ok(private_json(&Usage::new(&org, &usage, &statuses)))
+    let body = serde_json::to_vec(&Usage::new(&org, &usage, &statuses))
+        .map(Bytes::from)
+        .map_err(|error| serialization_failed(&source, &error))?;
+    source.recent.keep(org.id(), view, body.clone());
+    Ok(private_json_body(body))
 }
 
 async fn calls(State(source): State<Source>, parts: Parts) -> Result<Response, Response> {
     let org = identify(&source, parts).await?;
-    let usage = source
-        .store()
-        .usage(&org, source.now(), 1)
-        .await
-        .map_err(|error| store_failed(&source, error))?;
-    Ok(private_json(&Calls::new(&org, &usage)))
+    answer(&source, &org, UsageView::Calls, |usage| {
+        Calls::new(&org, usage)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -351,22 +405,12 @@ async fn billing(
     };
     let days =
         billing_days(query.days.as_deref()).map_err(|detail| bad_request(&source, detail))?;
-    let usage = source
-        .store()
-        .usage(&org, source.now(), days)
-        .await
-        .map_err(|error| store_failed(&source, error))?;
-    Ok(private_json(&Billing::new(&usage)))
+    answer(&source, &org, UsageView::Billing { days }, Billing::new).await
 }
 
 async fn report(State(source): State<Source>, parts: Parts) -> Result<Response, Response> {
     let org = identify(&source, parts).await?;
-    let usage = source
-        .store()
-        .usage(&org, source.now(), 1)
-        .await
-        .map_err(|error| store_failed(&source, error))?;
-    Ok(private_json(&Report::new(&usage)))
+    answer(&source, &org, UsageView::Report, Report::new).await
 }
 
 fn asset(content_type: &'static str, body: impl IntoResponse) -> Response {

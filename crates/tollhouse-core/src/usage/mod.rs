@@ -21,86 +21,52 @@
 //! assert_eq!(snapshot.billable_today, 1);
 //! ```
 
-use std::borrow::Borrow;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{self, Hash};
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use chrono::{Days, NaiveDate, TimeZone};
 use chrono_tz::Tz;
 
+use crate::policy::UsageQuery;
+use crate::store::UsageView;
 use crate::time::Timestamp;
 use crate::window::{Bounds, Window};
 
-/// The hasher of the per-day maps: their keys are hashed on every call, and their size is bounded
-/// ([`MAX_ENDPOINTS`], [`MAX_REPEATED`]), so a fast seeded hash is enough.
-type Hasher = foldhash::fast::RandomState;
+mod report;
 
-/// A method and a route (or a path), as the usage maps keep them.
-#[derive(Clone, Debug)]
-struct Endpoint(Arc<str>, Arc<str>);
-
-/// A method and a route (or a path), owned or borrowed: the maps are searched with borrowed
-/// strings, so that counting a call clones nothing.
-trait EndpointKey {
-    fn parts(&self) -> (&str, &str);
-}
-
-impl EndpointKey for Endpoint {
-    fn parts(&self) -> (&str, &str) {
-        (&self.0, &self.1)
-    }
-}
-
-impl EndpointKey for (&str, &str) {
-    fn parts(&self) -> (&str, &str) {
-        *self
-    }
-}
-
-impl<'a> Borrow<dyn EndpointKey + 'a> for Endpoint {
-    fn borrow(&self) -> &(dyn EndpointKey + 'a) {
-        self
-    }
-}
-
-impl Hash for dyn EndpointKey + '_ {
-    fn hash<H: hash::Hasher>(&self, state: &mut H) {
-        self.parts().hash(state);
-    }
-}
-
-impl PartialEq for dyn EndpointKey + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn EndpointKey + '_ {}
-
-impl Hash for Endpoint {
-    fn hash<H: hash::Hasher>(&self, state: &mut H) {
-        // As its borrowed form hashes, which the maps are searched with.
-        (self as &dyn EndpointKey).hash(state);
-    }
-}
-
-impl PartialEq for Endpoint {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for Endpoint {}
+pub use report::{DISPLAY_BYTES, Row, cut, entry_hash};
+use report::{Full, Tally};
 
 /// Days of billable counts kept per org.
 pub const DAYS_KEPT: usize = 31;
 /// Distinct endpoints (method + route) counted per org per day; more fall into one `(other)` row.
-pub const MAX_ENDPOINTS: usize = 256;
-/// Distinct request paths tracked for repetition per org per day.
-pub const MAX_REPEATED: usize = 1024;
+pub const MAX_ENDPOINTS: usize = 128;
+/// Distinct request paths tracked for repetition per org per day; a new one past this many takes
+/// the place of the one seen least.
+pub const MAX_REPEATED: usize = 256;
+/// Bytes of a request target (path and query) the call log keeps; a longer one is cut at a
+/// character boundary, ending with `…`, and its full length is kept as [`CallRecord::path_len`].
+pub const MAX_PATH_BYTES: usize = 256;
+/// Bytes of a key label the call log keeps (a masked key is 7 at most; a label set by the service
+/// is cut to this).
+pub const MAX_LABEL_BYTES: usize = 64;
+/// The most calls a call log may keep (`calls_kept`).
+pub const MAX_CALLS_KEPT: usize = 1_000;
+/// The methods the usage keeps by name; any other is counted as [`OTHER_METHOD`].
+pub const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+];
+/// The label of every method not in [`METHODS`].
+pub const OTHER_METHOD: &str = "OTHER";
+/// The row the endpoints past [`MAX_ENDPOINTS`] are counted in.
+pub const OVERFLOW_ENDPOINT: (&str, &str) = ("*", "(other)");
 /// Times an identical request must come in a day to be reported as repeated.
 pub const REPEAT_THRESHOLD: u64 = 10;
+/// Repeated requests the report shows at most, most frequent first.
+pub const REPORT_ROWS: usize = 50;
+/// Calls the usage routes show at most, newest first.
+pub const CALLS_SHOWN: usize = 100;
 
 /// What the layer did with a call.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -136,8 +102,10 @@ pub struct CallRecord {
     pub key: Arc<str>,
     /// The HTTP method.
     pub method: Arc<str>,
-    /// The request target, with its query string.
+    /// The request target, with its query string, cut to [`MAX_PATH_BYTES`].
     pub path: Arc<str>,
+    /// The full length of the request target in bytes, when [`path`](Self::path) was cut.
+    pub path_len: Option<u32>,
     /// The matched route pattern, if known.
     pub route: Option<Arc<str>>,
     /// The response status.
@@ -150,22 +118,29 @@ pub struct CallRecord {
     pub outcome: Outcome,
     /// Whether it counts as a billable call.
     pub billable: bool,
+    /// Whether it goes into the call log. A rejection past the org's rate of logged rejections is
+    /// only counted (billing, endpoints, repeated requests), not logged.
+    pub logged: bool,
 }
 
 impl CallRecord {
-    /// A billable, admitted call with no key, route, status, cost or latency yet.
-    pub fn new(at: Timestamp, method: impl Into<Arc<str>>, path: impl Into<Arc<str>>) -> Self {
+    /// A billable, admitted call with no key, route, status, cost or latency yet; `path` is cut
+    /// to [`MAX_PATH_BYTES`] (see [`bounded_path`]).
+    pub fn new(at: Timestamp, method: impl Into<Arc<str>>, path: &str) -> Self {
+        let (path, path_len) = bounded_path(path);
         Self {
             at,
             key: Arc::from(""),
             method: method.into(),
-            path: path.into(),
+            path,
+            path_len,
             route: None,
             status: 200,
             cost: 1,
             latency_ms: 0,
             outcome: Outcome::Admitted,
             billable: true,
+            logged: true,
         }
     }
 
@@ -186,6 +161,60 @@ impl CallRecord {
         self.key = key.into();
         self
     }
+}
+
+/// A request target as the call log keeps it: cut to [`MAX_PATH_BYTES`] at a character boundary
+/// (ending with `…`), with its full length when it was cut.
+pub fn bounded_path(target: &str) -> (Arc<str>, Option<u32>) {
+    if target.len() <= MAX_PATH_BYTES {
+        return (Arc::from(target), None);
+    }
+    let full = u32::try_from(target.len()).unwrap_or(u32::MAX);
+    (cut(target, MAX_PATH_BYTES), Some(full))
+}
+
+/// A request target as `query` says the usage keeps it: whole, without its query, or with the
+/// values of some parameters replaced by `REDACTED`.
+pub fn usage_target<'a>(target: &'a str, query: &UsageQuery) -> Cow<'a, str> {
+    let Some((path, params)) = target.split_once('?') else {
+        return Cow::Borrowed(target);
+    };
+    match query {
+        UsageQuery::Keep => Cow::Borrowed(target),
+        UsageQuery::Drop => Cow::Borrowed(path),
+        UsageQuery::Redact(names) => {
+            let secret = |param: &str| {
+                let name = param.split_once('=').map_or(param, |(name, _)| name);
+                names.iter().any(|redacted| **redacted == *name)
+            };
+            if !params.split('&').any(secret) {
+                return Cow::Borrowed(target);
+            }
+            let mut kept = String::with_capacity(target.len());
+            kept.push_str(path);
+            for (index, param) in params.split('&').enumerate() {
+                kept.push(if index == 0 { '?' } else { '&' });
+                match param.split_once('=') {
+                    Some((name, _)) if secret(param) => {
+                        kept.push_str(name);
+                        kept.push_str("=REDACTED");
+                    }
+                    _ => kept.push_str(param),
+                }
+            }
+            Cow::Owned(kept)
+        }
+    }
+}
+
+/// A method as the usage keeps it: its name when it is one of [`METHODS`], else
+/// [`OTHER_METHOD`], so a caller's invented methods add no distinct strings.
+pub fn method_label(method: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|known| **known == method)
+        .copied()
+        .unwrap_or(OTHER_METHOD)
 }
 
 /// Masks an API key to its last four characters: `…abcd`.
@@ -224,11 +253,45 @@ pub struct RepeatedRequest {
     pub mean_interval_s: f64,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Repeat {
-    count: u64,
-    first: Timestamp,
-    last: Timestamp,
+impl UsageSnapshot {
+    /// Leaves only what `view` shows: no call log unless it shows calls, no report unless it
+    /// shows the report, and the last `view.days()` days of billing.
+    pub fn keep_only(&mut self, view: UsageView) {
+        match view {
+            UsageView::All { .. } => {}
+            UsageView::Calls => self.calls.truncate(CALLS_SHOWN),
+            _ => self.calls = Vec::new(),
+        }
+        if !view.report() {
+            self.endpoints = Vec::new();
+            self.repeated = Vec::new();
+        }
+        self.repeated.truncate(REPORT_ROWS);
+        let days = view.days().clamp(1, DAYS_KEPT);
+        let extra = self.billable_days.len().saturating_sub(days);
+        self.billable_days.drain(..extra);
+    }
+}
+
+impl RepeatedRequest {
+    /// The report's line for a row of the repeated-request tally.
+    pub fn of(row: &Row) -> Self {
+        Self {
+            method: row.method.clone(),
+            path: row.path.clone(),
+            count: row.count,
+            mean_interval_s: row.last.millis_since(row.first) as f64
+                / 1000.0
+                / row.count.saturating_sub(1).max(1) as f64,
+        }
+    }
+}
+
+/// The method of the endpoints' overflow row, shared.
+fn overflow_method() -> Arc<str> {
+    static OVERFLOW: std::sync::LazyLock<Arc<str>> =
+        std::sync::LazyLock::new(|| Arc::from(OVERFLOW_ENDPOINT.0));
+    Arc::clone(&OVERFLOW)
 }
 
 /// Everything the usage routes show for one org, at one instant.
@@ -269,8 +332,8 @@ pub struct UsageLedger {
     /// and comparing two instants is cheaper than converting one to a local date).
     day: Option<(Tz, Bounds, NaiveDate)>,
     admitted_today: u64,
-    endpoints: HashMap<Endpoint, (u64, u64), Hasher>,
-    repeated: HashMap<Endpoint, Repeat, Hasher>,
+    endpoints: Tally,
+    repeated: Tally,
 }
 
 /// The local date of `at` in `tz`.
@@ -279,17 +342,18 @@ pub fn local_date(tz: Tz, at: Timestamp) -> NaiveDate {
 }
 
 impl UsageLedger {
-    /// An empty ledger keeping the last `kept` calls.
+    /// An empty ledger keeping the last `kept` calls (from 1 to [`MAX_CALLS_KEPT`]).
     pub fn new(kept: usize) -> Self {
+        let kept = kept.clamp(1, MAX_CALLS_KEPT);
         Self {
-            kept: kept.max(1),
+            kept,
             calls: VecDeque::with_capacity(kept.clamp(1, 128)),
             days: VecDeque::with_capacity(DAYS_KEPT),
             today: None,
             day: None,
             admitted_today: 0,
-            endpoints: HashMap::default(),
-            repeated: HashMap::default(),
+            endpoints: Tally::new(MAX_ENDPOINTS),
+            repeated: Tally::new(MAX_REPEATED),
         }
     }
 
@@ -350,6 +414,9 @@ impl UsageLedger {
             self.count_endpoint(&call);
             self.count_repeat(&call);
         }
+        if !call.logged {
+            return;
+        }
         if self.calls.len() == self.kept {
             self.calls.pop_front();
         }
@@ -363,107 +430,41 @@ impl UsageLedger {
         } else {
             0
         };
-        let found: &dyn EndpointKey = &(&*call.method, &**route);
-        if let Some(entry) = self.endpoints.get_mut(found) {
-            entry.0 += 1;
-            entry.1 += points;
-            return;
-        }
-        let key = if self.endpoints.len() >= MAX_ENDPOINTS - 1 {
-            Endpoint(Arc::from("*"), Arc::from("(other)"))
-        } else {
-            Endpoint(Arc::clone(&call.method), Arc::clone(route))
-        };
-        let entry = self.endpoints.entry(key).or_insert((0, 0));
-        entry.0 += 1;
-        entry.1 += points;
+        let overflow = overflow_method();
+        self.endpoints.count(
+            &call.method,
+            route,
+            call.at,
+            points,
+            Full::Overflow(&overflow, OVERFLOW_ENDPOINT.1),
+        );
     }
 
     fn count_repeat(&mut self, call: &CallRecord) {
-        let found: &dyn EndpointKey = &(&*call.method, &*call.path);
-        if let Some(entry) = self.repeated.get_mut(found) {
-            entry.count += 1;
-            entry.last = entry.last.max(call.at);
-            entry.first = entry.first.min(call.at);
-            return;
-        }
-        if self.repeated.len() >= MAX_REPEATED {
-            // Make room by forgetting the paths seen least; a path that repeats comes back quickly.
-            let mut counts: Vec<u64> = self.repeated.values().map(|r| r.count).collect();
-            let middle = counts.len() / 2;
-            let (_, median, _) = counts.select_nth_unstable(middle);
-            let cut = *median;
-            self.repeated.retain(|_, repeat| repeat.count > cut);
-            if self.repeated.len() >= MAX_REPEATED {
-                return;
-            }
-        }
-        self.repeated.insert(
-            Endpoint(Arc::clone(&call.method), Arc::clone(&call.path)),
-            Repeat {
-                count: 1,
-                first: call.at,
-                last: call.at,
-            },
-        );
+        self.repeated
+            .count(&call.method, &call.path, call.at, 0, Full::Evict);
     }
 
     /// Everything the usage routes show, as of `now` in `tz`, with `days` days of billing (at most 31).
     pub fn snapshot(&self, tz: Tz, now: Timestamp, days: usize) -> UsageSnapshot {
+        self.view(tz, now, UsageView::All { days })
+    }
+
+    /// What `view` shows, as of `now` in `tz`: nothing is copied that the view does not show.
+    pub fn view(&self, tz: Tz, now: Timestamp, view: UsageView) -> UsageSnapshot {
         let date = local_date(tz, now);
         let current = self.today == Some(date);
-        let days = days.clamp(1, DAYS_KEPT);
-        let billable_days: Vec<(NaiveDate, u64)> = (0..days)
-            .rev()
-            .filter_map(|back| date.checked_sub_days(Days::new(back as u64)))
-            .map(|day| {
-                (
-                    day,
-                    self.days
-                        .iter()
-                        .find(|(d, _)| *d == day)
-                        .map_or(0, |(_, count)| *count),
-                )
-            })
-            .collect();
-        let mut endpoints: Vec<EndpointUsage> = if current {
-            self.endpoints
-                .iter()
-                .map(|(Endpoint(method, route), (calls, points))| EndpointUsage {
-                    method: method.clone(),
-                    route: route.clone(),
-                    calls: *calls,
-                    points: *points,
-                })
-                .collect()
+        let billable_days = self.billable_days(date, view.days());
+        let (endpoints, repeated) = if current && view.report() {
+            (self.endpoint_rows(), self.repeated_rows())
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
-        endpoints.sort_by(|a, b| {
-            b.calls
-                .cmp(&a.calls)
-                .then(b.points.cmp(&a.points))
-                .then(a.route.cmp(&b.route))
-        });
-        let mut repeated: Vec<RepeatedRequest> = if current {
-            self.repeated
-                .iter()
-                .filter(|(_, repeat)| repeat.count >= REPEAT_THRESHOLD)
-                .map(|(Endpoint(method, path), repeat)| RepeatedRequest {
-                    method: method.clone(),
-                    path: path.clone(),
-                    count: repeat.count,
-                    mean_interval_s: repeat.last.millis_since(repeat.first) as f64
-                        / 1000.0
-                        / (repeat.count - 1) as f64,
-                })
-                .collect()
-        } else {
-            Vec::new()
+        let calls = match view {
+            UsageView::All { .. } => self.newest_calls(self.calls.len()),
+            UsageView::Calls => self.newest_calls(CALLS_SHOWN),
+            _ => Vec::new(),
         };
-        repeated.sort_by(|a, b| b.count.cmp(&a.count).then(a.path.cmp(&b.path)));
-        let mut calls: Vec<CallRecord> = self.calls.iter().rev().cloned().collect();
-        sort_newest_first(&mut calls);
         UsageSnapshot {
             date,
             calls_today: if current { self.admitted_today } else { 0 },
@@ -473,6 +474,63 @@ impl UsageLedger {
             endpoints,
             repeated,
         }
+    }
+
+    /// Billable calls of the `days` days up to `date`, oldest first.
+    fn billable_days(&self, date: NaiveDate, days: usize) -> Vec<(NaiveDate, u64)> {
+        (0..days.clamp(1, DAYS_KEPT))
+            .rev()
+            .filter_map(|back| date.checked_sub_days(Days::new(back as u64)))
+            .map(|day| {
+                let count = self
+                    .days
+                    .iter()
+                    .find(|(d, _)| *d == day)
+                    .map_or(0, |(_, count)| *count);
+                (day, count)
+            })
+            .collect()
+    }
+
+    /// Today's endpoints, most called first.
+    fn endpoint_rows(&self) -> Vec<EndpointUsage> {
+        let mut endpoints: Vec<EndpointUsage> = self
+            .endpoints
+            .rows()
+            .map(|row| EndpointUsage {
+                method: row.method.clone(),
+                route: row.path.clone(),
+                calls: row.count,
+                points: row.points,
+            })
+            .collect();
+        endpoints.sort_by(|a, b| {
+            b.calls
+                .cmp(&a.calls)
+                .then(b.points.cmp(&a.points))
+                .then(a.route.cmp(&b.route))
+        });
+        endpoints
+    }
+
+    /// Today's most repeated requests, at most [`REPORT_ROWS`], most frequent first.
+    fn repeated_rows(&self) -> Vec<RepeatedRequest> {
+        let mut repeated: Vec<RepeatedRequest> = self
+            .repeated
+            .rows()
+            .filter(|row| row.count >= REPEAT_THRESHOLD)
+            .map(RepeatedRequest::of)
+            .collect();
+        repeated.sort_by(|a, b| b.count.cmp(&a.count).then(a.path.cmp(&b.path)));
+        repeated.truncate(REPORT_ROWS);
+        repeated
+    }
+
+    /// The last `count` calls logged, newest first by arrival.
+    fn newest_calls(&self, count: usize) -> Vec<CallRecord> {
+        let mut calls: Vec<CallRecord> = self.calls.iter().rev().take(count).cloned().collect();
+        sort_newest_first(&mut calls);
+        calls
     }
 }
 
@@ -594,6 +652,42 @@ mod tests {
             .collect();
         assert_eq!(billed, expected);
         assert!(expected.len() >= 3, "{expected:?}");
+    }
+
+    #[test]
+    fn long_targets_are_cut_with_their_length_and_odd_methods_folded() {
+        let long = format!("/v1/items?q={}", "x".repeat(60_000));
+        let call = CallRecord::new(Timestamp::from_secs(0), "GET", &long);
+        assert!(call.path.len() <= MAX_PATH_BYTES);
+        assert!(call.path.ends_with('…'));
+        assert_eq!(
+            call.path_len,
+            Some(u32::try_from(long.len()).expect("small"))
+        );
+        assert_eq!(
+            CallRecord::new(Timestamp::from_secs(0), "GET", "/a").path_len,
+            None
+        );
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("BREW"), OTHER_METHOD);
+        assert_eq!(method_label("get"), OTHER_METHOD);
+    }
+
+    #[test]
+    fn queries_are_kept_dropped_or_redacted() {
+        let target = "/v1/items?page=2&token=s3cret&tokens=x&token";
+        assert_eq!(usage_target(target, &UsageQuery::Keep), target);
+        assert_eq!(usage_target(target, &UsageQuery::Drop), "/v1/items");
+        let redact = UsageQuery::Redact(vec![Box::from("token")].into());
+        assert_eq!(
+            usage_target(target, &redact),
+            "/v1/items?page=2&token=REDACTED&tokens=x&token"
+        );
+        assert_eq!(
+            usage_target("/v1/items?page=2", &redact),
+            "/v1/items?page=2"
+        );
+        assert_eq!(usage_target("/v1/items", &UsageQuery::Drop), "/v1/items");
     }
 
     #[test]
