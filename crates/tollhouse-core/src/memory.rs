@@ -33,12 +33,15 @@ use crate::usage::{CallRecord, UsageLedger};
 
 /// How often (in the store's clock) idle ledgers are swept, in milliseconds.
 const SWEEP_EVERY_MS: i64 = 60_000;
+/// How long an org's usage is kept after its last call: the days billing shows, and one more.
+const USAGE_KEPT_MS: i64 = (crate::usage::DAYS_KEPT as i64 + 1) * 86_400_000;
 
 /// Counts in this process: exact, per-org locks, bounded memory.
 #[derive(Debug)]
 pub struct MemoryStore {
     slots: OrgMap<Slot>,
-    usage: OrgMap<Mutex<UsageLedger>>,
+    /// Each org's usage, and whether a sweep retired it (then whoever locks it looks again).
+    usage: OrgMap<Mutex<(bool, UsageLedger)>>,
     calls_kept: usize,
     last_sweep: AtomicI64,
 }
@@ -132,6 +135,11 @@ impl MemoryStore {
         self.slots.len()
     }
 
+    /// Orgs whose usage (billing, call log, report) is held now.
+    pub fn usage_orgs(&self) -> usize {
+        self.usage.len()
+    }
+
     /// Runs `f` on the org's live slot with its ledger locked (a fresh ledger if it has none).
     fn with_ledger<T>(&self, org: &Arc<ResolvedOrg>, f: impl FnOnce(&Slot, &mut Ledger) -> T) -> T {
         let slots = self.slots.pin();
@@ -167,11 +175,21 @@ impl MemoryStore {
         }
     }
 
-    /// Runs `f` on the org's usage under its lock (usage is never swept, so no handle is kept).
+    /// Runs `f` on the org's usage under its lock (a fresh one if a sweep retired it).
     fn with_usage<T>(&self, org: &OrgId, f: impl FnOnce(&mut UsageLedger) -> T) -> T {
         let usage = self.usage.pin();
-        let cell = usage.get_or_insert_with(org, || Mutex::new(UsageLedger::new(self.calls_kept)));
-        f(&mut cell.lock())
+        loop {
+            let cell = usage.get_or_insert_with(org, || {
+                Mutex::new((false, UsageLedger::new(self.calls_kept)))
+            });
+            let mut locked = cell.lock();
+            let (retired, ledger) = &mut *locked;
+            if !*retired {
+                return f(ledger);
+            }
+            drop(locked);
+            usage.remove_if(org, |current| std::ptr::eq(current, cell));
+        }
     }
 
     /// Drops the ledgers of orgs with every window passed and no permit held, at most once a
@@ -203,6 +221,17 @@ impl MemoryStore {
             if !keep {
                 slot.retired.store(true, Ordering::Relaxed);
             }
+            keep
+        });
+        // Usage is kept as long as billing looks back: an org silent for longer has nothing left
+        // to show, and holds nothing here.
+        self.usage.pin().retain(|cell| {
+            let mut locked = cell.lock();
+            let keep = locked
+                .1
+                .latest()
+                .is_some_and(|latest| now.millis_since(latest) < USAGE_KEPT_MS);
+            locked.0 = !keep;
             keep
         });
     }

@@ -60,8 +60,15 @@ pub struct Engine {
     store_errors: BurstLog,
     lookup_errors: BurstLog,
     quotas: OrgMap<Arc<Quotas>>,
+    /// When the quotas were last swept (clock ms).
+    quotas_swept: AtomicI64,
     shape_problem: Option<ShapeProblem>,
 }
+
+/// How often the per-org quotas (header values, gauge keys) are dropped, so that orgs that have
+/// gone quiet or left the policy hold nothing here; an active org builds its own again on its next
+/// request.
+const QUOTAS_SWEEP_MS: i64 = 5 * 60_000;
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -148,6 +155,7 @@ impl Engine {
             store_errors: BurstLog::default(),
             lookup_errors: BurstLog::default(),
             quotas: OrgMap::new(),
+            quotas_swept: AtomicI64::new(i64::MIN),
             shape_problem: None,
         }
     }
@@ -175,6 +183,7 @@ impl Engine {
             store_errors: BurstLog::default(),
             lookup_errors: BurstLog::default(),
             quotas: OrgMap::new(),
+            quotas_swept: AtomicI64::new(i64::MIN),
             shape_problem: self.shape_problem.clone(),
         }
     }
@@ -304,6 +313,7 @@ impl Engine {
     /// those of when they were computed: a [`HeaderBuilder`](crate::headers::HeaderBuilder) says
     /// whether they still fit, and [`fresh_quotas`](Self::fresh_quotas) replaces them if not.
     pub(crate) fn quotas(&self, org: &ResolvedOrg, now: Timestamp) -> Arc<Quotas> {
+        self.sweep_quotas(now);
         let quotas = self.quotas.pin();
         if let Some(cached) = quotas.get(org.id())
             && cached.shape_fits(org)
@@ -320,6 +330,29 @@ impl Engine {
         let fresh = Arc::new(self.new_quotas(org, now));
         self.quotas.pin().insert(org.id(), Arc::clone(&fresh));
         fresh
+    }
+
+    /// Drops every org's quotas once every [`QUOTAS_SWEEP_MS`] (requests in flight keep theirs).
+    fn sweep_quotas(&self, now: Timestamp) {
+        let now = now.as_millis();
+        let last = self.quotas_swept.load(Ordering::Relaxed);
+        if last != i64::MIN && now.saturating_sub(last) < QUOTAS_SWEEP_MS && now >= last {
+            return;
+        }
+        if self
+            .quotas_swept
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+            && last != i64::MIN
+        {
+            self.quotas.pin().retain(|_| false);
+        }
+    }
+
+    /// Orgs whose quotas are held now.
+    #[cfg(test)]
+    pub(crate) fn quotas_held(&self) -> usize {
+        self.quotas.len()
     }
 
     /// An org's header values and in-flight gauge key, labelled by org unless the policy says
@@ -355,5 +388,41 @@ impl Engine {
                 "tollhouse: callers' credentials cannot be checked; letting their requests through unmetered (on_lookup_error = \"allow\")"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower::{Layer, ServiceExt};
+
+    use crate::test_support::{fixture, get, ok, policy};
+
+    #[tokio::test]
+    async fn an_org_gone_quiet_holds_no_quotas_after_a_sweep()
+    -> Result<(), std::convert::Infallible> {
+        let f = fixture(policy(
+            "[[orgs]]\nid = \"globex\"\nplan = \"build\"\nkeys = [\"globex-key-1\"]\n",
+        ));
+        let svc = f.layer.clone().layer(tower::service_fn(
+            |_request: http::Request<axum::body::Body>| async { ok(axum::body::Body::empty()) },
+        ));
+        drop(
+            svc.clone()
+                .oneshot(get("/items", Some("acme-key-1")))
+                .await?,
+        );
+        drop(
+            svc.clone()
+                .oneshot(get("/items", Some("globex-key-1")))
+                .await?,
+        );
+        assert_eq!(f.layer.engine().quotas_held(), 2);
+        // Five minutes on, only the org that still calls holds its quotas again.
+        f.clock.advance(Duration::from_secs(301));
+        drop(svc.oneshot(get("/items", Some("globex-key-1"))).await?);
+        assert_eq!(f.layer.engine().quotas_held(), 1);
+        Ok(())
     }
 }

@@ -703,6 +703,8 @@ fn decided(
             call.status = StatusCode::TOO_MANY_REQUESTS.as_u16();
             call.cost = 0;
             call.latency_ms = 0;
+            // Past a few a second, a rejection is counted (billed, in the report) but not logged.
+            call.logged = quotas.log_rejection(now);
             finish::record(engine, &org, call);
             Step::Answer(response)
         }

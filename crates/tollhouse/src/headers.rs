@@ -34,6 +34,7 @@
 //! # Ok::<(), sfv::Error>(())
 //! ```
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::header::RETRY_AFTER as RETRY_AFTER_NAME;
@@ -222,7 +223,13 @@ pub(crate) struct Quotas {
     /// The key of the org's `tollhouse_in_flight` gauge (kept here, with the org's other per-request
     /// constants, so that moving the gauge does not build its labels).
     pub(crate) in_flight: metrics::Key,
+    /// Rejections logged in full this second: the second in the high bits, the count in the low 8.
+    rejections_logged: AtomicU64,
 }
+
+/// Rejections of one org logged in full per second; past them, a rejection is only counted
+/// (billing, endpoints, repeated requests), not written to the call log.
+pub const REJECTIONS_LOGGED_PER_SECOND: u64 = 10;
 
 /// The start of the concurrency item of `RateLimit`.
 const CONCURRENCY_PREFIX: &str = "\"concurrency\";r=";
@@ -269,6 +276,33 @@ impl Quotas {
             prefixes,
             policy: header(list.finish()),
             in_flight: crate::telemetry::in_flight_key(org, true),
+            rejections_logged: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a rejection at `now` goes into the call log: the first
+    /// [`REJECTIONS_LOGGED_PER_SECOND`] of each second do.
+    pub(crate) fn log_rejection(&self, now: Timestamp) -> bool {
+        let second = u64::try_from(now.as_millis().div_euclid(1000)).unwrap_or(0) & (u64::MAX >> 8);
+        let mut current = self.rejections_logged.load(Ordering::Relaxed);
+        loop {
+            let next = if current >> 8 == second {
+                if current & 0xff >= REJECTIONS_LOGGED_PER_SECOND {
+                    return false;
+                }
+                current + 1
+            } else {
+                (second << 8) | 1
+            };
+            match self.rejections_logged.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
         }
     }
 

@@ -57,6 +57,19 @@ pub const MAX_CALLS_KEPT: usize = 1_000;
 pub const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
 ];
+/// Heap bytes the memory store holds for one org at most, whatever the org sends, with a call
+/// log of `calls_kept` calls: its counts, its call log (each call's target cut to
+/// [`MAX_PATH_BYTES`]), a day's report tallies ([`MAX_ENDPOINTS`], [`MAX_REPEATED`] rows with
+/// displays of [`DISPLAY_BYTES`]) and 31 days of billing. Tested with a counting allocator.
+pub const fn bytes_per_org_bound(calls_kept: usize) -> usize {
+    BYTES_PER_ORG + calls_kept * BYTES_PER_CALL
+}
+
+/// The part of [`bytes_per_org_bound`] that does not grow with the call log.
+pub const BYTES_PER_ORG: usize = 192 * 1024;
+/// What each call of the log adds to [`bytes_per_org_bound`].
+pub const BYTES_PER_CALL: usize = 512;
+
 /// The label of every method not in [`METHODS`].
 pub const OTHER_METHOD: &str = "OTHER";
 /// The row the endpoints past [`MAX_ENDPOINTS`] are counted in.
@@ -334,6 +347,7 @@ pub struct UsageLedger {
     admitted_today: u64,
     endpoints: Tally,
     repeated: Tally,
+    latest: Option<Timestamp>,
 }
 
 /// The local date of `at` in `tz`.
@@ -347,13 +361,14 @@ impl UsageLedger {
         let kept = kept.clamp(1, MAX_CALLS_KEPT);
         Self {
             kept,
-            calls: VecDeque::with_capacity(kept.clamp(1, 128)),
-            days: VecDeque::with_capacity(DAYS_KEPT),
+            calls: VecDeque::new(),
+            days: VecDeque::new(),
             today: None,
             day: None,
             admitted_today: 0,
             endpoints: Tally::new(MAX_ENDPOINTS),
             repeated: Tally::new(MAX_REPEATED),
+            latest: None,
         }
     }
 
@@ -386,8 +401,14 @@ impl UsageLedger {
         date
     }
 
+    /// When the latest call recorded arrived, if any.
+    pub fn latest(&self) -> Option<Timestamp> {
+        self.latest
+    }
+
     /// Records one call on its local date in `tz`.
     pub fn record(&mut self, tz: Tz, call: CallRecord) {
+        self.latest = Some(self.latest.map_or(call.at, |latest| latest.max(call.at)));
         let date = self.date_of(tz, call.at);
         self.roll(date);
         let is_today = self.today == Some(date);
