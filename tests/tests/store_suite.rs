@@ -144,7 +144,7 @@ async fn record<S: Store>(store: &S, org: &Arc<ResolvedOrg>, call: CallRecord) {
     store.record(org, call).await.expect("the store answers");
 }
 
-/// Admits once a slot is free: `permit_freed` says when to try again (bounded, never a sleep).
+/// Admits once a slot is free, asking again every few milliseconds (bounded by a deadline).
 async fn admit_when_free<S: Store>(store: &S, org: &Arc<ResolvedOrg>, at: Timestamp) -> Decision {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -153,8 +153,7 @@ async fn admit_when_free<S: Store>(store: &S, org: &Arc<ResolvedOrg>, at: Timest
             return decision;
         }
         assert!(Instant::now() < deadline, "no slot was freed within 5 s");
-        let _ =
-            tokio::time::timeout(Duration::from_millis(100), store.permit_freed(org.id())).await;
+        tokio::time::sleep(tollhouse_core::store::FIRST_POLL).await;
     }
 }
 
@@ -172,8 +171,7 @@ async fn in_flight_becomes<S: Store>(store: &S, org: &Arc<ResolvedOrg>, expected
             "in flight stayed {} (expected {expected})",
             usage.in_flight
         );
-        let _ =
-            tokio::time::timeout(Duration::from_millis(100), store.permit_freed(org.id())).await;
+        tokio::time::sleep(tollhouse_core::store::FIRST_POLL).await;
     }
 }
 
@@ -1152,6 +1150,76 @@ mod redis_only {
             }
         }
         (evalsha, all)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_on_redis_is_first_come_first_served_with_a_bounded_poll() {
+        let Some(server) = own_redis_server("waiting_on_redis") else {
+            return;
+        };
+        let prefix = unique_prefix("waiting");
+        let url = server.url();
+        let connect = || {
+            RedisStore::builder()
+                .prefix(prefix.clone())
+                .timeout(Duration::from_secs(2))
+                .connect(&url)
+        };
+        let (here, elsewhere) = (
+            Arc::new(connect().await.expect("connect")),
+            connect().await.expect("connect"),
+        );
+        let org = acme(
+            &format!("concurrency = 1\nconcurrency_wait_ms = 5000\n{PER_MINUTE_5}")
+                .replace("capacity = 5 }", "capacity = 100 }"),
+            "",
+        );
+        // The slot is held on the other instance: nothing freed here tells the waiters.
+        let held = admit(&elsewhere, &org, 1, t0()).await.permit;
+        assert!(held.is_some());
+        let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for place in 0..5 {
+            let (store, mine, served) = (Arc::clone(&here), Arc::clone(&org), Arc::clone(&served));
+            waiters.push(tokio::spawn(async move {
+                let clock = tollhouse_core::ManualClock::new(t0());
+                let decision = store
+                    .admit_waiting(&mine, Charge::default(), &clock)
+                    .await
+                    .expect("the store answers");
+                assert!(
+                    decision.is_admitted(),
+                    "waiter {place} is served in its wait"
+                );
+                served.lock().expect("lock").push(place);
+                // Held a moment, then freed through this instance: the next in line is woken.
+                tokio::task::yield_now().await;
+                drop(decision.permit);
+            }));
+            // Each joins the line before the next arrives.
+            while here.waiting(&org) < place + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut info = raw(&server.url()).await;
+        let (before, _) = command_counts(&mut info).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (after, _) = command_counts(&mut info).await;
+        // Only the first in line asks: after 10 ms, then twice as long up to 100 ms.
+        assert!(
+            after - before <= 15,
+            "{} scripts in a second for five waiters",
+            after - before
+        );
+        drop(held);
+        for waiter in waiters {
+            waiter.await.expect("a waiter");
+        }
+        assert_eq!(
+            *served.lock().expect("lock"),
+            vec![0, 1, 2, 3, 4],
+            "first come, first served"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

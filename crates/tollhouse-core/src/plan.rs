@@ -300,6 +300,13 @@ pub struct Concurrency {
     wait: Duration,
 }
 
+/// The longest a request may wait for a concurrency slot (`concurrency_wait_ms`).
+pub const MAX_CONCURRENCY_WAIT: Duration = Duration::from_secs(60);
+
+/// Requests of one org that may wait for a slot on one instance at once; more are refused at
+/// once, as if the plan allowed no wait.
+pub const MAX_WAITERS: usize = 64;
+
 impl Concurrency {
     /// A concurrency limit of `max` (at least 1) requests in flight, with a wait of up to `wait`
     /// for a slot before rejecting (zero rejects at once).
@@ -309,6 +316,16 @@ impl Concurrency {
                 "concurrency",
                 "a concurrency of 0 admits nothing",
                 "set concurrency to at least 1, or remove it to allow any number in flight",
+            ));
+        }
+        if wait > MAX_CONCURRENCY_WAIT {
+            return Err(PolicyError::invalid(
+                "concurrency_wait_ms",
+                format!(
+                    "a wait of {} ms for a concurrency slot holds a request open for too long",
+                    wait.as_millis()
+                ),
+                "set concurrency_wait_ms to at most 60000 (a minute)",
             ));
         }
         Ok(Self { max, wait })

@@ -29,10 +29,10 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::StoreError;
 use crate::ledger::{Charge, Correction, Receipt, RejectReason, Verdict};
-use crate::org::OrgId;
 use crate::permit::Permit;
 use crate::policy::ResolvedOrg;
 use crate::status::LimitStatus;
@@ -193,13 +193,25 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         }
     }
 
-    /// Resolves when a permit of `org` may have been freed (a waiting request then tries again).
-    /// May resolve early; callers bound the wait.
+    /// Admits like [`Store::admit`], but when the org's concurrency limit is full and its plan
+    /// allows a wait (`concurrency_wait_ms`), waits up to that long for a slot; a rejection by a
+    /// limit comes back at once. Time comes from `clock`.
     ///
-    /// Callers register first and then look at the store (as [`admit_waiting`] does), so interest
-    /// should count from the call, not from the first poll: a permit freed after the call resolves
-    /// the future (the memory store does this; a store that polls resolves within its interval).
-    fn permit_freed(&self, org: &OrgId) -> impl Future<Output = ()> + Send;
+    /// The default tries again on a schedule ([`poll_admission`]); the memory store hands a freed
+    /// slot straight to the first waiter of its org, and the Redis store wakes a waiter when a
+    /// slot is freed through its instance. Cancel-safe: dropping the future while it waits holds
+    /// nothing.
+    fn admit_waiting<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        charge: Charge,
+        clock: &'a dyn Clock,
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        poll_admission(self, org, charge, clock, |_| std::future::pending::<()>())
+    }
 
     /// Admits at once, without a future, if this store can answer without waiting (it keeps its
     /// counts in this process); `None`, the default, if the caller must await [`Store::admit`].
@@ -273,7 +285,12 @@ pub trait DynStore: Send + Sync + fmt::Debug + 'static {
         now: Timestamp,
         view: UsageView,
     ) -> BoxFuture<'a, Result<OrgUsage, StoreError>>;
-    fn permit_freed<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, ()>;
+    fn admit_waiting<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        charge: Charge,
+        clock: &'a dyn Clock,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>>;
     fn try_admit(
         &self,
         org: &Arc<ResolvedOrg>,
@@ -337,8 +354,13 @@ impl<S: Store> DynStore for S {
     ) -> BoxFuture<'a, Result<OrgUsage, StoreError>> {
         Box::pin(Store::usage_view(self, org, now, view))
     }
-    fn permit_freed<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, ()> {
-        Box::pin(Store::permit_freed(self, org))
+    fn admit_waiting<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        charge: Charge,
+        clock: &'a dyn Clock,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(Store::admit_waiting(self, org, charge, clock))
     }
     fn try_admit(
         &self,
@@ -356,40 +378,65 @@ impl<S: Store> DynStore for S {
     }
 }
 
-/// Admits like [`Store::admit`], but when the org's concurrency limit is full and its plan allows a
-/// wait (`concurrency_wait_ms`), waits up to that long for a permit to be freed, trying again each
-/// time one may have been. A rejection by a limit (not concurrency) comes back at once.
-///
-/// Cancel-safe: dropping the future while it waits holds nothing; a permit, once taken, is owned by
-/// the returned [`Decision`].
+/// Admits as [`Store::admit_waiting`] does, through any store: what the layer calls.
 pub async fn admit_waiting<S: DynStore + ?Sized>(
     store: &S,
     org: &Arc<ResolvedOrg>,
     charge: Charge,
     clock: &dyn Clock,
 ) -> Result<Decision, StoreError> {
+    store.admit_waiting(org, charge, clock).await
+}
+
+/// The first pause of [`poll_admission`] between two tries.
+pub const FIRST_POLL: Duration = Duration::from_millis(10);
+/// The longest pause of [`poll_admission`]: a slot freed anywhere is taken within about this
+/// long, with at most `1 s / LONGEST_POLL` tries a second per waiting request once it has waited
+/// a while.
+pub const LONGEST_POLL: Duration = Duration::from_millis(100);
+
+/// Waits for a concurrency slot by trying again: after [`FIRST_POLL`], then twice as long each
+/// time up to [`LONGEST_POLL`], or as soon as `freed()` resolves (a store that hears of a slot
+/// freed nearby wakes its waiter at once). A rejection by a limit (not concurrency) comes back at
+/// once; when the wait is over, one last try decides.
+pub async fn poll_admission<S, F, Fut>(
+    store: &S,
+    org: &Arc<ResolvedOrg>,
+    charge: Charge,
+    clock: &dyn Clock,
+    mut freed: F,
+) -> Result<Decision, StoreError>
+where
+    S: Store + ?Sized,
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let wait = org.concurrency().map(|c| c.wait()).unwrap_or_default();
-    if wait.is_zero() {
-        return store.admit(org, charge, clock.now()).await;
+    let decision = store.admit(org, charge, clock.now()).await?;
+    if wait.is_zero() || !full(&decision) {
+        return Ok(decision);
     }
     let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        // Registered before looking, so a permit freed after the look wakes the wait below.
-        let freed = store.permit_freed(org.id());
+    let mut pause = FIRST_POLL;
+    for attempt in 1.. {
+        let until = (tokio::time::Instant::now() + pause).min(deadline);
+        let _ = tokio::time::timeout_at(until, freed(attempt)).await;
         let decision = store.admit(org, charge, clock.now()).await?;
-        let full = matches!(
-            decision.verdict,
-            Verdict::Rejected {
-                reason: RejectReason::Concurrency,
-                ..
-            }
-        );
-        if !full || tokio::time::Instant::now() >= deadline {
+        if !full(&decision) || tokio::time::Instant::now() >= deadline {
             return Ok(decision);
         }
-        if tokio::time::timeout_at(deadline, freed).await.is_err() {
-            // The wait is over: one last look, in case a permit came free at the very end.
-            return store.admit(org, charge, clock.now()).await;
-        }
+        pause = (pause * 2).min(LONGEST_POLL);
     }
+    store.admit(org, charge, clock.now()).await
+}
+
+/// Whether `decision` is a rejection for a full concurrency limit.
+pub fn full(decision: &Decision) -> bool {
+    matches!(
+        decision.verdict,
+        Verdict::Rejected {
+            reason: RejectReason::Concurrency,
+            ..
+        }
+    )
 }

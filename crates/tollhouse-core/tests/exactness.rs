@@ -198,33 +198,6 @@ async fn a_cancelled_future_holding_a_permit_frees_it() {
     );
 }
 
-#[tokio::test]
-async fn waiting_for_a_permit_wakes_when_one_is_freed() {
-    let org = org_with(
-        vec![limit("count", Dimension::Requests, &[(Window::Day, 10)])],
-        Some(1),
-    );
-    let store = Arc::new(MemoryStore::new());
-    let now = Timestamp::from_secs(1_800_000_000);
-    let permit = store
-        .admit(&org, Charge::default(), now)
-        .await
-        .expect("memory")
-        .permit;
-    let freed = store.permit_freed(org.id());
-    drop(permit);
-    tokio::time::timeout(Duration::from_secs(5), freed)
-        .await
-        .expect("woken by the release");
-    assert!(
-        store
-            .admit(&org, Charge::default(), now)
-            .await
-            .expect("memory")
-            .is_admitted()
-    );
-}
-
 #[test]
 fn idle_orgs_are_dropped_and_busy_ones_kept() {
     let org = org_with(

@@ -977,3 +977,40 @@ fn missing_file() {
         "{error}"
     );
 }
+
+#[test]
+fn keys_too_short_to_be_safe_or_that_no_header_can_carry() {
+    for (key, fix) in [
+        ("short-key", "at least 10 characters"),
+        ("has a space", "no spaces"),
+        ("tab\\tin-the-key", "no spaces"),
+        ("ünïcödé-key-1", "visible ASCII"),
+    ] {
+        let text =
+            format!("{PLANS}\n[[orgs]]\nid = \"acme\"\nplan = \"build\"\nkeys = [\"{key}\"]\n");
+        let (_, message) = assert_mistake(&text, 17, "orgs[0].keys[0]", fix);
+        assert!(
+            !message.contains(key),
+            "the key itself is a secret: {message}"
+        );
+    }
+    // The shortest key the examples use still loads.
+    let text =
+        format!("{PLANS}\n[[orgs]]\nid = \"acme\"\nplan = \"build\"\nkeys = [\"acme-key-1\"]\n");
+    assert!(Policy::from_toml_str(&text, "policy.toml".as_ref()).is_ok());
+}
+
+#[test]
+fn bounds_on_what_a_file_may_ask_for() {
+    let wait = PLANS.replace(
+        "concurrency = 3",
+        "concurrency = 3\nconcurrency_wait_ms = 600000",
+    );
+    assert_mistake(&wait, 2, "plans.build.concurrency_wait_ms", "at most 60000");
+    let calls = format!("[server]\ncalls_kept = 5000\n{PLANS}");
+    assert_mistake(&calls, 2, "server.calls_kept", "at most 1000");
+    let query = format!("[server]\nusage_query = \"hide\"\n{PLANS}");
+    assert_mistake(&query, 2, "server.usage_query", "\"drop\"");
+    let redact = format!("[server]\nredact_query = [\"token=\"]\n{PLANS}");
+    assert_mistake(&redact, 2, "server.redact_query[0]", "before '='");
+}

@@ -175,17 +175,20 @@ impl HealthState {
         self.failure_at(error, self.elapsed_ms());
     }
 
+    /// A call made after a response (a settlement, a record, a renewal, a release) failed: it
+    /// is counted, but only admissions decide whether the store is failing, so work behind the
+    /// responses never makes admissions fail fast.
+    pub(crate) fn failure_aside(&self, error: &StoreError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        count_error(error);
+    }
+
     fn failure_at(&self, error: &StoreError, now_ms: u64) {
         self.next_probe_ms
             .store(now_ms.saturating_add(PROBE_INTERVAL_MS), Ordering::Release);
         self.failures_in_row.fetch_add(1, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
-        let kind = match error {
-            StoreError::Timeout(_) => "timeout",
-            StoreError::Protocol(_) => "protocol",
-            _ => "unavailable",
-        };
-        metrics::counter!(ERRORS, "kind" => kind).increment(1);
+        count_error(error);
         if !self.up.swap(false, Ordering::AcqRel) {
             return;
         }
@@ -217,11 +220,27 @@ impl HealthState {
         );
     }
 
+    /// Whether admissions are failing fast now (for tests).
+    #[cfg(test)]
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
     /// Whether the last failure was announced in the log (for tests).
     #[cfg(test)]
     fn announced(&self) -> bool {
         self.announced.load(Ordering::Acquire)
     }
+}
+
+/// Counts a failed call in `tollhouse_redis_errors_total{kind}`.
+fn count_error(error: &StoreError) {
+    let kind = match error {
+        StoreError::Timeout(_) => "timeout",
+        StoreError::Protocol(_) => "protocol",
+        _ => "unavailable",
+    };
+    metrics::counter!(ERRORS, "kind" => kind).increment(1);
 }
 
 #[cfg(test)]
@@ -302,5 +321,16 @@ mod tests {
         health.success();
         health.failure_at(&timeout, 1_000 + every);
         assert!(health.announced(), "the interval is up");
+    }
+
+    #[test]
+    fn failures_after_responses_never_make_admissions_fail_fast() {
+        let health = HealthState::new();
+        for _ in 0..100 {
+            health.failure_aside(&StoreError::Timeout(Duration::from_millis(50)));
+        }
+        assert!(health.is_up());
+        assert!(health.gate().is_ok());
+        assert_eq!(health.snapshot().errors, 100, "still counted");
     }
 }

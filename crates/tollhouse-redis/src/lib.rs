@@ -87,9 +87,12 @@
 //! ([`RedisStoreBuilder::lease_ttl`], default 15 s), so a long request keeps its slot. When an
 //! instance dies (or its store is dropped), renewals stop and its leases expire within one time
 //! to live, freeing their slots. A lease whose admission failed, timed out or was cancelled is
-//! released at once. [`Store::permit_freed`](tollhouse_core::Store::permit_freed) resolves when a
-//! permit released through this instance is back in Redis, or after [`PERMIT_POLL`] (10 ms) —
-//! slots freed by other instances are noticed on the next try.
+//! released at once. A request that may wait for a slot
+//! ([`Store::admit_waiting`](tollhouse_core::Store::admit_waiting)) stands in its org's line on
+//! this instance: the first in line asks again at once when a permit of its org comes back
+//! through this instance, and otherwise after 10 ms, then twice as long each time up to 100 ms, so
+//! a slot freed on another instance is taken within about 100 ms with at most 10 scripts a second
+//! per org and instance.
 //!
 //! # Clocks and skew
 //!
@@ -146,7 +149,7 @@ mod store;
 pub use error::ConnectError;
 pub use health::{FailingFast, Health, LOG_EVERY, PROBE_INTERVAL, TRIP_AFTER};
 pub use keys::cluster_slot;
-pub use store::{PERMIT_POLL, RedisStore, RedisStoreBuilder};
+pub use store::{RedisStore, RedisStoreBuilder};
 
 /// Not part of the API: the call-log codec, reachable only so that the fuzz targets in `fuzz/` can
 /// call it. It may change or disappear in any release.

@@ -30,14 +30,13 @@ use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script, Value};
 use tokio::runtime::Handle;
-use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tollhouse_core::ledger::decide;
 use tollhouse_core::tier::LimitState;
 use tollhouse_core::usage::local_date;
 use tollhouse_core::{
-    CallRecord, Charge, Decision, Dimension, LimitStatus, OrgId, OrgUsage, ResolvedOrg, Settlement,
-    Snapshot, Store, StoreError, Timestamp, UsageView, Verdict,
+    CallRecord, Charge, Clock, Decision, Dimension, LimitStatus, OrgId, OrgUsage, ResolvedOrg,
+    Settlement, Snapshot, Store, StoreError, Timestamp, UsageView, Verdict,
 };
 
 use crate::error::ConnectError;
@@ -50,15 +49,13 @@ mod lease;
 mod reply;
 mod settle;
 mod usage;
+mod waiting;
 
 pub use builder::RedisStoreBuilder;
 use late::{AdmissionReply, Late, ServerClock, Unanswered, wall_ms};
 use lease::PendingLease;
 use reply::{array, int, protocol, text};
 use settle::Job;
-
-/// How long [`Store::permit_freed`] waits at most before the caller tries again.
-pub const PERMIT_POLL: Duration = Duration::from_millis(10);
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
@@ -127,7 +124,8 @@ struct Inner {
     leases: Mutex<HashMap<u64, Arc<str>>>,
     instance: u64,
     next_lease: AtomicU64,
-    freed: Notify,
+    /// Requests waiting for a concurrency slot, by org.
+    lines: waiting::Lines,
     health: HealthState,
     /// How far Redis's clock is ahead of this instance's, for admission deadlines.
     server_clock: ServerClock,
@@ -166,6 +164,12 @@ impl RedisStore {
     /// The bound on every call.
     pub fn timeout(&self) -> Duration {
         self.inner.timeout
+    }
+
+    /// Requests of `org` waiting for a concurrency slot on this instance (for tests and
+    /// diagnostics).
+    pub fn waiting(&self, org: &ResolvedOrg) -> usize {
+        self.inner.lines.len_of(&self.inner.keys(org.id()).leases())
     }
 
     /// Leases this instance holds now (requests in flight through it).
@@ -241,8 +245,20 @@ impl Inner {
     }
 
     /// Runs one call to Redis, bounded by the timeout, and keeps the health up to date.
+    /// Runs a call that is not an admission (a settlement, a record, a read, a renewal, a
+    /// release) within the timeout: its failures are counted, but never trip the health gate
+    /// that makes admissions fail fast.
     async fn run<T>(&self, call: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
-        self.checked(tokio::time::timeout(self.timeout, call).await)
+        let error = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => {
+                self.health.success();
+                return Ok(value);
+            }
+            Ok(Err(error)) => StoreError::Unavailable(Box::new(error)),
+            Err(_) => StoreError::Timeout(self.timeout),
+        };
+        self.health.failure_aside(&error);
+        Err(error)
     }
 
     /// What a call bounded by the timeout came to, with the health kept up to date.
@@ -519,13 +535,13 @@ impl Store for RedisStore {
         self.inner.usage(org, now, view)
     }
 
-    /// Resolves when a permit released through this instance has been given back to Redis, or
-    /// after [`PERMIT_POLL`] (a permit released by another instance is seen on the next try).
-    fn permit_freed(&self, _org: &OrgId) -> impl Future<Output = ()> + Send {
-        let inner = Arc::clone(&self.inner);
-        async move {
-            let _ = tokio::time::timeout(PERMIT_POLL, inner.freed.notified()).await;
-        }
+    fn admit_waiting<'a>(
+        &'a self,
+        org: &'a Arc<ResolvedOrg>,
+        charge: Charge,
+        clock: &'a dyn Clock,
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send + 'a {
+        self.inner.admit_in_line(org, charge, clock)
     }
 }
 

@@ -682,9 +682,6 @@ keys = ["patient-key"]
         ) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send {
             std::future::ready(Err(StoreError::Timeout(Duration::from_millis(50))))
         }
-        fn permit_freed(&self, _org: &tollhouse_core::OrgId) -> impl Future<Output = ()> + Send {
-            std::future::ready(())
-        }
     }
 
     #[tokio::test]

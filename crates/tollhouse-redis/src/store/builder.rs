@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::runtime::Handle;
-use tokio::sync::Notify;
 
 use super::late::ServerClock;
 use super::lease::renew_leases;
@@ -149,7 +148,7 @@ impl RedisStoreBuilder {
             leases: Mutex::new(HashMap::new()),
             instance: random,
             next_lease: AtomicU64::new(1),
-            freed: Notify::new(),
+            lines: super::waiting::Lines::default(),
             health: HealthState::new(),
             server_clock: ServerClock::default(),
             runtime: runtime.clone(),

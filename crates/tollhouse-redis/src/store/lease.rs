@@ -74,7 +74,7 @@ impl ReleasePermit for Inner {
             let mut cmd = redis::cmd("ZREM");
             cmd.arg(&*set).arg(&member);
             let _ = inner.run(cmd.query_async::<Value>(&mut conn)).await;
-            inner.freed.notify_waiters();
+            inner.lines.slot_freed(&set);
         });
     }
 }
@@ -84,7 +84,9 @@ impl Inner {
         format!("{:016x}:{lease}", self.instance)
     }
 
-    /// Renews every lease this instance holds, one round trip per org.
+    /// Renews every lease this instance holds: one script per org with leases, all sent at once
+    /// (pipelined on the connection; a Cluster routes each to its org's node), never one round
+    /// trip after another.
     pub(super) async fn renew_all(&self) -> Result<(), StoreError> {
         let mut by_set: HashMap<Arc<str>, Vec<String>> = HashMap::new();
         for (lease, set) in self.leases.lock().iter() {
@@ -93,19 +95,28 @@ impl Inner {
                 .or_default()
                 .push(self.member(*lease));
         }
-        let mut result = Ok(());
-        for (set, members) in by_set {
+        let renewals = by_set.into_iter().map(|(set, members)| {
             let mut invocation = SCRIPTS.renew.prepare_invoke();
             invocation.key(&*set).arg(self.lease_ttl_ms);
             for member in &members {
                 invocation.arg(member);
             }
             let mut conn = self.conn.clone();
-            if let Err(error) = self.run(invocation.invoke_async::<Value>(&mut conn)).await {
-                result = Err(error);
-            }
+            async move { self.run(invocation.invoke_async::<Value>(&mut conn)).await }
+        });
+        let started = std::time::Instant::now();
+        let results = futures_util::future::join_all(renewals).await;
+        let took = started.elapsed();
+        if took.as_millis() > u128::try_from(self.lease_ttl_ms / 3).unwrap_or(0) {
+            tracing::warn!(
+                took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                lease_ttl_ms = self.lease_ttl_ms,
+                orgs = results.len(),
+                "redis store: renewing the leases took more than a third of their lifetime; \
+                 leases of busy orgs may expire early"
+            );
         }
-        result
+        results.into_iter().try_for_each(|result| result.map(drop))
     }
 }
 

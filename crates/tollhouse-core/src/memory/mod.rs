@@ -15,10 +15,9 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::error::StoreError;
 use crate::ledger::{Charge, Ledger};
@@ -28,8 +27,13 @@ use crate::permit::{Permit, ReleasePermit};
 use crate::policy::ResolvedOrg;
 use crate::status::LimitStatus;
 use crate::store::{Decision, OrgUsage, Settlement, Store, UsageView};
+use crate::time::Clock;
 use crate::time::Timestamp;
 use crate::usage::{CallRecord, UsageLedger};
+
+mod waiting;
+
+use waiting::Permits;
 
 /// How often (in the store's clock) idle ledgers are swept, in milliseconds.
 const SWEEP_EVERY_MS: i64 = 60_000;
@@ -57,49 +61,6 @@ struct Slot {
     /// locks a retired slot looks the org up again: its counts are no longer the org's.
     retired: AtomicBool,
     ledger: Mutex<Option<Ledger>>,
-}
-
-/// An org's permits in flight and the requests waiting for one.
-#[derive(Debug, Default)]
-struct Permits {
-    /// Permits held. Raised only under the slot's `ledger` lock (after checking the maximum and
-    /// that the slot is not retired), lowered by permits as they drop, without the lock.
-    in_flight: AtomicU32,
-    /// Requests registered to hear of a freed permit ([`Store::permit_freed`] futures alive).
-    waiters: AtomicU32,
-    freed: Notify,
-}
-
-impl ReleasePermit for Permits {
-    fn release(&self, _lease: u64) {
-        // Sequentially consistent with the waiter's side: a waiter raises `waiters` and then reads
-        // `in_flight`; here `in_flight` is lowered and then `waiters` read. Either the waiter sees
-        // the freed slot, or this sees the waiter and wakes it.
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        // Wake every waiter (one may be turned away by a limit and must not swallow the wake-up),
-        // and keep one wake-up for a waiter that is about to wait: none is lost.
-        self.freed.notify_waiters();
-        self.freed.notify_one();
-    }
-}
-
-/// A registered waiter of a slot: counted from [`Store::permit_freed`] until its future is dropped.
-struct Waiter(Arc<Permits>);
-
-impl Waiter {
-    fn new(permits: Arc<Permits>) -> Self {
-        permits.waiters.fetch_add(1, Ordering::SeqCst);
-        Self(permits)
-    }
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// Takes a retired `slot` out of the map if it is still there (the sweep that retired it does so
@@ -155,26 +116,6 @@ impl MemoryStore {
         }
     }
 
-    /// Registers a waiter on the org's live slot.
-    fn waiter(&self, org: &OrgId) -> Waiter {
-        let slots = self.slots.pin();
-        loop {
-            let slot = slots.get_or_insert_with(org, Slot::default);
-            // Registered before the check: a sweep that has not retired the slot yet sees the
-            // waiter and keeps it.
-            let waiter = Waiter::new(Arc::clone(&slot.permits));
-            let retired = {
-                let _ledger = slot.ledger.lock();
-                slot.retired.load(Ordering::Relaxed)
-            };
-            if !retired {
-                return waiter;
-            }
-            drop(waiter);
-            retire(&slots, org, slot);
-        }
-    }
-
     /// Runs `f` on the org's usage under its lock (a fresh one if a sweep retired it).
     fn with_usage<T>(&self, org: &OrgId, f: impl FnOnce(&mut UsageLedger) -> T) -> T {
         let usage = self.usage.pin();
@@ -216,7 +157,7 @@ impl MemoryStore {
             // Permits only ever lower `in_flight` without the lock; raising it needs the lock and
             // a slot that is not retired: a zero seen here stays zero.
             let keep = slot.permits.in_flight.load(Ordering::Acquire) > 0
-                || slot.permits.waiters.load(Ordering::SeqCst) > 0
+                || slot.permits.has_waiters()
                 || ledger.as_ref().is_some_and(|ledger| !ledger.is_idle(now));
             if !keep {
                 slot.retired.store(true, Ordering::Relaxed);
@@ -359,10 +300,13 @@ impl Store for MemoryStore {
         std::future::ready(Ok(OrgUsage { usage, in_flight }))
     }
 
-    fn permit_freed(&self, org: &OrgId) -> impl Future<Output = ()> + Send {
-        // Registered now, not at the first poll: a release from here on wakes this future.
-        let waiter = self.waiter(org);
-        async move { waiter.0.freed.notified().await }
+    async fn admit_waiting(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        clock: &dyn Clock,
+    ) -> Result<Decision, StoreError> {
+        Ok(self.admit_queued(org, charge, clock).await)
     }
 
     fn try_admit(
@@ -449,26 +393,5 @@ mod tests {
             0,
             "never raised once retired"
         );
-    }
-
-    #[test]
-    fn a_waiter_registers_on_the_live_slot_and_keeps_it_from_the_sweep() {
-        let org = org();
-        let store = MemoryStore::new();
-        drop(
-            store
-                .admit_now(&org, Charge::default(), Timestamp::from_secs(T0))
-                .permit,
-        );
-        let retired = retire_in_place(&store, &org);
-        let waiter = store.waiter(org.id());
-        assert!(!Arc::ptr_eq(&waiter.0, &retired));
-        assert_eq!(retired.waiters.load(Ordering::SeqCst), 0);
-        // Every window has passed and no permit is held, but a request waits on the slot.
-        store.sweep(Timestamp::from_secs(T0 + 600));
-        assert_eq!(store.tracked_orgs(), 1, "a waiter keeps its slot");
-        drop(waiter);
-        store.sweep(Timestamp::from_secs(T0 + 600));
-        assert_eq!(store.tracked_orgs(), 0);
     }
 }
