@@ -365,6 +365,46 @@ async fn points_costs_and_corrections<S: Store>(store: &S) {
     assert_eq!(later[0].remaining, 100 + 995);
 }
 
+/// The largest counts tollhouse takes: capacities of `MAX_CAPACITY`, charges of `MAX_COST`,
+/// latency debits of a day per request. Every store counts them exactly, with nothing wrapping,
+/// and the stores agree to the unit.
+async fn counts_stay_exact_at_the_extremes<S: Store>(store: &S) {
+    let max = tollhouse_core::MAX_CAPACITY;
+    let org = acme(
+        &format!(
+            r#"
+[[plans.p.limits]]
+name = "points"
+dimension = "points"
+tiers = [{{ window = "minute", capacity = {max} }}, {{ window = "day", capacity = {max} }}]
+
+[[plans.p.limits]]
+name = "latency"
+dimension = "latency_ms"
+tiers = [{{ window = "minute", capacity = {max} }}]
+"#
+        ),
+        "",
+    );
+    let cost = tollhouse_core::MAX_COST;
+    let day_ms: u64 = 86_400_000;
+    let signed = |value: u64| i64::try_from(value).expect("fits");
+    for n in 1..=20u64 {
+        let decision = admit(store, &org, cost, secs(t0(), 1)).await;
+        assert!(decision.is_admitted());
+        let debit = Correction {
+            latency_ms: day_ms,
+            cost_delta: i64::try_from(cost).expect("small"),
+        };
+        settle(store, &org, receipt(&decision), debit, secs(t0(), 2)).await;
+        let statuses = peek(store, &org, secs(t0(), 2)).await;
+        // Each request: its cost at admission, as much again settled after it.
+        assert_eq!(used(&statuses[0]), vec![signed(2 * cost * n), 0]);
+        assert_eq!(statuses[0].remaining, 2 * max - 2 * cost * n);
+        assert_eq!(used(&statuses[1]), vec![signed(day_ms * n)]);
+    }
+}
+
 async fn latency_debit_overdraft_until_window_end<S: Store>(store: &S) {
     let org = acme(
         r#"
@@ -941,6 +981,7 @@ suite!(
     spill_over_minute_hour_day,
     points_costs_and_corrections,
     latency_debit_overdraft_until_window_end,
+    counts_stay_exact_at_the_extremes,
     retry_time_is_exact,
     reset_forgets_current_windows,
     peek_charges_nothing,

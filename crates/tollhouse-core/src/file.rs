@@ -365,6 +365,23 @@ impl Source<'_> {
             settings.metrics_org_label = label;
         }
         settings.usage_query = self.usage_query(raw)?;
+        if let Some(max) = &raw.max_latency_ms {
+            let place = "server.max_latency_ms";
+            let fix = "set max_latency_ms from 1000 (a second) to 86400000 (a day): at least your longest request";
+            let value: u64 = self.whole(max, place, fix)?;
+            if !(1_000..=86_400_000).contains(&value) {
+                return Err(self.mistake(
+                    &max.span(),
+                    place,
+                    format!(
+                        "a request counted for at most {value} ms is outside what tollhouse allows"
+                    ),
+                    fix,
+                ));
+            }
+            places.note(place.to_owned(), max.span());
+            settings.max_latency_ms = value;
+        }
         if let Some(kept) = &raw.calls_kept {
             let place = "server.calls_kept";
             let fix = "keep at least 1 call";

@@ -71,7 +71,7 @@ pub use policy::{
     OnStoreError, Policy, PolicyBuilder, ResetFormat, ResolvedLimit, ResolvedOrg, ResolvedTier,
     ServerSettings, UsageQuery,
 };
-pub use route::{RoutePattern, RouteRule, Treatment};
+pub use route::{MAX_COST, RoutePattern, RouteRule, Treatment};
 pub use status::{LimitStatus, Snapshot, TierStatus};
 pub use store::{
     BoxFuture, Decision, DynStore, OrgUsage, Settlement, Store, UsageView, admit_waiting,

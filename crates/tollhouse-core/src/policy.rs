@@ -53,6 +53,9 @@ pub enum OnStoreError {
     Deny,
 }
 
+/// One request's latency counts for at most an hour unless the policy says otherwise.
+pub const DEFAULT_MAX_LATENCY_MS: u64 = 3_600_000;
+
 /// What the usage log and report keep of a request's query string.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum UsageQuery {
@@ -87,6 +90,9 @@ pub struct ServerSettings {
     pub calls_kept: usize,
     /// What the usage keeps of a request's query string.
     pub usage_query: UsageQuery,
+    /// The most milliseconds one request's latency counts for (in the call log and against a
+    /// `latency_ms` limit): at least the longest request the service allows.
+    pub max_latency_ms: u64,
     /// Whether per-org metrics (`tollhouse_in_flight`) carry an `org` label; off, they are one
     /// series for all orgs, for fleets where a series per tenant is too many.
     pub metrics_org_label: bool,
@@ -104,6 +110,7 @@ impl Default for ServerSettings {
             on_lookup_error: OnStoreError::Deny,
             calls_kept: 100,
             usage_query: UsageQuery::Keep,
+            max_latency_ms: DEFAULT_MAX_LATENCY_MS,
             metrics_org_label: true,
         }
     }

@@ -40,8 +40,12 @@ impl Default for Treatment {
     }
 }
 
+/// The most points one request can cost, declared or reported by its handler: a higher cost is
+/// taken as this, so no route or handler can make the counts overflow.
+pub const MAX_COST: u64 = 1_000_000;
+
 impl Treatment {
-    /// A cost, refusing zero.
+    /// A cost, refusing zero and more than [`MAX_COST`].
     pub fn cost(points: u64) -> Result<Self, PolicyError> {
         if points == 0 {
             return Err(PolicyError::invalid(
@@ -50,7 +54,25 @@ impl Treatment {
                 "set a cost of at least 1, or mark the route exempt = true",
             ));
         }
+        if points > MAX_COST {
+            return Err(PolicyError::invalid(
+                "cost",
+                format!("a cost of {points} points is more than one request can cost"),
+                "set a cost of at most 1000000",
+            ));
+        }
         Ok(Treatment::Cost(points))
+    }
+
+    /// A cost of `points`, at least 1 and at most [`MAX_COST`].
+    pub const fn clamped_cost(points: u64) -> Self {
+        Treatment::Cost(if points == 0 {
+            1
+        } else if points > MAX_COST {
+            MAX_COST
+        } else {
+            points
+        })
     }
 }
 

@@ -99,11 +99,23 @@ impl<Z: TimeZone> From<DateTime<Z>> for Timestamp {
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current instant.
     fn now(&self) -> Timestamp;
+
+    /// A reading that never goes back, for measuring how long something took: the time since an
+    /// origin of the clock's choosing. A wall clock can be stepped (by NTP, by an operator) while
+    /// requests are in flight; durations measured on this reading are not. The default reads
+    /// [`now`](Self::now), for clocks whose instants never step back.
+    fn monotonic(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.now().0).unwrap_or(0))
+    }
 }
 
 impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn now(&self) -> Timestamp {
         (**self).now()
+    }
+
+    fn monotonic(&self) -> Duration {
+        (**self).monotonic()
     }
 }
 
@@ -117,6 +129,13 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
         Timestamp(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// The operating system's monotonic clock, since the first reading in this process.
+    fn monotonic(&self) -> Duration {
+        static ORIGIN: std::sync::LazyLock<std::time::Instant> =
+            std::sync::LazyLock::new(std::time::Instant::now);
+        ORIGIN.elapsed()
     }
 }
 

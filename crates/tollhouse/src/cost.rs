@@ -79,10 +79,11 @@ pub struct Cost {
 
 impl Cost {
     /// Charges `points` points to `points` limits (and 1 to `requests` limits). A cost is at least
-    /// 1: `points(0)` is taken as 1; use [`Cost::exempt`] for a route that is not charged.
+    /// 1 and at most [`MAX_COST`](tollhouse_core::MAX_COST): `points(0)` is taken as 1; use
+    /// [`Cost::exempt`] for a route that is not charged.
     pub const fn points(points: u64) -> Self {
         Self {
-            treatment: Treatment::Cost(if points == 0 { 1 } else { points }),
+            treatment: Treatment::clamped_cost(points),
             method: None,
         }
     }
@@ -271,10 +272,12 @@ impl ReportCost {
         Self { cell: Some(cell) }
     }
 
-    /// Reports that the request cost `points` points (0 gives the whole declared cost back).
+    /// Reports that the request cost `points` points (0 gives the whole declared cost back); at
+    /// most [`MAX_COST`](tollhouse_core::MAX_COST) counts.
     pub fn set(&self, points: u64) {
         if let Some(cell) = &self.cell {
-            cell.cell().store(points.min(UNSET - 1), Ordering::Release);
+            cell.cell()
+                .store(points.min(tollhouse_core::MAX_COST), Ordering::Release);
         }
     }
 

@@ -5,10 +5,11 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use tollhouse_core::{
-    CallRecord, Correction, Permit, Receipt, ResolvedOrg, Settlement, StoreError, Timestamp,
+    CallRecord, Correction, Permit, Receipt, ResolvedOrg, Settlement, StoreError,
 };
 
 use crate::cost::ReportCost;
@@ -88,7 +89,8 @@ enum Kind {
 pub(crate) struct Finish {
     engine: Arc<Engine>,
     org: Arc<ResolvedOrg>,
-    started: Timestamp,
+    /// The engine clock's monotonic reading when the request was let through.
+    started: Duration,
     call: Option<CallRecord>,
     status: Option<u16>,
     kind: Kind,
@@ -110,12 +112,8 @@ impl fmt::Debug for Finish {
 impl Finish {
     /// A request whose call is recorded when it ends (an exempt route, until
     /// [`charge`](Self::charge)).
-    pub(crate) fn recorded(
-        engine: Arc<Engine>,
-        org: Arc<ResolvedOrg>,
-        started: Timestamp,
-        call: CallRecord,
-    ) -> Self {
+    pub(crate) fn recorded(engine: Arc<Engine>, org: Arc<ResolvedOrg>, call: CallRecord) -> Self {
+        let started = engine.clock().monotonic();
         Self {
             engine,
             org,
@@ -176,7 +174,12 @@ impl Drop for Finish {
             return;
         };
         let end = self.engine.now();
-        let latency_ms = u64::try_from(end.millis_since(self.started)).unwrap_or(0);
+        // On the monotonic reading: a wall clock stepped meanwhile charges nothing for it. At most
+        // the policy's `max_latency_ms`, whatever happened.
+        let took = self.engine.clock().monotonic().saturating_sub(self.started);
+        let latency_ms = u64::try_from(took.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(self.engine.policy_for_decision().server().max_latency_ms);
         call.latency_ms = latency_ms;
         call.status = self.status.unwrap_or(if std::thread::panicking() {
             500

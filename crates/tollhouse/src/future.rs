@@ -482,12 +482,11 @@ fn identified(meter: Meter<'_>, request: &mut Parts, identity: Result<Identity, 
             Step::Call(Some(Box::new(Finish::recorded(
                 Arc::clone(engine),
                 org,
-                arrived,
                 call,
             ))))
         }
         Treatment::Cost(points) => {
-            let charge = Charge::points(points);
+            let charge = Charge::points(points.min(tollhouse_core::MAX_COST));
             // A store that answers at once (the memory store) needs no boxed future, unless the
             // org is full and its plan says to wait for a slot.
             let admission = Admission {
@@ -572,7 +571,6 @@ fn decided(
                     Step::Call(Some(Box::new(Finish::recorded(
                         Arc::clone(engine),
                         org,
-                        now,
                         call,
                     ))))
                 }
@@ -622,7 +620,7 @@ fn decided(
             // `ReportCost` is extracted from the `Metered` extension.
             let report = metered.report_handle();
             request.extensions.insert(metered);
-            let mut finish = Box::new(Finish::recorded(Arc::clone(engine), org, now, call));
+            let mut finish = Box::new(Finish::recorded(Arc::clone(engine), org, call));
             finish.charge(receipt, charge.points, report, permit, quotas);
             finish.set_headers(headers);
             Step::Call(Some(finish))
@@ -675,7 +673,7 @@ fn decided(
                     true,
                 ));
                 call.cost = 0;
-                let mut finish = Box::new(Finish::recorded(Arc::clone(engine), org, now, call));
+                let mut finish = Box::new(Finish::recorded(Arc::clone(engine), org, call));
                 finish.set_headers(headers);
                 return Step::Call(Some(finish));
             }

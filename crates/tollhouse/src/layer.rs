@@ -212,14 +212,14 @@ impl<I> RateLimitLayer<I> {
     }
 
     /// Requests matching `spec` (`"GET /v1/reports"`, `"* /v1/items/{id}"`) cost `points` points
-    /// (at least 1).
+    /// (at least 1, at most [`MAX_COST`](tollhouse_core::MAX_COST)).
     ///
     /// # Panics
     ///
     /// If `spec` is not `METHOD /path` with axum-style `{param}` segments; use
     /// [`rule`](Self::rule) with [`RouteRule::parse`] to handle that as an error instead.
     pub fn cost(self, spec: &str, points: u64) -> Self {
-        self.declare(spec, Treatment::Cost(points.max(1)))
+        self.declare(spec, Treatment::clamped_cost(points))
     }
 
     /// Requests matching `spec` are exempt: not limited, not charged, no headers; still recorded

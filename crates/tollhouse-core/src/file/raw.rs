@@ -33,6 +33,7 @@ pub(super) struct RawServer {
     pub(super) metrics_org_label: Option<bool>,
     pub(super) usage_query: Option<Spanned<String>>,
     pub(super) redact_query: Option<Vec<Spanned<String>>>,
+    pub(super) max_latency_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
