@@ -28,12 +28,14 @@ use bytes::Bytes;
 use clap::Parser;
 use futures_util::stream;
 use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_util::MetricKindMask;
 use serde::Deserialize;
 use serde_json::json;
 use tollhouse::{DynStore, MemoryStore, Policy, RateLimitLayer, ReportCost};
 use tracing_subscriber::EnvFilter;
 
 mod reload;
+mod serve;
 
 /// The policy file shipped with the demo, relative to the workspace root.
 const SHIPPED_POLICY: &str = "examples/demo/policy.toml";
@@ -61,6 +63,10 @@ struct Args {
     /// Validate the policy file and exit: 0 with a one-line summary, 1 with the error start-up gives
     #[arg(long)]
     check: bool,
+
+    /// How long a client may take to send a request head (and an idle connection stays open)
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    header_timeout_ms: u64,
 }
 
 #[tokio::main]
@@ -100,7 +106,10 @@ async fn main() -> ExitCode {
             let lazy = match builder.clone().connect_lazy(url) {
                 Ok(store) => store,
                 Err(error) => {
-                    eprintln!("tollhouse-demo: cannot use Redis at {url}: {error}");
+                    eprintln!(
+                        "tollhouse-demo: cannot use Redis at {}: {error}",
+                        redacted(url)
+                    );
                     return ExitCode::FAILURE;
                 }
             };
@@ -110,7 +119,7 @@ async fn main() -> ExitCode {
                 // until it answers (the store reconnects by itself).
                 Err(error) => {
                     tracing::warn!(
-                        %url,
+                        url = %redacted(url),
                         error = &error as &dyn std::error::Error,
                         "tollhouse-demo: Redis does not answer yet; serving anyway, with requests \
                          following on_store_error until it does"
@@ -123,7 +132,11 @@ async fn main() -> ExitCode {
     };
 
     // ---- Metrics: the layer and the store report through the `metrics` facade. -------------
-    let metrics = match PrometheusBuilder::new().install_recorder() {
+    // Series not updated for 10 minutes are dropped: an org that has gone quiet leaves nothing.
+    let metrics = match PrometheusBuilder::new()
+        .idle_timeout(MetricKindMask::ALL, Some(Duration::from_secs(600)))
+        .install_recorder()
+    {
         Ok(handle) => handle,
         Err(error) => {
             eprintln!("tollhouse-demo: cannot install the metrics recorder: {error}");
@@ -171,14 +184,29 @@ async fn main() -> ExitCode {
     };
     println!("tollhouse-demo listening on http://{address}");
     tracing::info!(policy = %path.display(), %address, "tollhouse-demo serving");
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await
-    {
-        eprintln!("tollhouse-demo: {error}");
-        return ExitCode::FAILURE;
-    }
+    let header_timeout = Duration::from_millis(args.header_timeout_ms.max(1));
+    serve::serve(listener, app, header_timeout, shutdown()).await;
     ExitCode::SUCCESS
+}
+
+/// `url` with its password, if any, replaced by `***`: fit for a log line.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let hidden = if userinfo.contains(':') || user.is_empty() {
+                ":***"
+            } else {
+                ""
+            };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// What a policy holds, in one line: `3 plans, 4 orgs, 7 keys, 3 routes`.
@@ -215,7 +243,26 @@ fn shipped_policy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.toml")
 }
 
+/// Resolves on SIGINT or SIGTERM (what a service manager or a deploy sends).
 async fn shutdown() {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match terminate.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminated => {}
+        }
+    }
+    #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
 }
 
@@ -317,13 +364,35 @@ async fn file(UrlPath(id): UrlPath<String>) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{id}.bin\""),
-            ),
+            (header::CONTENT_DISPOSITION, attachment(&id)),
         ],
         Body::from_stream(chunks),
     )
+}
+
+/// `Content-Disposition` for a download named after `id`: only safe characters in the quoted
+/// name (a quote, a backslash or a line break in the id cannot end the header's value or add
+/// one), and the whole id, percent-encoded, in `filename*` (RFC 6266).
+fn attachment(id: &str) -> String {
+    let plain: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::with_capacity(id.len() * 3);
+    for byte in id.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{plain}.bin\"; filename*=UTF-8''{encoded}.bin")
 }
 
 async fn connector(UrlPath(name): UrlPath<String>) -> impl IntoResponse {
@@ -331,4 +400,38 @@ async fn connector(UrlPath(name): UrlPath<String>) -> impl IntoResponse {
         StatusCode::ACCEPTED,
         Json(json!({ "connector": name, "status": "accepted" })),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_password_never_reaches_a_log_line() {
+        assert_eq!(
+            redacted("rediss://app:s3cret@redis.example:6380/0"),
+            "rediss://app:***@redis.example:6380/0"
+        );
+        assert_eq!(
+            redacted("redis://:s3cret@127.0.0.1:6379/"),
+            "redis://:***@127.0.0.1:6379/"
+        );
+        assert_eq!(
+            redacted("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
+        assert_eq!(redacted("redis://app@host/"), "redis://app@host/");
+    }
+
+    #[test]
+    fn a_download_name_cannot_break_its_header() {
+        let value = attachment("a\"; x=\r\nSet-Cookie: y");
+        assert!(axum::http::HeaderValue::from_str(&value).is_ok());
+        assert!(!value.contains('\r') && !value.contains('\n'));
+        assert_eq!(value.matches('"').count(), 2, "{value}");
+        assert_eq!(
+            attachment("7"),
+            "attachment; filename=\"7.bin\"; filename*=UTF-8''7.bin"
+        );
+    }
 }

@@ -475,3 +475,43 @@ fn check_refuses_a_missing_policy_file() {
         "{output:?}"
     );
 }
+
+/// A client that never finishes its request head is cut off after the header timeout, while a
+/// request whose handler takes longer than that still completes.
+#[tokio::test]
+async fn a_slow_client_is_cut_off_and_a_slow_handler_is_not() {
+    use std::io::{Read, Write};
+
+    let demo = Demo::start(&["--header-timeout-ms", "300"]);
+    let address = demo.base.trim_start_matches("http://").to_owned();
+    let slow_client = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(address).expect("connect");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("a read timeout");
+        stream
+            .write_all(b"GET /v1/items HTTP/1.1\r\nHost: demo\r\n")
+            .expect("half a head");
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let closed = stream.read_to_end(&mut rest).is_ok();
+        (closed, started.elapsed())
+    });
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/slow?ms=1000", demo.base))
+        .bearer_auth("acme-key-1")
+        .send()
+        .await
+        .expect("the demo answers");
+    assert_eq!(
+        response.status(),
+        200,
+        "a handler slower than the header timeout completes"
+    );
+    let (closed, after) = slow_client.join().expect("the client thread");
+    assert!(closed, "the server closed the connection");
+    assert!(
+        after < std::time::Duration::from_secs(5),
+        "closed after {after:?}, not when the client gave up"
+    );
+}
