@@ -337,7 +337,12 @@ fn put_reset(buffer: &mut Vec<u8>, format: ResetFormat, reset: Timestamp, now: T
         }
         ResetFormat::Delta => put_u64(buffer, secs_until(reset, now)),
         ResetFormat::HttpDate => {
-            let secs = u64::try_from(reset.as_secs_ceil()).unwrap_or(0);
+            // An IMF-fixdate has a four-digit year: instants past 9999 are written as its end
+            // (and before 1970 as the epoch), never a panic.
+            const LAST_HTTP_DATE: u64 = 253_402_300_799;
+            let secs = u64::try_from(reset.as_secs_ceil())
+                .unwrap_or(0)
+                .min(LAST_HTTP_DATE);
             let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
             buffer.extend_from_slice(date.as_bytes());
         }
@@ -1032,5 +1037,32 @@ mod tests {
         .apply(&mut map);
         assert_eq!(map.len(), 1, "{map:?}");
         assert_eq!(map[RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn an_http_date_far_out_or_long_ago_is_written_not_a_panic() {
+        for (reset, expected) in [
+            (
+                Timestamp::from_millis(i64::MAX),
+                "Fri, 31 Dec 9999 23:59:59 GMT",
+            ),
+            (
+                Timestamp::from_millis(i64::MIN),
+                "Thu, 01 Jan 1970 00:00:00 GMT",
+            ),
+            (
+                Timestamp::from_secs(1_768_471_260),
+                "Thu, 15 Jan 2026 10:01:00 GMT",
+            ),
+        ] {
+            let mut buffer = Vec::new();
+            put_reset(
+                &mut buffer,
+                ResetFormat::HttpDate,
+                reset,
+                Timestamp::from_secs(0),
+            );
+            assert_eq!(std::str::from_utf8(&buffer), Ok(expected));
+        }
     }
 }

@@ -28,8 +28,8 @@
 //!
 //! # Example
 //!
-//! An org looked up by a custom header, synchronously; one resolved from a "database" on the fly;
-//! and the service's own extractor:
+//! An org found by the service's auth middleware, synchronously; one resolved from a "database" on
+//! the fly; and the service's own extractor (which authenticates, here by a signed token):
 //!
 //! ```
 //! use std::sync::Arc;
@@ -46,13 +46,17 @@
 //! # id = "acme"
 //! # plan = "build"
 //! # "#, "policy.toml".as_ref())?;
-//! // Sync: a tenant header names the org directly.
-//! let by_header = RateLimitLayer::new(policy.clone()).identify(
+//! // Sync: the service's auth middleware, in front of the layer, has verified the caller and put
+//! // what it found in the request's extensions. (Never trust a header the client sets itself:
+//! // whoever `identify` says is calling is charged, and sees that org's usage.)
+//! #[derive(Clone)]
+//! struct Authenticated { tenant: String, user: String }
+//!
+//! let by_middleware = RateLimitLayer::new(policy.clone()).identify(
 //!     |parts: &Parts, policy: &Arc<Policy>| -> Result<Identity, Unidentified> {
-//!         let tenant = parts.headers.get("x-tenant").ok_or(Unidentified::Missing)?;
-//!         let tenant = tenant.to_str().map_err(|_| Unidentified::Malformed)?;
-//!         let org = policy.org(tenant).ok_or(Unidentified::Unknown)?;
-//!         Ok(Identity::new(Arc::clone(org), tenant))
+//!         let caller = parts.extensions.get::<Authenticated>().ok_or(Unidentified::Missing)?;
+//!         let org = policy.org(&caller.tenant).ok_or(Unidentified::Unknown)?;
+//!         Ok(Identity::new(Arc::clone(org), &caller.user))
 //!     },
 //! );
 //!
@@ -77,12 +81,14 @@
 //! #[derive(Clone)]
 //! struct Caller { tenant: String }
 //!
+//! # fn verify(token: &str) -> Option<String> { token.strip_prefix("signed:").map(str::to_owned) }
 //! impl<S: Send + Sync> FromRequestParts<S> for Caller {
 //!     type Rejection = (StatusCode, &'static str);
 //!     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-//!         let tenant = parts.headers.get("x-tenant").and_then(|v| v.to_str().ok());
-//!         let tenant = tenant.ok_or((StatusCode::UNAUTHORIZED, "who are you?"))?;
-//!         Ok(Caller { tenant: tenant.to_owned() })
+//!         let token = tollhouse::identity::bearer_token(parts).ok();
+//!         // Your token check: a JWT's signature, a session lookup.
+//!         let tenant = token.and_then(verify).ok_or((StatusCode::UNAUTHORIZED, "sign in"))?;
+//!         Ok(Caller { tenant })
 //!     }
 //! }
 //!
@@ -92,7 +98,7 @@
 //!         Ok(Identity::new(Arc::clone(org), &caller.tenant))
 //!     },
 //! );
-//! # let _ = (by_header, from_db, by_extractor);
+//! # let _ = (by_middleware, from_db, by_extractor);
 //! # Ok::<(), tollhouse::PolicyError>(())
 //! ```
 

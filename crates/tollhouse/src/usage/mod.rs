@@ -11,7 +11,9 @@
 //! | `GET /usage` | an HTML page showing all of the above to a person |
 //!
 //! Every JSON route identifies the caller through [`UsageSource::identify`], exactly like a metered
-//! route, and shows that org's usage only: there is no org parameter. A missing, malformed or unknown
+//! route, and shows that org's usage only: there is no org parameter. The routes trust the
+//! identification: whoever it says is calling sees that org's usage, so it must authenticate (the
+//! default bearer keys do). A missing, malformed or unknown
 //! key gets `401` with a `WWW-Authenticate: Bearer` challenge and an `application/problem+json`
 //! body, exactly as on the metered routes ([`Unidentified`](crate::Unidentified)); a store that cannot answer gets `503`. Instants are RFC 3339 in the org's own time zone, dates are the
 //! org's local dates. Mount the router *outside* the rate-limit layer: reading your usage is never
