@@ -1263,6 +1263,101 @@ mod redis_only {
         );
     }
 
+    /// Bytes Redis uses for the keys of one org (`MEMORY USAGE`, summed over a `SCAN`).
+    async fn redis_bytes_of(
+        conn: &mut ::redis::aio::MultiplexedConnection,
+        prefix: &str,
+        org: &str,
+    ) -> u64 {
+        let mut cursor = 0u64;
+        let mut total = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}{{{org}}}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await
+                .expect("SCAN");
+            for key in keys {
+                let bytes: Option<u64> = ::redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(&key)
+                    .query_async(conn)
+                    .await
+                    .expect("MEMORY USAGE");
+                total += bytes.unwrap_or(0);
+            }
+            if next == 0 {
+                return total;
+            }
+            cursor = next;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hostile_org_holds_no_more_redis_memory_than_the_bound_and_others_are_served_exactly()
+    {
+        let Some(redis) = redis_for("hostile_org_redis") else {
+            return;
+        };
+        let prefix = unique_prefix("hostile");
+        let store = RedisStore::builder()
+            .prefix(prefix.clone())
+            .timeout(Duration::from_secs(2))
+            .connect(redis.url())
+            .await
+            .expect("connect");
+        let policy = Policy::from_toml_str(
+            &format!(
+                "[plans.p]\n{PER_MINUTE_5}\n[[orgs]]\nid = \"mallory\"\nplan = \"p\"\n\
+                 [[orgs]]\nid = \"alice\"\nplan = \"p\"\n"
+            ),
+            "hostile.toml".as_ref(),
+        )
+        .expect("a valid policy");
+        let mallory = Arc::clone(policy.org("mallory").expect("defined"));
+        let alice = Arc::clone(policy.org("alice").expect("defined"));
+        // Long paths, a new query every time, odd methods, floods of rejections and usage reads.
+        for i in 0..3_000u64 {
+            let at = secs(t0(), 1);
+            let decision = admit(&store, &mallory, 1, at).await;
+            let pad = "q".repeat(usize::try_from(i % 30).unwrap_or(0) * 1_000);
+            let method = if i % 5 == 0 { "OTHER" } else { "GET" };
+            let mut call = CallRecord::new(at, method, &format!("/v1/x/{i}?pad={pad}&i={i}"));
+            if !decision.is_admitted() {
+                call.outcome = Outcome::Rejected {
+                    limit: Arc::from("per_minute"),
+                };
+                call.logged = i % 50 == 0;
+            }
+            record(&store, &mallory, call).await;
+            if i % 100 == 0 {
+                store
+                    .usage_view(&mallory, at, tollhouse_core::UsageView::Report)
+                    .await
+                    .expect("the store answers");
+            }
+        }
+        let mut conn = raw(redis.url()).await;
+        let bytes = redis_bytes_of(&mut conn, &prefix, "mallory").await;
+        let bound = tollhouse_redis::REDIS_BYTES_PER_ORG;
+        println!("mallory holds {bytes} bytes of Redis memory (bound {bound})");
+        assert!(
+            bytes <= bound,
+            "{bytes} bytes in Redis for one org, over the bound of {bound}"
+        );
+        // Another org is served, and limited exactly, as if nothing happened.
+        let admitted = join_all((0..8).map(|_| admit(&store, &alice, 1, secs(t0(), 2))))
+            .await
+            .iter()
+            .filter(|decision| decision.is_admitted())
+            .count();
+        assert_eq!(admitted, 5, "alice gets exactly her five a minute");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_round_trip_per_admission() {
         let Some(server) = own_redis_server("one_round_trip_per_admission") else {
