@@ -68,7 +68,9 @@ keys = ["acme-key-1"]
         .expect("infallible");
     // While the body is still unread, the clocks move.
     clock.wall_ms.fetch_add(wall_step_ms, Ordering::SeqCst);
-    clock.monotonic_ms.fetch_add(monotonic_step_ms, Ordering::SeqCst);
+    clock
+        .monotonic_ms
+        .fetch_add(monotonic_step_ms, Ordering::SeqCst);
     let _ = response.into_body().collect().await.expect("the body");
     let org = Arc::clone(limits.engine().policy().org("acme").expect("acme"));
     let statuses = limits
