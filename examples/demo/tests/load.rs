@@ -4,10 +4,16 @@
 //! no less, and exactly what the clients saw admitted; it prints throughput and latency
 //! percentiles.
 //!
-//! Bounded in count and time, loopback only. `LOAD_ORGS` (default 200) and `LOAD_CONNECTIONS`
-//! (default 32) size it; the CI run is the default. For the numbers in BENCHMARKS.md:
+//! All along, a hostile tenant (`mallory`) sends long paths with a new query every time,
+//! invented methods, a flood of requests past its quota and usage reads, at a fixed rate: the
+//! other orgs are still served and limited exactly.
+//!
+//! Bounded in count and time, loopback only. `LOAD_ORGS` (default 200), `LOAD_CONNECTIONS`
+//! (default 32) and `LOAD_HOSTILE_PER_SECOND` (default 200; 0 for a quiet run) size it; the CI run
+//! is the default. For the numbers in BENCHMARKS.md, a quiet run and a hostile one:
 //!
 //! ```text
+//! LOAD_ORGS=3000 LOAD_HOSTILE_PER_SECOND=0 cargo test --release -p tollhouse-demo --test load -- --nocapture
 //! LOAD_ORGS=3000 cargo test --release -p tollhouse-demo --test load -- --nocapture
 //! ```
 
@@ -71,7 +77,38 @@ exempt = true
             "\n[[orgs]]\nid = \"org-{n}\"\nplan = \"load\"\nkeys = [\"key-{n}-load\"]\n"
         ));
     }
+    text.push_str("\n[[orgs]]\nid = \"mallory\"\nplan = \"load\"\nkeys = [\"mallory-key-1\"]\n");
     text
+}
+
+/// The hostile tenant: `per_second` requests a second until `done`, each a long path with a new
+/// query, an invented method, or a read of its usage.
+async fn hostile(base: String, per_second: usize, done: tokio::sync::watch::Receiver<bool>) -> u64 {
+    if per_second == 0 {
+        return 0;
+    }
+    let client = reqwest::Client::new();
+    let mut tick =
+        tokio::time::interval(Duration::from_secs(1) / u32::try_from(per_second).unwrap_or(1));
+    let pad = "p".repeat(8_000);
+    let mut sent = 0u64;
+    while !*done.borrow() {
+        tick.tick().await;
+        let request = match sent % 4 {
+            0 => client.get(format!("{base}/v1/items/{sent}?q={pad}&n={sent}")),
+            1 => client.request(
+                reqwest::Method::from_bytes(b"BREW").expect("a token"),
+                format!("{base}/v1/items?n={sent}"),
+            ),
+            2 => client.get(format!("{base}/v1/usage/report")),
+            _ => client.get(format!("{base}/v1/reports?n={sent}")),
+        };
+        if let Ok(response) = request.bearer_auth("mallory-key-1").send().await {
+            let _ = response.bytes().await;
+        }
+        sent += 1;
+    }
+    sent
 }
 
 /// The route of an org's `i`th request: reports (10 points), items and short streams (1 point),
@@ -173,6 +210,12 @@ async fn run(demo: &Demo, orgs: usize, connections: usize, store: &str) {
         admitted_points: (0..orgs).map(|_| AtomicU64::new(0)).collect(),
         ..Tally::default()
     });
+    let (stop, done) = tokio::sync::watch::channel(false);
+    let attacker = tokio::spawn(hostile(
+        demo.base.clone(),
+        env("LOAD_HOSTILE_PER_SECOND", 200),
+        done,
+    ));
     let started = Instant::now();
     let work: Vec<(usize, Vec<usize>)> = (0..orgs)
         .map(|org| (org, (0..REQUESTS).collect()))
@@ -200,11 +243,14 @@ async fn run(demo: &Demo, orgs: usize, connections: usize, store: &str) {
     })
     .await;
     let elapsed = started.elapsed();
+    let _ = stop.send(true);
+    let hostile = attacker.await.expect("the hostile tenant");
     let requests = tally.requests.load(Ordering::Relaxed);
     let [p50, p90, p99, max] = tally.latencies_us.percentiles();
     println!(
         "{store}: {orgs} orgs, {requests} requests in {:.2} s: {:.0} req/s; latency p50 {p50} us, \
-         p90 {p90} us, p99 {p99} us, max {max} us; {} store errors (retried)",
+         p90 {p90} us, p99 {p99} us, max {max} us; {} store errors (retried); {hostile} hostile \
+         requests beside them",
         elapsed.as_secs_f64(),
         requests as f64 / elapsed.as_secs_f64(),
         tally.store_errors.load(Ordering::Relaxed),
