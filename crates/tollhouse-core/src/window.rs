@@ -39,6 +39,15 @@ use chrono_tz::Tz;
 
 use crate::time::Timestamp;
 
+/// The first instant whose window follows the calendar: 2^52 ms (about 142,000 years) before 1970.
+///
+/// Chrono represents dates up to about 262,000 years either side of 1970; keeping the calendar
+/// arithmetic (local times, the next window's name, the searches around a clock change) well inside
+/// that range means none of it can overflow.
+const CALENDAR_FIRST: Timestamp = Timestamp::from_millis(-(1 << 52));
+/// The first instant after the range in which windows follow the calendar (2^52 ms after 1970).
+const CALENDAR_END: Timestamp = Timestamp::from_millis(1 << 52);
+
 /// A calendar window of a zone's wall clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Window {
@@ -104,10 +113,30 @@ impl Window {
     }
 
     /// The window of zone `tz` that contains `at`.
+    ///
+    /// Windows follow the calendar for about 142,000 years either side of 1970. An instant before
+    /// that falls in one window that ends where the calendar's range starts; an instant after it
+    /// falls in one window that starts where the range ends and ends at the last instant a
+    /// [`Timestamp`] holds (which is therefore in no window).
     pub fn bounds(self, tz: Tz, at: Timestamp) -> Bounds {
+        if at < CALENDAR_FIRST {
+            return Bounds {
+                start: Timestamp::from_millis(i64::MIN),
+                end: CALENDAR_FIRST,
+            };
+        }
+        if at >= CALENDAR_END {
+            return Bounds {
+                start: CALENDAR_END,
+                end: Timestamp::from_millis(i64::MAX),
+            };
+        }
         let start = self.start(tz, at);
         let end = self.end_after(tz, at, start);
-        Bounds { start, end }
+        Bounds {
+            start: start.max(CALENDAR_FIRST),
+            end: end.min(CALENDAR_END),
+        }
     }
 
     /// The local date-time that names the window containing the local time `local`.
@@ -145,6 +174,12 @@ impl Window {
         }
     }
 
+    /// How far from an instant a search for a window's edge across a clock jump looks: two nominal
+    /// windows and a day, in milliseconds.
+    const fn search_margin(self) -> i64 {
+        (2 * self.nominal_secs() as i64 + 86_400) * 1000
+    }
+
     /// When the clock is set back over a window's name, minutes and hours start again (the repeated
     /// hour is its own window); days and months keep their first instant.
     const fn repeats(self) -> bool {
@@ -172,7 +207,7 @@ impl Window {
             // local time is at or after its name. Local time only rises across such a jump, so a
             // binary search between an instant before the jump and `at` finds it.
             LocalResult::None => {
-                let low = at.as_millis() - 2 * self.nominal_secs() as i64 * 1000 - 86_400_000;
+                let low = at.as_millis().saturating_sub(self.search_margin());
                 first_instant_at_or_after(tz, floor, low, at.as_millis())
             }
         }
@@ -195,13 +230,13 @@ impl Window {
                 }
             }
             LocalResult::None => {
-                let high = at.as_millis() + 2 * self.nominal_secs() as i64 * 1000 + 86_400_000;
+                let high = at.as_millis().saturating_add(self.search_margin());
                 first_instant_at_or_after(tz, next, at.as_millis(), high)
             }
         };
         if candidate <= at {
             // Cannot happen with real zone data; a window always ends after the instant it holds.
-            return Timestamp::from_millis(at.as_millis() + 1);
+            return Timestamp::from_millis(at.as_millis().saturating_add(1));
         }
         // A clock set back inside (at, candidate) can start a new window earlier (the repeated
         // hour). Window starts never decrease as time goes on, so search for the first change.
@@ -399,6 +434,55 @@ mod tests {
         assert_eq!(hour.end, utc(2026, 6, 1, 11, 15));
         let day = Window::Day.bounds(kathmandu, at);
         assert_eq!(day.start, utc(2026, 5, 31, 18, 15));
+    }
+
+    #[test]
+    fn extreme_instants_fall_in_windows_without_panicking() {
+        // A month of zone 100 at i64::MAX ms overflowed `NaiveDateTime + TimeDelta`: instants
+        // outside chrono's range were read as its last one, and the next month is past it.
+        let edges = [
+            i64::MIN,
+            i64::MIN + 1,
+            CALENDAR_FIRST.as_millis() - 1,
+            CALENDAR_FIRST.as_millis(),
+            CALENDAR_FIRST.as_millis() + 1,
+            chrono::DateTime::<chrono::Utc>::MIN_UTC.timestamp_millis(),
+            chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_millis(),
+            CALENDAR_END.as_millis() - 1,
+            CALENDAR_END.as_millis(),
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        let zones = [
+            Tz::UTC,
+            chrono_tz::TZ_VARIANTS[100],
+            tz("Pacific/Kiritimati"),
+            tz("Pacific/Niue"),
+            tz("America/Los_Angeles"),
+        ];
+        for zone in zones {
+            for window in Window::ALL {
+                for millis in edges {
+                    let at = Timestamp::from_millis(millis);
+                    let bounds = window.bounds(zone, at);
+                    assert!(bounds.start <= at, "{zone} {window} {millis}: {bounds:?}");
+                    if millis < i64::MAX {
+                        assert!(at < bounds.end, "{zone} {window} {millis}: {bounds:?}");
+                    }
+                    if bounds.end.as_millis() < i64::MAX {
+                        // The next window starts where this one ends, at the seams too.
+                        assert_eq!(window.bounds(zone, bounds.end).start, bounds.end);
+                    }
+                }
+            }
+        }
+        let month = Window::Month.bounds(
+            chrono_tz::TZ_VARIANTS[100],
+            Timestamp::from_millis(i64::MAX),
+        );
+        assert_eq!(month.start, CALENDAR_END);
+        let first = Window::Day.bounds(Tz::UTC, Timestamp::from_millis(i64::MIN));
+        assert_eq!(first.end, CALENDAR_FIRST);
     }
 
     #[test]
