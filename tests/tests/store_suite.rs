@@ -972,7 +972,46 @@ macro_rules! suite {
                 super::differential(&tollhouse_core::MemoryStore::new(), &store).await;
             }
         }
+
+        /// Every case on a [`DurableStore`] in a state directory of its own.
+        mod durable {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (store, _dir) = super::durable_store(stringify!($case));
+                    super::$case(&store).await;
+                }
+            )*
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn differential_random_ops() {
+                let (store, _dir) = super::durable_store("differential_random_ops");
+                super::differential(&tollhouse_core::MemoryStore::new(), &store).await;
+            }
+        }
     };
+}
+
+/// A durable store in a fresh state directory of the test's own, removed when the guard drops.
+fn durable_store(test: &str) -> (tollhouse_core::durable::DurableStore, TempDir) {
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("tollhouse-suite-{}-{test}", std::process::id())),
+    );
+    let _ = std::fs::remove_dir_all(&dir.0);
+    let store = tollhouse_core::durable::DurableStore::builder()
+        .flush_interval(Duration::from_millis(5))
+        .open(&dir.0)
+        .expect("a state directory");
+    (store, dir)
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 suite!(

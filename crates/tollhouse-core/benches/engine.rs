@@ -242,8 +242,69 @@ fn bytes_per_org(_: &mut Criterion) {
     assert_eq!(store.tracked_orgs(), ORGS);
 }
 
+/// The durable store's admission beside the memory store's, in the same run: both decide in memory;
+/// the durable one also marks the org for its writer thread (which writes every 500 ms meanwhile).
+#[cfg(feature = "durable")]
+fn durable_beside_memory(c: &mut Criterion) {
+    use tollhouse_core::Store;
+    use tollhouse_core::durable::DurableStore;
+
+    fn admit_settle_through<S: Store>(store: &S, org: &Arc<ResolvedOrg>, now: Timestamp) {
+        let Some(Ok(decision)) = store.try_admit(org, Charge::points(3), now) else {
+            panic!("an in-process store answers at once")
+        };
+        let Verdict::Admitted { receipt, .. } = decision.verdict else {
+            panic!("the bench plan admits everything")
+        };
+        let settlement = Settlement {
+            receipt,
+            correction: Correction {
+                latency_ms: 12,
+                cost_delta: -1,
+            },
+            call: None,
+            at: now,
+        };
+        assert!(store.try_settle(org, settlement).is_none());
+        drop(black_box(decision.permit));
+    }
+
+    let policy = policy(ORGS);
+    let all = orgs(&policy, ORGS);
+    let clock = ManualClock::new(Timestamp::from_secs(1_800_000_000));
+    let dir = std::env::temp_dir().join(format!("tollhouse-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let durable = DurableStore::builder()
+        .clock(clock.clone())
+        .open(&dir)
+        .expect("a state directory");
+    let memory = MemoryStore::new();
+    let mut group = c.benchmark_group("admit_settle_10000_orgs");
+    group.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    group.bench_function(BenchmarkId::new("memory", "1_thread"), |b| {
+        b.iter(|| {
+            i = (i + 1) % ORGS;
+            admit_settle_through(&memory, &all[i], clock.now())
+        })
+    });
+    group.bench_function(BenchmarkId::new("durable", "1_thread"), |b| {
+        b.iter(|| {
+            i = (i + 1) % ORGS;
+            admit_settle_through(&durable, &all[i], clock.now())
+        })
+    });
+    group.finish();
+    drop(durable);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(not(feature = "durable"))]
+fn durable_beside_memory(_: &mut Criterion) {}
+
 criterion_group!(
     benches,
+    durable_beside_memory,
     decision,
     key_lookup,
     one_thread,

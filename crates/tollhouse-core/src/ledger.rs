@@ -59,6 +59,17 @@ impl Default for Charge {
     }
 }
 
+/// One tier's counts as a durable store keeps them across a restart (see [`Ledger::saved`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedTier {
+    /// The limit's name.
+    pub limit: std::sync::Arc<str>,
+    /// The tier's window.
+    pub window: Window,
+    /// Its window and what it used there.
+    pub state: crate::tier::TierState,
+}
+
 /// Which tier windows a charge went into and how much each took: what a later cost correction
 /// gives back.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -259,6 +270,46 @@ impl Ledger {
                 }
             }
         }
+    }
+
+    /// The counts worth keeping across a restart: every tier whose window is still open at `now`,
+    /// with its limit's name and its window.
+    pub fn saved(&self, now: Timestamp) -> Vec<SavedTier> {
+        let mut saved = Vec::new();
+        for ((name, windows), state) in self.names.iter().zip(&self.windows).zip(&self.limits) {
+            for (window, tier) in windows.iter().zip(state.tiers()) {
+                if let Some(window) = window
+                    && now < tier.end
+                    && tier.used != 0
+                {
+                    saved.push(SavedTier {
+                        limit: name.clone(),
+                        window: *window,
+                        state: *tier,
+                    });
+                }
+            }
+        }
+        saved
+    }
+
+    /// A ledger for `org`'s plan with `saved` counts back in place, where the plan still has a
+    /// limit of that name with a tier of that window; the others start fresh.
+    pub fn restored(org: &ResolvedOrg, saved: &[SavedTier]) -> Self {
+        let mut ledger = Ledger::new(org);
+        for tier in saved {
+            let Some(limit) = ledger.names.iter().position(|name| *name == tier.limit) else {
+                continue;
+            };
+            let Some(index) = ledger.windows[limit]
+                .iter()
+                .position(|window| *window == Some(tier.window))
+            else {
+                continue;
+            };
+            ledger.limits[limit].tiers_mut()[index] = tier.state;
+        }
+        ledger
     }
 
     /// Whether every tier window has ended by `now`: the ledger then holds nothing worth keeping.

@@ -37,6 +37,8 @@
 //! # Ok::<(), tollhouse_core::PolicyError>(())
 //! ```
 
+#[cfg(feature = "durable")]
+pub mod durable;
 pub mod error;
 pub mod file;
 mod key_memo;
@@ -56,7 +58,9 @@ pub mod usage;
 pub mod window;
 
 pub use error::{PolicyError, StoreError};
-pub use ledger::{Charge, Correction, Ledger, Receipt, ReceiptPart, RejectReason, Verdict};
+pub use ledger::{
+    Charge, Correction, Ledger, Receipt, ReceiptPart, RejectReason, SavedTier, Verdict,
+};
 pub use memory::MemoryStore;
 pub use org::{
     Adjustment, Environment, KeyDigest, MAX_KEY_LENGTH, MIN_KEY_LENGTH, Org, OrgId, Override,

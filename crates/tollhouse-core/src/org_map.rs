@@ -139,6 +139,13 @@ impl<V> Pinned<'_, V> {
         let _ = self.0.remove_if(&Lookup(org), |_, value| remove(value));
     }
 
+    /// Calls `f` with every org and its value.
+    pub fn for_each(&self, mut f: impl FnMut(&OrgId, &V)) {
+        for (key, value) in self.0.iter() {
+            f(&key.0, value);
+        }
+    }
+
     /// Keeps only the orgs whose values `keep` says to keep.
     pub fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
         self.0.retain(|_, value| keep(value));

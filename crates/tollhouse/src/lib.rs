@@ -78,6 +78,11 @@ pub use tollhouse_core::{
     UsageSnapshot, Window,
 };
 
+/// The durable embedded store (the `durable` feature): the memory store's speed, written behind
+/// to SQLite. See [`durable::DurableStore`].
+#[cfg(feature = "durable")]
+pub use tollhouse_core::durable;
+
 /// The Redis store (the `redis` feature): every instance that shares one Redis admits exactly
 /// the capacity, together. See [`redis::RedisStore`].
 #[cfg(feature = "redis")]

@@ -1,7 +1,7 @@
 //! tollhouse-demo: a small API behind the tollhouse layer, configured by a policy file.
 //!
 //! ```text
-//! cargo run --release -p tollhouse-demo -- --config FILE --listen ADDR [--redis URL] [--redis-timeout-ms MS]
+//! cargo run --release -p tollhouse-demo -- --config FILE --listen ADDR [--state DIR] [--redis URL] [--redis-timeout-ms MS]
 //! tollhouse-demo --check --config FILE
 //! ```
 //!
@@ -31,6 +31,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use metrics_util::MetricKindMask;
 use serde::Deserialize;
 use serde_json::json;
+use tollhouse::durable::DurableStore;
 use tollhouse::{DynStore, MemoryStore, Policy, RateLimitLayer, ReportCost};
 use tracing_subscriber::EnvFilter;
 
@@ -55,6 +56,11 @@ struct Args {
     /// Keep the counts in Redis, shared with every instance using the same URL
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+
+    /// Keep the counts, billing and call log in this directory across restarts (`none`: keep
+    /// nothing) \[default: beside the policy file, `policy.toml` -> `policy.state/`\]
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
 
     /// With --redis: how long one store call may take before `on_store_error` applies
     #[arg(long, value_name = "MS", default_value_t = 50)]
@@ -97,6 +103,7 @@ async fn main() -> ExitCode {
     }
 
     // ---- The store: where the counts live. -------------------------------------------------
+    let mut durable: Option<Arc<DurableStore>> = None;
     let store: Arc<dyn DynStore> = match &args.redis {
         Some(url) => {
             let builder = tollhouse_redis::RedisStore::builder()
@@ -128,7 +135,30 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        None => Arc::new(MemoryStore::with_calls_kept(policy.server().calls_kept)),
+        None => match state_dir(args.state.as_deref(), &path) {
+            None => {
+                tracing::warn!(
+                    "tollhouse-demo: --state none: counts, billing and the call log are kept in \
+                     memory only and start empty on every restart"
+                );
+                Arc::new(MemoryStore::with_calls_kept(policy.server().calls_kept))
+            }
+            Some(dir) => match DurableStore::builder()
+                .calls_kept(policy.server().calls_kept)
+                .open(&dir)
+            {
+                Ok(store) => {
+                    tracing::info!(state = %dir.display(), "tollhouse-demo: keeping state");
+                    let store = Arc::new(store);
+                    durable = Some(Arc::clone(&store));
+                    store
+                }
+                Err(error) => {
+                    eprintln!("tollhouse-demo: refusing to start: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        },
     };
 
     // ---- Metrics: the layer and the store report through the `metrics` facade. -------------
@@ -186,6 +216,13 @@ async fn main() -> ExitCode {
     tracing::info!(policy = %path.display(), %address, "tollhouse-demo serving");
     let header_timeout = Duration::from_millis(args.header_timeout_ms.max(1));
     serve::serve(listener, app, header_timeout, shutdown()).await;
+    // A graceful stop writes the state first.
+    if let Some(store) = durable
+        && let Err(error) = store.shutdown().await
+    {
+        eprintln!("tollhouse-demo: {error}");
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 
@@ -206,6 +243,16 @@ fn redacted(url: &str) -> String {
             format!("{scheme}://{user}{hidden}@{host}{path}")
         }
         None => url.to_owned(),
+    }
+}
+
+/// The state directory `--state` names (`none`: none), by default one beside `policy`, named
+/// after it (`policy.toml` -> `policy.state`).
+fn state_dir(state: Option<&Path>, policy: &Path) -> Option<PathBuf> {
+    match state {
+        Some(dir) if dir == Path::new("none") => None,
+        Some(dir) => Some(dir.to_owned()),
+        None => Some(policy.with_extension("state")),
     }
 }
 

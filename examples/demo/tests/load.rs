@@ -284,7 +284,12 @@ async fn run(demo: &Demo, orgs: usize, connections: usize, store: &str) {
 async fn every_org_gets_exactly_its_capacity_under_load_on_memory() {
     let orgs = env("LOAD_ORGS", 200);
     let path = temp_policy("load-memory.toml", &policy(orgs));
-    let demo = Demo::start(&["--config", path.to_str().expect("UTF-8 path")]);
+    let demo = Demo::start(&[
+        "--config",
+        path.to_str().expect("UTF-8 path"),
+        "--state",
+        "none",
+    ]);
     run(&demo, orgs, env("LOAD_CONNECTIONS", 32), "memory").await;
 }
 

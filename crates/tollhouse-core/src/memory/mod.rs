@@ -31,9 +31,31 @@ use crate::time::Clock;
 use crate::time::Timestamp;
 use crate::usage::{CallRecord, UsageLedger};
 
+mod saved;
 mod waiting;
 
+pub use saved::SavedOrg;
 use waiting::Permits;
+
+/// An org's usage, with the marks of a sweep and of a write-behind.
+#[derive(Debug)]
+struct UsageCell {
+    ledger: UsageLedger,
+    /// A sweep took it out of the map: whoever locks it looks the org up again.
+    retired: bool,
+    /// Changed since [`MemoryStore::drain_dirty`] last took it.
+    dirty: bool,
+}
+
+impl UsageCell {
+    fn new(ledger: UsageLedger) -> Self {
+        Self {
+            ledger,
+            retired: false,
+            dirty: false,
+        }
+    }
+}
 
 /// How often (in the store's clock) idle ledgers are swept, in milliseconds.
 const SWEEP_EVERY_MS: i64 = 60_000;
@@ -44,10 +66,12 @@ const USAGE_KEPT_MS: i64 = (crate::usage::DAYS_KEPT as i64 + 1) * 86_400_000;
 #[derive(Debug)]
 pub struct MemoryStore {
     slots: OrgMap<Slot>,
-    /// Each org's usage, and whether a sweep retired it (then whoever locks it looks again).
-    usage: OrgMap<Mutex<(bool, UsageLedger)>>,
+    /// Each org's usage.
+    usage: OrgMap<Mutex<UsageCell>>,
     calls_kept: usize,
     last_sweep: AtomicI64,
+    /// A durable store writes this one behind: state changed since its last write is not swept.
+    writes_behind: bool,
 }
 
 /// An org's state, held in the map itself (one pointer fewer to follow per request).
@@ -60,6 +84,8 @@ struct Slot {
     /// Set, under the `ledger` lock, by the sweep that takes this slot out of the map. Whoever
     /// locks a retired slot looks the org up again: its counts are no longer the org's.
     retired: AtomicBool,
+    /// Set when the counts change, for a store that writes them behind ([`MemoryStore::drain_dirty`]).
+    dirty: AtomicBool,
     ledger: Mutex<Option<Ledger>>,
 }
 
@@ -88,6 +114,7 @@ impl MemoryStore {
             usage: OrgMap::new(),
             calls_kept: calls_kept.max(1),
             last_sweep: AtomicI64::new(i64::MIN),
+            writes_behind: false,
         }
     }
 
@@ -117,16 +144,15 @@ impl MemoryStore {
     }
 
     /// Runs `f` on the org's usage under its lock (a fresh one if a sweep retired it).
-    fn with_usage<T>(&self, org: &OrgId, f: impl FnOnce(&mut UsageLedger) -> T) -> T {
+    fn with_usage<T>(&self, org: &OrgId, f: impl FnOnce(&mut UsageCell) -> T) -> T {
         let usage = self.usage.pin();
         loop {
             let cell = usage.get_or_insert_with(org, || {
-                Mutex::new((false, UsageLedger::new(self.calls_kept)))
+                Mutex::new(UsageCell::new(UsageLedger::new(self.calls_kept)))
             });
             let mut locked = cell.lock();
-            let (retired, ledger) = &mut *locked;
-            if !*retired {
-                return f(ledger);
+            if !locked.retired {
+                return f(&mut locked);
             }
             drop(locked);
             usage.remove_if(org, |current| std::ptr::eq(current, cell));
@@ -158,6 +184,7 @@ impl MemoryStore {
             // a slot that is not retired: a zero seen here stays zero.
             let keep = slot.permits.in_flight.load(Ordering::Acquire) > 0
                 || slot.permits.has_waiters()
+                || (self.writes_behind && slot.dirty.load(Ordering::Acquire))
                 || ledger.as_ref().is_some_and(|ledger| !ledger.is_idle(now));
             if !keep {
                 slot.retired.store(true, Ordering::Relaxed);
@@ -168,11 +195,12 @@ impl MemoryStore {
         // to show, and holds nothing here.
         self.usage.pin().retain(|cell| {
             let mut locked = cell.lock();
-            let keep = locked
-                .1
-                .latest()
-                .is_some_and(|latest| now.millis_since(latest) < USAGE_KEPT_MS);
-            locked.0 = !keep;
+            let keep = (self.writes_behind && locked.dirty)
+                || locked
+                    .ledger
+                    .latest()
+                    .is_some_and(|latest| now.millis_since(latest) < USAGE_KEPT_MS);
+            locked.retired = !keep;
             keep
         });
     }
@@ -197,6 +225,7 @@ impl MemoryStore {
                 };
             }
             let in_flight = slot.permits.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+            slot.dirty.store(true, Ordering::Release);
             let owner: Arc<dyn ReleasePermit> = Arc::clone(&slot.permits) as Arc<dyn ReleasePermit>;
             Decision {
                 verdict,
@@ -215,8 +244,9 @@ impl MemoryStore {
             at,
         } = settlement;
         if correction.latency_ms > 0 || correction.cost_delta != 0 {
-            self.with_ledger(org, |_, ledger| {
-                ledger.settle(org, &receipt, correction, at)
+            self.with_ledger(org, |slot, ledger| {
+                ledger.settle(org, &receipt, correction, at);
+                slot.dirty.store(true, Ordering::Release);
             });
         }
         if let Some(call) = call {
@@ -226,7 +256,10 @@ impl MemoryStore {
 
     /// Records a call synchronously.
     pub fn record_now(&self, org: &Arc<ResolvedOrg>, call: CallRecord) {
-        self.with_usage(org.id(), |usage| usage.record(org.time_zone(), call));
+        self.with_usage(org.id(), |usage| {
+            usage.ledger.record(org.time_zone(), call);
+            usage.dirty = true;
+        });
     }
 }
 
@@ -272,7 +305,10 @@ impl Store for MemoryStore {
         org: &Arc<ResolvedOrg>,
         limit: Option<&str>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.with_ledger(org, |_, ledger| ledger.reset(org, limit));
+        self.with_ledger(org, |slot, ledger| {
+            ledger.reset(org, limit);
+            slot.dirty.store(true, Ordering::Release);
+        });
         std::future::ready(Ok(()))
     }
 
@@ -291,7 +327,9 @@ impl Store for MemoryStore {
         now: Timestamp,
         view: UsageView,
     ) -> impl Future<Output = Result<OrgUsage, StoreError>> + Send {
-        let usage = self.with_usage(org.id(), |usage| usage.view(org.time_zone(), now, view));
+        let usage = self.with_usage(org.id(), |usage| {
+            usage.ledger.view(org.time_zone(), now, view)
+        });
         let in_flight = self
             .slots
             .pin()

@@ -66,7 +66,7 @@ pub const fn bytes_per_org_bound(calls_kept: usize) -> usize {
 }
 
 /// The part of [`bytes_per_org_bound`] that does not grow with the call log.
-pub const BYTES_PER_ORG: usize = 192 * 1024;
+pub const BYTES_PER_ORG: usize = 256 * 1024;
 /// What each call of the log adds to [`bytes_per_org_bound`].
 pub const BYTES_PER_CALL: usize = 512;
 
@@ -334,6 +334,25 @@ pub fn sort_newest_first(calls: &mut [CallRecord]) {
     calls.sort_by_key(|call| std::cmp::Reverse(call.at));
 }
 
+/// An org's usage as a durable store keeps it across a restart (see [`UsageLedger::saved`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SavedUsage {
+    /// The org's current local date.
+    pub today: Option<NaiveDate>,
+    /// Metered calls admitted today.
+    pub admitted_today: u64,
+    /// Billable calls per local date, oldest first.
+    pub billable_days: Vec<(NaiveDate, u64)>,
+    /// The call log, oldest first.
+    pub calls: Vec<CallRecord>,
+    /// Today's endpoints, with their keys.
+    pub endpoints: Vec<(u64, Row)>,
+    /// Today's repeated requests, with their keys.
+    pub repeated: Vec<(u64, Row)>,
+    /// When the latest call arrived.
+    pub latest: Option<Timestamp>,
+}
+
 /// The usage of one org; bounded whatever arrives.
 #[derive(Clone, Debug)]
 pub struct UsageLedger {
@@ -399,6 +418,36 @@ impl UsageLedger {
             self.day = Some((tz, Window::Day.bounds(tz, at), date));
         }
         date
+    }
+
+    /// What to keep across a restart.
+    pub fn saved(&self) -> SavedUsage {
+        SavedUsage {
+            today: self.today,
+            admitted_today: self.admitted_today,
+            billable_days: self.days.iter().copied().collect(),
+            calls: self.calls.iter().cloned().collect(),
+            endpoints: self.endpoints.saved(),
+            repeated: self.repeated.saved(),
+            latest: self.latest,
+        }
+    }
+
+    /// A ledger keeping `kept` calls with `saved` back in place, bounded as a live one is.
+    pub fn restored(kept: usize, saved: SavedUsage) -> Self {
+        let mut ledger = Self::new(kept);
+        ledger.today = saved.today;
+        ledger.admitted_today = saved.admitted_today;
+        let mut days = saved.billable_days;
+        days.sort_by_key(|(date, _)| *date);
+        let extra = days.len().saturating_sub(DAYS_KEPT);
+        ledger.days = days.into_iter().skip(extra).collect();
+        let extra = saved.calls.len().saturating_sub(ledger.kept);
+        ledger.calls = saved.calls.into_iter().skip(extra).collect();
+        ledger.endpoints = Tally::restored(MAX_ENDPOINTS, saved.endpoints);
+        ledger.repeated = Tally::restored(MAX_REPEATED, saved.repeated);
+        ledger.latest = saved.latest;
+        ledger
     }
 
     /// When the latest call recorded arrived, if any.

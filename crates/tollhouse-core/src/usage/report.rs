@@ -130,6 +130,11 @@ impl Tally {
             last: at,
         };
         self.order.insert((1, key));
+        if self.rows.len() + 1 == self.capacity {
+            // Full from now on, it will forget a row for each new one: room for twice as many
+            // rows lets the table clear its tombstones in place instead of growing again later.
+            self.rows.reserve(self.capacity);
+        }
         self.rows.insert(key, row);
     }
 
@@ -143,6 +148,25 @@ impl Tally {
     /// Every row, in no order.
     pub(crate) fn rows(&self) -> impl Iterator<Item = &Row> {
         self.rows.values()
+    }
+
+    /// Every row with its key, to keep across a restart.
+    pub(crate) fn saved(&self) -> Vec<(u64, Row)> {
+        self.rows
+            .iter()
+            .map(|(key, row)| (*key, row.clone()))
+            .collect()
+    }
+
+    /// A tally of `capacity` rows holding `saved` (the most counted, if there are more).
+    pub(crate) fn restored(capacity: usize, mut saved: Vec<(u64, Row)>) -> Self {
+        let mut tally = Self::new(capacity);
+        saved.sort_by(|(a_key, a), (b_key, b)| b.count.cmp(&a.count).then(a_key.cmp(b_key)));
+        for (key, row) in saved.into_iter().take(tally.capacity) {
+            tally.order.insert((row.count, key));
+            tally.rows.insert(key, row);
+        }
+        tally
     }
 }
 

@@ -19,6 +19,15 @@ pub fn temp_policy(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// A state directory no other demo of this test run uses.
+pub fn fresh_state_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tollhouse-demo-{}-state-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 /// A running demo, killed when dropped however the test ends.
 pub struct Demo {
     child: Child,
@@ -35,8 +44,15 @@ impl Demo {
     }
 
     /// [`start`](Self::start) with a command of the caller's (another copy of the binary, another
-    /// working directory).
+    /// working directory). Unless `args` name a state directory (or Redis), the demo keeps its
+    /// state in a fresh one of its own, so tests that share a policy file do not share state.
     pub fn start_with(mut command: Command, args: &[&str]) -> Demo {
+        let own_state = !args
+            .iter()
+            .any(|arg| *arg == "--state" || *arg == "--redis");
+        if own_state {
+            command.arg("--state").arg(fresh_state_dir());
+        }
         let mut child = command
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
@@ -63,6 +79,11 @@ impl Demo {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
         Demo { child, base, log }
+    }
+
+    /// Waits for the demo to exit (after a signal the test sent).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("the demo exits")
     }
 
     /// The demo's process id.
