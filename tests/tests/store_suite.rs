@@ -1302,6 +1302,86 @@ mod redis_only {
         );
     }
 
+    /// A TCP proxy to Redis that holds every chunk a client sends for `delay` before passing it
+    /// on: what a far-away Redis looks like. Returns its URL.
+    async fn slow_proxy(redis_url: &str, delay: Duration) -> String {
+        let target = redis_url
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let address = listener.local_addr().expect("an address");
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let up = async {
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let n = match client_read.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            tokio::time::sleep(delay).await;
+                            if server_write.write_all(&buffer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let down = tokio::io::copy(&mut server_read, &mut client_write);
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        format!("redis://{address}/")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lease_renewals_are_sent_at_once_not_one_org_after_another() {
+        let Some(redis) = redis_for("renewals_at_once") else {
+            return;
+        };
+        const DELAY: Duration = Duration::from_millis(100);
+        let url = slow_proxy(redis.url(), DELAY).await;
+        let store = RedisStore::builder()
+            .prefix(unique_prefix("renewals"))
+            .timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await
+            .expect("connect through the proxy");
+        let mut permits = Vec::new();
+        for n in 0..10 {
+            let org = acme_named(&format!("org-{n}"));
+            let decision = admit(&store, &org, 1, t0()).await;
+            permits.push(decision.permit.expect("a lease"));
+        }
+        assert_eq!(store.leases_held(), 10);
+        let started = Instant::now();
+        store.renew_leases().await.expect("renewed");
+        let took = started.elapsed();
+        // One org after another, ten round trips would take at least ten delays.
+        assert!(
+            took < DELAY * 5,
+            "renewing ten orgs' leases took {took:?}: one round trip per org in sequence?"
+        );
+        drop(permits);
+    }
+
+    /// An org called `id` with one slot-free plan.
+    fn acme_named(id: &str) -> Arc<ResolvedOrg> {
+        let toml = format!("[plans.p]\n{PER_MINUTE_5}\n[[orgs]]\nid = \"{id}\"\nplan = \"p\"\n");
+        let policy = Policy::from_toml_str(&toml, "suite.toml".as_ref()).expect("a valid policy");
+        Arc::clone(policy.org(id).expect("defined"))
+    }
+
     /// Bytes Redis uses for the keys of one org (`MEMORY USAGE`, summed over a `SCAN`).
     async fn redis_bytes_of(
         conn: &mut ::redis::aio::MultiplexedConnection,
