@@ -57,9 +57,10 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
 else
   fuzz=(env RUSTC_BOOTSTRAP=1 cargo fuzz)
 fi
-flags=(--sanitizer "$sanitizer" --debug-assertions --codegen-units 16)
 # Builds go to a cache shared by every checkout on this machine (CI clones afresh each run): the
-# dependencies are built once, only the workspace's crates again.
+# dependencies are built once, only the workspace's crates again. Checkouts that share it are told
+# apart by the contents of their files, not their times (-Z checksum-freshness).
+flags=(--sanitizer "$sanitizer" --debug-assertions --codegen-units 16 -Z checksum-freshness)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${FUZZ_TARGET_DIR:-${HOME:-/tmp}/.cache/tollhouse-fuzz/target}}"
 
 started=$(date +%s)
