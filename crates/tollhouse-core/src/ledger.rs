@@ -414,11 +414,7 @@ pub fn decide(
         let caps = limit.capacities(now);
         let caps = &caps[..limit.tiers().len()];
         let available = state.available(caps);
-        let admits = match limit.dimension() {
-            Dimension::LatencyMs => available > 0,
-            dimension => available >= i64::try_from(charge.amount(dimension)).unwrap_or(i64::MAX),
-        };
-        if !admits {
+        if !admits(limit.dimension(), charge, available) {
             violated.push(index);
         }
     }
@@ -480,10 +476,22 @@ fn ready_at(
 ) -> Option<Timestamp> {
     let limit = &org.limits()[index];
     let caps = limit.capacities(now);
-    let need = charge.amount(limit.dimension());
-    states[index].ready_at(&caps[..limit.tiers().len()], need, now, |tier, at| {
-        limit.capacity(tier, at)
-    })
+    let dimension = limit.dimension();
+    states[index].ready_when(
+        &caps[..limit.tiers().len()],
+        now,
+        |tier, at| limit.capacity(tier, at),
+        |available| admits(dimension, charge, available),
+    )
+}
+
+/// Whether a limit of `dimension` whose tiers hold `available` admits `charge`: a latency budget
+/// while anything is left, any other when the charge fits (a charge of 0 while nothing is owed).
+fn admits(dimension: Dimension, charge: Charge, available: i64) -> bool {
+    match dimension {
+        Dimension::LatencyMs => available > 0,
+        dimension => available >= i64::try_from(charge.amount(dimension)).unwrap_or(i64::MAX),
+    }
 }
 
 fn windows_of(limit: &ResolvedLimit) -> [Option<Window>; MAX_TIERS] {
@@ -492,4 +500,60 @@ fn windows_of(limit: &ResolvedLimit) -> [Option<Window>; MAX_TIERS] {
         *slot = Some(tier.window());
     }
     windows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Limit, LimitZone, Org, Plan, Policy, Tier};
+
+    #[test]
+    fn a_zero_point_charge_retries_when_nothing_is_owed() {
+        // Minute 1 and hour 5 points; a cost correction leaves the hour 1 point in debt. A charge
+        // of 0 points is refused while the limit owes, and admitted from the minute's end (the
+        // minute's refill pays the debt), not only from the hour's.
+        let points = Limit::new(
+            "points",
+            Dimension::Points,
+            LimitZone::Org,
+            vec![
+                Tier::new(Window::Minute, 1).expect("tier"),
+                Tier::new(Window::Hour, 5).expect("tier"),
+            ],
+        )
+        .expect("limit");
+        let policy = Policy::builder()
+            .plan(Plan::new("p", vec![points]).expect("plan"))
+            .org(Org::new("o", "p"))
+            .build()
+            .expect("policy");
+        let org = policy.org("o").expect("org");
+        let mut ledger = Ledger::new(org);
+        let now = Timestamp::from_secs(946_684_830);
+        let Verdict::Admitted { receipt, .. } = ledger.admit(org, Charge::points(1), now) else {
+            panic!("the first point is admitted");
+        };
+        let correction = Correction {
+            latency_ms: 0,
+            cost_delta: 6,
+        };
+        ledger.settle(org, &receipt, correction, now);
+        let Verdict::Rejected { retry_at, .. } = ledger.admit(org, Charge::points(0), now) else {
+            panic!("refused while the limit owes a point");
+        };
+        let minute_end = Timestamp::from_secs(946_684_860);
+        assert_eq!(retry_at, Some(minute_end));
+        let before = Timestamp::from_millis(minute_end.as_millis() - 1);
+        assert!(
+            !ledger
+                .clone()
+                .admit(org, Charge::points(0), before)
+                .is_admitted()
+        );
+        assert!(
+            ledger
+                .admit(org, Charge::points(0), minute_end)
+                .is_admitted()
+        );
+    }
 }

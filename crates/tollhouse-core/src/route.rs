@@ -222,7 +222,9 @@ impl RoutePattern {
             match (segment, theirs.next()) {
                 // What follows, however much (none included, as in `matches_segments`).
                 (Segment::Rest, _) => return true,
-                (Segment::Param, Some(Segment::Literal(_) | Segment::Param)) => {}
+                // A parameter matches any one segment but an empty one.
+                (Segment::Param, Some(Segment::Param)) => {}
+                (Segment::Param, Some(Segment::Literal(their))) if !their.is_empty() => {}
                 (Segment::Literal(mine), Some(Segment::Literal(their))) if mine == their => {}
                 _ => return false,
             }
@@ -474,6 +476,17 @@ mod tests {
         let error = RouteRule::parse("GET /v1/reports extra", Treatment::Cost(1))
             .expect_err("a space in the path");
         assert!(error.to_string().contains("has a space"), "{error}");
+    }
+
+    #[test]
+    fn a_parameter_does_not_cover_an_empty_segment() {
+        let rule = |spec: &str| RouteRule::parse(spec, Treatment::Cost(1)).expect("rule");
+        let (wide, narrow) = (rule("* /v1/{a}/{b}"), rule("POST /v1/items/"));
+        assert!(narrow.matches("POST", "/v1/items/"));
+        assert!(!wide.matches("POST", "/v1/items/"));
+        assert!(!wide.covers(&narrow));
+        assert!(!rule("GET /a/{id}/b").covers(&rule("GET /a//b")));
+        assert!(rule("GET /a/{id}/b").covers(&rule("GET /a/x/b")));
     }
 
     #[test]

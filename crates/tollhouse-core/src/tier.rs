@@ -173,6 +173,18 @@ impl LimitState {
                 available >= signed(need)
             }
         };
+        self.ready_when(capacities, now, capacity_at, enough)
+    }
+
+    /// The earliest instant at or after `now` at which what the tiers hold satisfies `enough`, if
+    /// no one else charges; tiers refill as in [`ready_at`](Self::ready_at).
+    pub fn ready_when(
+        &self,
+        capacities: &[u64],
+        now: Timestamp,
+        capacity_at: impl Fn(usize, Timestamp) -> u64,
+        enough: impl Fn(i64) -> bool,
+    ) -> Option<Timestamp> {
         if enough(self.available(capacities)) {
             return Some(now);
         }

@@ -47,10 +47,12 @@ impl Timestamp {
         self.0.div_euclid(1000) + if self.0.rem_euclid(1000) == 0 { 0 } else { 1 }
     }
 
-    /// This instant as a chrono UTC date-time.
+    /// This instant as a chrono UTC date-time. Instants more than 2^52 ms (about 142,000 years)
+    /// from 1970 are read as that bound, so that any zone's local time of it stays inside chrono's
+    /// range (a conversion past it would panic).
     pub fn to_utc(self) -> DateTime<Utc> {
-        // Every i64 millisecond count that tollhouse produces is inside chrono's range; clamp the rest.
-        Utc.timestamp_millis_opt(self.0)
+        const BOUND: i64 = 1 << 52;
+        Utc.timestamp_millis_opt(self.0.clamp(-BOUND, BOUND))
             .single()
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }

@@ -761,6 +761,19 @@ mod tests {
     }
 
     #[test]
+    fn dates_of_extreme_instants_are_read_without_a_panic() {
+        for zone in ["Pacific/Kiritimati", "Etc/GMT+12", "UTC"] {
+            let tz: Tz = zone.parse().expect("zone");
+            for at in [i64::MIN, i64::MIN / 2, -1, 0, i64::MAX / 2, i64::MAX] {
+                let _ = local_date(tz, Timestamp::from_millis(at));
+                let mut usage = UsageLedger::new(10);
+                usage.record(tz, call(0, "/a").with_key("k"));
+                let _ = usage.snapshot(tz, Timestamp::from_millis(at), 31);
+            }
+        }
+    }
+
+    #[test]
     fn masks_keys() {
         assert_eq!(mask_key("acme-key-1"), "…ey-1");
         assert_eq!(mask_key("ab"), "…ab");
