@@ -55,6 +55,7 @@ fn free_port() -> io::Result<u16> {
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -66,9 +67,24 @@ impl RedisServer {
 
     /// Starts `redis-server` on `port` and waits until it answers `PING`.
     pub fn start_on(port: u16) -> io::Result<Self> {
-        let mut server = Self { port, child: None };
+        Self::start_with(port, Vec::new())
+    }
+
+    /// Starts `redis-server` on `port` with `extra` arguments (TLS, cluster mode) and waits until
+    /// it answers on its plain port.
+    pub fn start_with(port: u16, extra: Vec<String>) -> io::Result<Self> {
+        let mut server = Self {
+            port,
+            extra,
+            child: None,
+        };
         server.spawn()?;
         Ok(server)
+    }
+
+    /// A free loopback port no server of this process has had.
+    pub fn free_port() -> io::Result<u16> {
+        free_port()
     }
 
     fn spawn(&mut self) -> io::Result<()> {
@@ -77,6 +93,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -142,7 +159,8 @@ impl Drop for RedisServer {
     }
 }
 
-/// Whether a Redis answers `PING` on `port` of the loopback address.
+/// Whether a Redis answers `PING` on `port` of the loopback address (with `PONG`, or by asking
+/// for a password it was started with).
 pub fn ping(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
         return false;
@@ -152,7 +170,8 @@ pub fn ping(port: u16) -> bool {
         return false;
     }
     let mut reply = [0u8; 7];
-    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    stream.read_exact(&mut reply).is_ok()
+        && (&reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH"))
 }
 
 /// A Redis for one test: the URL, and the server when the test started one.
@@ -178,7 +197,8 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
 }
 
-fn skip(test: &str, why: &str) {
+/// Prints a `SKIP:` notice for `test` (or, under `CI=true`, fails it).
+pub fn skip(test: &str, why: &str) {
     let message = format!(
         "SKIP: {test}: {why}. Set {URL_VAR}=redis://127.0.0.1:6379/ or put redis-server on PATH \
          (Debian: apt-get install redis-server)."

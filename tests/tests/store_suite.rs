@@ -973,6 +973,24 @@ macro_rules! suite {
             }
         }
 
+        /// Every case on a Redis Cluster of three primaries and three replicas: one cluster for
+        /// all of them (it takes seconds to form), a key prefix per case.
+        mod cluster {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_case() {
+                let Some(cluster) = tollhouse_tests::redis_cluster::cluster_for("cluster_suite")
+                else {
+                    return;
+                };
+                $(
+                    let store = super::cluster_store(&cluster, stringify!($case)).await;
+                    super::$case(&store).await;
+                )*
+                let store = super::cluster_store(&cluster, "differential_random_ops").await;
+                super::differential(&tollhouse_core::MemoryStore::new(), &store).await;
+            }
+        }
+
         /// Every case on a [`DurableStore`] in a state directory of its own.
         mod durable {
             $(
@@ -990,6 +1008,19 @@ macro_rules! suite {
             }
         }
     };
+}
+
+/// A store on `cluster` with a key prefix of `test`'s own.
+async fn cluster_store(
+    cluster: &tollhouse_tests::redis_cluster::TestCluster,
+    test: &str,
+) -> RedisStore {
+    RedisStore::builder()
+        .prefix(unique_prefix(test))
+        .timeout(Duration::from_secs(2))
+        .cluster(cluster.urls())
+        .await
+        .expect("connect to the test cluster")
 }
 
 /// A durable store in a fresh state directory of the test's own, removed when the guard drops.

@@ -141,6 +141,7 @@
 //! Lua numbers are doubles: counts and capacities are exact up to 2^53 (about 9 × 10^15).
 
 mod codec;
+mod conn;
 mod error;
 mod health;
 mod keys;

@@ -27,7 +27,6 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{Datelike, NaiveDate};
 use parking_lot::Mutex;
-use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script, Value};
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
@@ -39,6 +38,7 @@ use tollhouse_core::{
     Settlement, Snapshot, Store, StoreError, Timestamp, UsageView, Verdict,
 };
 
+use crate::conn::Conn;
 use crate::error::ConnectError;
 use crate::health::{Health, HealthState};
 use crate::keys::OrgKeys;
@@ -120,7 +120,7 @@ pub const REDIS_BYTES_PER_ORG: u64 = 512 * 1024;
 
 struct Inner {
     me: Weak<Inner>,
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     timeout: Duration,
     calls_kept: usize,
@@ -284,6 +284,19 @@ impl Inner {
         Err(error)
     }
 
+    /// Whether the server is a node of a cluster (`INFO cluster` says `cluster_enabled:1`).
+    async fn is_cluster_node(&self) -> RedisResult<bool> {
+        if self.conn.is_cluster() {
+            return Ok(false);
+        }
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut conn)
+            .await?;
+        Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1"))
+    }
+
     /// Loads every script, so that the first admission is one round trip too.
     async fn load_scripts(&self) -> RedisResult<()> {
         let mut conn = self.conn.clone();
@@ -341,6 +354,12 @@ impl Inner {
         let keys = self.keys(org.id());
         let layout = Layout::new(org, &keys, now);
         let leases = keys.leases();
+        // The node that runs the script is the owner of the org's slot: its clock sets the deadline.
+        let slot = if self.conn.is_cluster() {
+            crate::keys::cluster_slot(leases.as_bytes())
+        } else {
+            0
+        };
         // Every admitted request holds a lease while in flight: the lease set is the org's
         // in-flight count (what the usage shows), and its limit when the plan has one.
         let pending = PendingLease::register(self, &leases);
@@ -357,7 +376,7 @@ impl Inner {
             .arg(pending.member())
             .arg(self.lease_ttl_ms)
             .arg(org.limits().len())
-            .arg(self.server_clock.deadline(sent, budget));
+            .arg(self.server_clock.deadline(slot, sent, budget));
         for (limit, state) in org.limits().iter().zip(&layout.states) {
             let latency = limit.dimension() == Dimension::LatencyMs;
             invocation
@@ -391,7 +410,7 @@ impl Inner {
             server_ms,
             used,
         } = AdmissionReply::parse(reply, layout.keys.len())?;
-        self.server_clock.observe(server_ms, received);
+        self.server_clock.observe(slot, server_ms, received);
         if status == AdmissionReply::TOO_LATE {
             pending.forget();
             return Ok(None);

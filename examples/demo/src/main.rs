@@ -33,6 +33,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tollhouse::durable::DurableStore;
 use tollhouse::{DynStore, MemoryStore, Policy, RateLimitLayer, ReportCost};
+use tollhouse_redis::ConnectError;
 use tracing_subscriber::EnvFilter;
 
 mod reload;
@@ -61,6 +62,15 @@ struct Args {
     /// nothing) \[default: beside the policy file, `policy.toml` -> `policy.state/`\]
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
+
+    /// Keep the counts in a Redis Cluster: any of its nodes, comma-separated
+    #[arg(long, value_name = "URL[,URL...]", conflicts_with = "redis")]
+    redis_cluster: Option<String>,
+
+    /// With --redis or --redis-cluster and rediss:// URLs: the CA certificate (PEM) that signs
+    /// the servers' certificates
+    #[arg(long, value_name = "FILE")]
+    redis_ca: Option<PathBuf>,
 
     /// With --redis: how long one store call may take before `on_store_error` applies
     #[arg(long, value_name = "MS", default_value_t = 50)]
@@ -104,37 +114,11 @@ async fn main() -> ExitCode {
 
     // ---- The store: where the counts live. -------------------------------------------------
     let mut durable: Option<Arc<DurableStore>> = None;
-    let store: Arc<dyn DynStore> = match &args.redis {
-        Some(url) => {
-            let builder = tollhouse_redis::RedisStore::builder()
-                .calls_kept(policy.server().calls_kept)
-                .timeout(Duration::from_millis(args.redis_timeout_ms));
-            // Settings and the URL are checked first: those are mistakes to refuse.
-            let lazy = match builder.clone().connect_lazy(url) {
-                Ok(store) => store,
-                Err(error) => {
-                    eprintln!(
-                        "tollhouse-demo: cannot use Redis at {}: {error}",
-                        redacted(url)
-                    );
-                    return ExitCode::FAILURE;
-                }
-            };
-            match builder.connect(url).await {
-                Ok(store) => Arc::new(store),
-                // Redis down is an outage, not a mistake: serve, following `on_store_error`
-                // until it answers (the store reconnects by itself).
-                Err(error) => {
-                    tracing::warn!(
-                        url = %redacted(url),
-                        error = &error as &dyn std::error::Error,
-                        "tollhouse-demo: Redis does not answer yet; serving anyway, with requests \
-                         following on_store_error until it does"
-                    );
-                    Arc::new(lazy)
-                }
-            }
-        }
+    let store: Arc<dyn DynStore> = match redis_target(&args) {
+        Some(target) => match redis_store(&args, &policy, target).await {
+            Ok(store) => store,
+            Err(code) => return code,
+        },
         None => match state_dir(args.state.as_deref(), &path) {
             None => {
                 tracing::warn!(
@@ -243,6 +227,80 @@ fn redacted(url: &str) -> String {
             format!("{scheme}://{user}{hidden}@{host}{path}")
         }
         None => url.to_owned(),
+    }
+}
+
+/// Where the counts live when Redis keeps them.
+enum RedisTarget<'a> {
+    Server(&'a str),
+    Cluster(Vec<&'a str>),
+}
+
+fn redis_target(args: &Args) -> Option<RedisTarget<'_>> {
+    if let Some(nodes) = &args.redis_cluster {
+        return Some(RedisTarget::Cluster(
+            nodes
+                .split(',')
+                .map(str::trim)
+                .filter(|node| !node.is_empty())
+                .collect(),
+        ));
+    }
+    args.redis.as_deref().map(RedisTarget::Server)
+}
+
+/// The Redis store: connected now, or, when Redis is only down (an outage to ride out, not a
+/// mistake), one that connects when it answers. A mistake (a bad URL, wrong credentials, an
+/// untrusted certificate, a cluster where a server was said or the other way round) stops the
+/// start with its cause.
+async fn redis_store(
+    args: &Args,
+    policy: &Policy,
+    target: RedisTarget<'_>,
+) -> Result<Arc<dyn DynStore>, ExitCode> {
+    let refuse = |what: &str, error: &dyn std::fmt::Display| {
+        eprintln!("tollhouse-demo: cannot use Redis at {what}: {error}");
+        ExitCode::FAILURE
+    };
+    let mut builder = tollhouse_redis::RedisStore::builder()
+        .calls_kept(policy.server().calls_kept)
+        .timeout(Duration::from_millis(args.redis_timeout_ms));
+    if let Some(ca) = &args.redis_ca {
+        builder = builder
+            .ca_file(ca)
+            .map_err(|error| refuse("--redis-ca", &error))?;
+    }
+    let what = match &target {
+        RedisTarget::Server(url) => redacted(url),
+        RedisTarget::Cluster(nodes) => nodes
+            .iter()
+            .map(|node| redacted(node))
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    let (connected, lazy) = match &target {
+        RedisTarget::Server(url) => (
+            builder.clone().connect(url).await,
+            builder.connect_lazy(url),
+        ),
+        RedisTarget::Cluster(nodes) => (
+            builder.clone().cluster(nodes.iter()).await,
+            builder.cluster_lazy(nodes.iter()),
+        ),
+    };
+    match connected {
+        Ok(store) => Ok(Arc::new(store)),
+        Err(error @ (ConnectError::Timeout(_) | ConnectError::Refused(_))) => {
+            let lazy = lazy.map_err(|error| refuse(&what, &error))?;
+            tracing::warn!(
+                redis = %what,
+                error = &error as &dyn std::error::Error,
+                "tollhouse-demo: Redis does not answer yet; serving anyway, with requests \
+                 following on_store_error until it does"
+            );
+            Ok(Arc::new(lazy))
+        }
+        Err(error) => Err(refuse(&what, &error)),
     }
 }
 

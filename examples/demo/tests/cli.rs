@@ -347,8 +347,37 @@ async fn serves_while_redis_does_not_answer_and_refuses_a_malformed_redis_url() 
     assert!(output.stdout.is_empty(), "nothing served");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("cannot use Redis at notaurl: cannot use redis: "),
+        stderr.contains("cannot use Redis at notaurl: the redis URL is not valid"),
         "the message says what is wrong with the URL: {stderr}"
+    );
+    assert!(
+        stderr.contains("rediss://"),
+        "and how to write one: {stderr}"
+    );
+}
+
+/// A wrong password stops the start with what is wrong, not "does not answer"; the password
+/// itself is never printed.
+#[tokio::test]
+async fn a_wrong_redis_password_stops_the_start_with_its_cause() {
+    let Some(redis) =
+        tollhouse_tests::redis_tls::tls_redis_for("wrong_redis_password", "right-one")
+    else {
+        return;
+    };
+    let output = Command::new(DEMO)
+        .args(["--listen", "127.0.0.1:0", "--state", "none", "--redis"])
+        .arg(redis.url("wrong-one"))
+        .arg("--redis-ca")
+        .arg(redis.ca())
+        .output()
+        .expect("the demo runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+    assert!(
+        !stderr.contains("wrong-one"),
+        "the password is not printed: {stderr}"
     );
 }
 

@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::conn::Conn;
 use tokio::runtime::Handle;
 
 use super::late::ServerClock;
@@ -27,6 +29,8 @@ pub struct RedisStoreBuilder {
     lease_ttl: Duration,
     key_margin: Duration,
     connect_timeout: Duration,
+    /// A private CA's certificate (PEM) that signs the server's, for `rediss://`.
+    ca: Option<Vec<u8>>,
 }
 
 impl Default for RedisStoreBuilder {
@@ -38,6 +42,7 @@ impl Default for RedisStoreBuilder {
             lease_ttl: Duration::from_secs(15),
             key_margin: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
+            ca: None,
         }
     }
 }
@@ -85,6 +90,24 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Trusts `pem`, a CA certificate (PEM) that signs the server's, for `rediss://` URLs: a
+    /// managed Redis or a server of your own with a private CA. Without one, the system's
+    /// well-known roots are trusted.
+    pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca = Some(pem.into());
+        self
+    }
+
+    /// [`ca_certificate`](Self::ca_certificate) read from a PEM file.
+    pub fn ca_file(self, path: impl AsRef<std::path::Path>) -> Result<Self, ConnectError> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|source| ConnectError::Certificate {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(self.ca_certificate(pem))
+    }
+
     fn validate(&self) -> Result<(), ConnectError> {
         let invalid = |problem: String| Err(ConnectError::Config(problem));
         if self.prefix.contains(['{', '}']) {
@@ -109,14 +132,43 @@ impl RedisStoreBuilder {
         Ok(())
     }
 
-    /// Connects to Redis at `url` (`redis://host:port/db`), checks that it answers and loads the
-    /// scripts. Must be called inside a Tokio runtime.
+    /// Connects to Redis at `url` (`redis://[user:password@]host:port/db`, or `rediss://` for
+    /// TLS), checks that it answers and is not a cluster node, and loads the scripts. Must be
+    /// called inside a Tokio runtime. An error names its cause: authentication, TLS, a refused
+    /// connection, a name that does not resolve, a cluster node.
     pub async fn connect(self, url: &str) -> Result<RedisStore, ConnectError> {
+        let client = self.client(url)?;
+        self.connect_client(client).await
+    }
+
+    /// [`connect`](Self::connect) through a client the caller built (its own TLS settings,
+    /// credentials provider or connection info).
+    pub async fn connect_client(self, client: redis::Client) -> Result<RedisStore, ConnectError> {
         let wait = self.connect_timeout;
-        let store = self.connect_lazy(url)?;
-        match tokio::time::timeout(wait, store.inner.load_scripts()).await {
+        // One plain connection first: its failure says what is wrong (a refused connection, a
+        // name that does not resolve, TLS, credentials), where the reconnecting manager below
+        // would only keep retrying.
+        match tokio::time::timeout(wait, client.get_multiplexed_async_connection()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(ConnectError::of(error)),
+            Err(_) => return Err(ConnectError::Timeout(wait)),
+        }
+        let store = self.connect_lazy_client(client)?;
+        let checked = async {
+            store.inner.load_scripts().await.map_err(ConnectError::of)?;
+            if store
+                .inner
+                .is_cluster_node()
+                .await
+                .map_err(ConnectError::of)?
+            {
+                return Err(ConnectError::IsACluster);
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(wait, checked).await {
             Ok(Ok(())) => Ok(store),
-            Ok(Err(error)) => Err(ConnectError::Redis(error)),
+            Ok(Err(error)) => Err(error),
             Err(_) => Err(ConnectError::Timeout(wait)),
         }
     }
@@ -125,9 +177,13 @@ impl RedisStoreBuilder {
     /// calls fail, and follow `on_store_error`, until Redis answers). Must be called inside a Tokio
     /// runtime; does no I/O.
     pub fn connect_lazy(self, url: &str) -> Result<RedisStore, ConnectError> {
+        let client = self.client(url)?;
+        self.connect_lazy_client(client)
+    }
+
+    /// [`connect_lazy`](Self::connect_lazy) through a client the caller built.
+    pub fn connect_lazy_client(self, client: redis::Client) -> Result<RedisStore, ConnectError> {
         self.validate()?;
-        let runtime = Handle::try_current().map_err(|_| ConnectError::NoRuntime)?;
-        let client = redis::Client::open(url).map_err(ConnectError::Redis)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(None)
@@ -135,7 +191,97 @@ impl RedisStoreBuilder {
             .set_max_delay(Duration::from_millis(500))
             .set_number_of_retries(8);
         let conn =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(ConnectError::Redis)?;
+            ConnectionManager::new_lazy_with_config(client, config).map_err(ConnectError::of)?;
+        self.assemble(Conn::Single(conn))
+    }
+
+    /// Connects to a Redis Cluster through any of its `nodes` (seed URLs, `redis://` or
+    /// `rediss://`), checks that it answers, and loads the scripts on every primary. Each org's
+    /// keys share its hash tag, so every script goes to the node that owns the org's slot; the
+    /// connection follows `MOVED` and `ASK`, learns the new owner of a slot after a resharding or a
+    /// failover, and reconnects to each node by itself.
+    pub async fn cluster<I, S>(self, nodes: I) -> Result<RedisStore, ConnectError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let wait = self.connect_timeout;
+        let (client, config) = self.cluster_client(nodes)?;
+        let connected = async {
+            let conn = client
+                .get_async_connection_with_config(config)
+                .await
+                .map_err(ConnectError::of)?;
+            let store = self.assemble(Conn::Cluster(conn))?;
+            store.inner.load_scripts().await.map_err(ConnectError::of)?;
+            Ok(store)
+        };
+        tokio::time::timeout(wait, connected)
+            .await
+            .unwrap_or(Err(ConnectError::Timeout(wait)))
+    }
+
+    /// [`cluster`](Self::cluster) without waiting: the nodes are reached on the first call.
+    pub fn cluster_lazy<I, S>(self, nodes: I) -> Result<RedisStore, ConnectError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let (client, config) = self.cluster_client(nodes)?;
+        let conn = client.get_pending_async_connection_with_config(config);
+        self.assemble(Conn::Cluster(conn))
+    }
+
+    /// The cluster client for `nodes`, and its connection settings.
+    fn cluster_client<I, S>(
+        &self,
+        nodes: I,
+    ) -> Result<(redis::cluster::ClusterClient, redis::cluster::ClusterConfig), ConnectError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.validate()?;
+        let nodes: Vec<String> = nodes
+            .into_iter()
+            .map(|node| node.as_ref().to_owned())
+            .collect();
+        if nodes.is_empty() {
+            return Err(ConnectError::Config(
+                "a cluster needs at least one seed node URL".to_owned(),
+            ));
+        }
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.timeout.max(Duration::from_millis(1)) * 4)
+            .retries(3)
+            .min_retry_wait(10)
+            .max_retry_wait(200);
+        if let Some(ca) = &self.ca {
+            builder = builder.certs(certificates(ca));
+        }
+        let client = builder.build().map_err(ConnectError::of)?;
+        let config =
+            redis::cluster::ClusterConfig::new().set_connection_timeout(self.connect_timeout);
+        Ok((client, config))
+    }
+
+    /// The client for `url`, trusting the private CA if one was given.
+    fn client(&self, url: &str) -> Result<redis::Client, ConnectError> {
+        match &self.ca {
+            Some(ca) => redis::Client::build_with_tls(url, certificates(ca)),
+            None => redis::Client::open(url),
+        }
+        .map_err(|error| match ConnectError::of(error) {
+            ConnectError::Redis(error) => ConnectError::Url(error),
+            other => other,
+        })
+    }
+
+    /// The store over `conn`, with its lease renewal running.
+    fn assemble(self, conn: Conn) -> Result<RedisStore, ConnectError> {
+        let conn_is_cluster = conn.is_cluster();
+        let runtime = Handle::try_current().map_err(|_| ConnectError::NoRuntime)?;
         let random = RandomState::new().hash_one((SystemTime::now(), std::process::id()));
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
@@ -150,7 +296,7 @@ impl RedisStoreBuilder {
             next_lease: AtomicU64::new(1),
             lines: super::waiting::Lines::default(),
             health: HealthState::new(),
-            server_clock: ServerClock::default(),
+            server_clock: ServerClock::new(if conn_is_cluster { 16_384 } else { 1 }),
             runtime: runtime.clone(),
         });
         let every = self.lease_ttl / 3;
@@ -159,6 +305,14 @@ impl RedisStoreBuilder {
             inner,
             _renewal: Arc::new(AbortOnDrop(task.abort_handle())),
         })
+    }
+}
+
+/// TLS settings that trust `ca` (PEM).
+fn certificates(ca: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca.to_vec()),
     }
 }
 

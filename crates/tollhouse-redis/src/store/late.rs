@@ -51,24 +51,47 @@ pub(super) fn wall_ms() -> i64 {
 /// nothing; its reply sets the offset, and the store sends the admission once more within what is
 /// left of the timeout. If Redis's clock runs behind, deadlines are late by as much, and the
 /// refund covers what they let through.
-#[derive(Debug, Default)]
+///
+/// On a Redis Cluster every node has a clock of its own: the offset is kept per hash slot (an
+/// org's scripts all run on the node that owns its slot), so a node whose clock is ahead sets
+/// the deadlines of its own orgs only.
+#[derive(Debug)]
 pub(super) struct ServerClock {
-    /// Redis's time when a script ran minus this instance's when its reply arrived.
-    offset_ms: AtomicI64,
+    /// Per slot (one for a single server): Redis's time when a script ran minus this instance's
+    /// when its reply arrived.
+    offsets_ms: Box<[AtomicI64]>,
+}
+
+impl Default for ServerClock {
+    fn default() -> Self {
+        Self::new(1)
+    }
 }
 
 impl ServerClock {
-    /// The deadline, on Redis's clock, of an admission sent at `sent` (this instance's clock) and
-    /// waited for `timeout`.
-    pub(super) fn deadline(&self, sent: i64, timeout: Duration) -> i64 {
-        sent.saturating_add(self.offset_ms.load(Ordering::Relaxed))
+    /// Offsets for `slots` slots (16,384 on a cluster, 1 for a single server).
+    pub(super) fn new(slots: usize) -> Self {
+        Self {
+            offsets_ms: (0..slots.max(1)).map(|_| AtomicI64::new(0)).collect(),
+        }
+    }
+
+    fn offset(&self, slot: u16) -> &AtomicI64 {
+        &self.offsets_ms[usize::from(slot) % self.offsets_ms.len()]
+    }
+
+    /// The deadline, on the clock of the node that owns `slot`, of an admission sent at `sent`
+    /// (this instance's clock) and waited for `timeout`.
+    pub(super) fn deadline(&self, slot: u16, sent: i64, timeout: Duration) -> i64 {
+        sent.saturating_add(self.offset(slot).load(Ordering::Relaxed))
             .saturating_add(millis(timeout))
             .max(1)
     }
 
-    /// A reply arrived at `received` from a script that ran at `server_ms` on Redis's clock.
-    pub(super) fn observe(&self, server_ms: i64, received: i64) {
-        self.offset_ms
+    /// A reply arrived at `received` from a script that ran at `server_ms` on the clock of the
+    /// node that owns `slot`.
+    pub(super) fn observe(&self, slot: u16, server_ms: i64, received: i64) {
+        self.offset(slot)
             .store(server_ms.saturating_sub(received), Ordering::Relaxed);
     }
 }
@@ -269,12 +292,23 @@ mod tests {
         let clock = ServerClock::default();
         let timeout = Duration::from_millis(50);
         // Until a reply came, the clocks are taken to agree.
-        assert_eq!(clock.deadline(10_000, timeout), 10_050);
+        assert_eq!(clock.deadline(0, 10_000, timeout), 10_050);
         // Redis ran the script at 20,500 on its clock; the reply arrived at 20,000 on ours.
-        clock.observe(20_500, 20_000);
-        assert_eq!(clock.deadline(30_000, timeout), 30_550);
-        clock.observe(39_900, 40_000);
-        assert_eq!(clock.deadline(50_000, timeout), 49_950);
+        clock.observe(0, 20_500, 20_000);
+        assert_eq!(clock.deadline(0, 30_000, timeout), 30_550);
+        clock.observe(0, 39_900, 40_000);
+        assert_eq!(clock.deadline(0, 50_000, timeout), 49_950);
+    }
+
+    #[test]
+    fn each_cluster_slot_keeps_the_offset_of_its_node() {
+        let clock = ServerClock::new(16_384);
+        let timeout = Duration::from_millis(50);
+        // The node of slot 7 runs a second ahead; the node of slot 9,000 agrees with us.
+        clock.observe(7, 21_000, 20_000);
+        clock.observe(9_000, 20_000, 20_000);
+        assert_eq!(clock.deadline(7, 30_000, timeout), 31_050);
+        assert_eq!(clock.deadline(9_000, 30_000, timeout), 30_050);
     }
 
     fn reply(values: &[i64]) -> Value {
@@ -337,12 +371,12 @@ mod tests {
         // This instance takes Redis's clock to be a minute behind its own, as if Redis's clock had
         // jumped a minute ahead since the last reply: every deadline it sends is a minute early.
         let at = wall_ms();
-        store.inner.server_clock.observe(at - 60_000, at);
+        store.inner.server_clock.observe(0, at - 60_000, at);
         let now = Timestamp::from_millis(at);
         let decision = store.admit(org, Charge::default(), now).await?;
         assert!(decision.is_admitted(), "{decision:?}");
         // The refused script's reply measured the offset anew (both clocks are this machine's).
-        let offset = store.inner.server_clock.offset_ms.load(Ordering::Relaxed);
+        let offset = store.inner.server_clock.offset(0).load(Ordering::Relaxed);
         assert!(offset.abs() < 1_000, "offset {offset} ms");
         // Charged once: the script that ran past its deadline took nothing.
         let statuses = store.peek(org, now).await?;

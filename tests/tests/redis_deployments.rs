@@ -1,0 +1,179 @@
+//! Redis as operators run it: TLS with a password (certificates the test makes), and a Cluster of
+//! three primaries and three replicas. Errors name their real cause; two instances admit exactly
+//! the capacity together, on TLS and across every primary of a cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tollhouse_core::{Charge, Clock, Policy, ResolvedOrg, Store, SystemClock};
+use tollhouse_redis::{ConnectError, RedisStore, cluster_slot};
+use tollhouse_tests::redis_cluster::cluster_for;
+use tollhouse_tests::redis_server::{RedisServer, unique_prefix};
+use tollhouse_tests::redis_tls::tls_redis_for;
+
+const PASSWORD: &str = "s3cret-for-tests";
+
+/// `orgs` orgs, each with `capacity` requests a day.
+fn policy(orgs: &[String], capacity: u64) -> Policy {
+    let mut text = format!(
+        "[[plans.p.limits]]\nname = \"daily\"\ndimension = \"requests\"\nzone = \"UTC\"\n\
+         tiers = [{{ window = \"day\", capacity = {capacity} }}]\n"
+    );
+    for org in orgs {
+        text.push_str(&format!("[[orgs]]\nid = \"{org}\"\nplan = \"p\"\n"));
+    }
+    Policy::from_toml_str(&text, "deployments.toml".as_ref()).expect("a valid policy")
+}
+
+/// Sends `tries` admissions for `org`, half through each store at once; the admitted count.
+async fn admitted_by_two(
+    first: &RedisStore,
+    second: &RedisStore,
+    org: &Arc<ResolvedOrg>,
+    tries: usize,
+) -> usize {
+    let now = SystemClock.now();
+    let decisions = join_all((0..tries).map(|n| {
+        let store = if n % 2 == 0 { first } else { second };
+        async move { store.admit(org, Charge::default(), now).await }
+    }))
+    .await;
+    decisions
+        .into_iter()
+        .filter(|decision| decision.as_ref().is_ok_and(|d| d.is_admitted()))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_password_admits_exactly_and_names_what_is_wrong() {
+    let Some(redis) = tls_redis_for("tls_with_a_password", PASSWORD) else {
+        return;
+    };
+    let prefix = unique_prefix("tls");
+    let connect = |url: String| {
+        let ca = redis.ca();
+        let prefix = prefix.clone();
+        async move {
+            RedisStore::builder()
+                .prefix(prefix)
+                .timeout(Duration::from_secs(2))
+                .ca_file(ca)?
+                .connect(&url)
+                .await
+        }
+    };
+    let first = connect(redis.url(PASSWORD))
+        .await
+        .expect("TLS with the CA and the password");
+    let second = connect(redis.url(PASSWORD))
+        .await
+        .expect("a second instance");
+    let orgs = vec!["acme".to_owned()];
+    let policy = policy(&orgs, 25);
+    let org = Arc::clone(policy.org("acme").expect("acme"));
+    assert_eq!(admitted_by_two(&first, &second, &org, 60).await, 25);
+
+    // A wrong password is an authentication failure, not "Redis does not answer".
+    let wrong = connect(redis.url("not-the-password")).await;
+    assert!(
+        matches!(wrong, Err(ConnectError::Authentication(_))),
+        "{wrong:?}"
+    );
+    let message = wrong
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    assert!(message.contains("credentials"), "{message}");
+
+    // Without the private CA, the server's certificate is not trusted: a TLS failure.
+    let untrusted = RedisStore::builder()
+        .timeout(Duration::from_secs(2))
+        .connect(&redis.url(PASSWORD))
+        .await;
+    assert!(
+        matches!(untrusted, Err(ConnectError::Tls(_))),
+        "{untrusted:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_and_an_unknown_host_are_named() {
+    let port = RedisServer::free_port().expect("a free port");
+    let refused = RedisStore::builder()
+        .connect(&format!("redis://127.0.0.1:{port}/"))
+        .await;
+    assert!(
+        matches!(refused, Err(ConnectError::Refused(_))),
+        "{refused:?}"
+    );
+    let unknown = RedisStore::builder()
+        .connect("redis://no-such-host.invalid:6379/")
+        .await;
+    assert!(
+        matches!(unknown, Err(ConnectError::NotResolved(_))),
+        "{unknown:?}"
+    );
+    let bad = RedisStore::builder()
+        .connect("http://127.0.0.1:6379/")
+        .await;
+    assert!(matches!(bad, Err(ConnectError::Url(_))), "{bad:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_admits_exactly_for_orgs_on_every_primary() {
+    let Some(cluster) = cluster_for("a_cluster_admits_exactly") else {
+        return;
+    };
+    let prefix = unique_prefix("cluster");
+    let connect = || {
+        RedisStore::builder()
+            .prefix(prefix.clone())
+            .timeout(Duration::from_secs(2))
+            .cluster(cluster.urls())
+    };
+    let first = connect().await.expect("a cluster store");
+    let second = connect().await.expect("another instance");
+    // Orgs until every primary owns at least two of them.
+    let mut orgs = Vec::new();
+    let mut owners = std::collections::HashMap::<u16, usize>::new();
+    for n in 0.. {
+        let org = format!("org-{n}");
+        let owner = cluster
+            .owner_of(cluster_slot(org.as_bytes()))
+            .expect("every slot has an owner");
+        *owners.entry(owner).or_default() += 1;
+        orgs.push(org);
+        if owners.len() == 3 && owners.values().all(|count| *count >= 2) {
+            break;
+        }
+    }
+    let policy = policy(&orgs, 12);
+    for org in &orgs {
+        let org = Arc::clone(policy.org(org).expect("defined"));
+        assert_eq!(
+            admitted_by_two(&first, &second, &org, 30).await,
+            12,
+            "{} on the primary at {:?}",
+            org.id().as_str(),
+            cluster.owner_of(cluster_slot(org.id().as_str().as_bytes()))
+        );
+    }
+
+    // A single-server connection to a cluster node is refused by name, and a cluster connection
+    // to a single server.
+    let single = RedisStore::builder().connect(&cluster.urls()[0]).await;
+    assert!(
+        matches!(single, Err(ConnectError::IsACluster)),
+        "{single:?}"
+    );
+    let plain = RedisServer::start().expect("a plain redis-server");
+    let not_a_cluster = RedisStore::builder()
+        .timeout(Duration::from_secs(2))
+        .cluster([plain.url()])
+        .await;
+    assert!(
+        matches!(not_a_cluster, Err(ConnectError::NotACluster(_))),
+        "{not_a_cluster:?}"
+    );
+}
