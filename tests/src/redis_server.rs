@@ -255,3 +255,28 @@ pub fn unique_prefix(test: &str) -> String {
     let random = RandomState::new().hash_one((SystemTime::now(), std::process::id(), test));
     format!("test:{test}:{random:016x}:")
 }
+
+/// A plain connection to the Redis at `url`, for a test to look at what the store wrote.
+pub async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("a valid URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+/// How many times clients have called `command` (lower case, such as `evalsha`), as `INFO
+/// commandstats` counts them (a script's own commands are counted too).
+pub async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    let name = format!("cmdstat_{command}:");
+    info.lines()
+        .find_map(|line| line.strip_prefix(name.as_str()))
+        .and_then(|stats| stats.split(',').find_map(|kv| kv.strip_prefix("calls=")))
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}

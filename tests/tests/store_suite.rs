@@ -1172,13 +1172,7 @@ mod redis_only {
     use tollhouse_redis::{FailingFast, PROBE_INTERVAL, TRIP_AFTER, cluster_slot};
     use tollhouse_tests::redis_server::RedisServer;
 
-    async fn raw(url: &str) -> ::redis::aio::MultiplexedConnection {
-        ::redis::Client::open(url)
-            .expect("a valid URL")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect")
-    }
+    use tollhouse_tests::redis_server::{command_calls, connection as raw};
 
     /// The commands Redis receives from clients, as `MONITOR` shows them (commands that scripts
     /// run are told apart: they come from `lua`).
@@ -1235,34 +1229,6 @@ mod redis_only {
         }
     }
 
-    /// (evalsha calls, calls of every command) from `INFO commandstats`.
-    async fn command_counts(conn: &mut ::redis::aio::MultiplexedConnection) -> (u64, u64) {
-        let info: String = ::redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(conn)
-            .await
-            .expect("INFO");
-        let mut evalsha = 0;
-        let mut all = 0;
-        for line in info.lines() {
-            let Some((name, stats)) = line.split_once(':') else {
-                continue;
-            };
-            let calls: u64 = stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            if name == "cmdstat_evalsha" {
-                evalsha = calls;
-            }
-            if name.starts_with("cmdstat_") {
-                all += calls;
-            }
-        }
-        (evalsha, all)
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiting_on_redis_is_first_come_first_served_with_a_bounded_poll() {
         let Some(server) = own_redis_server("waiting_on_redis") else {
@@ -1313,9 +1279,9 @@ mod redis_only {
             }
         }
         let mut info = raw(&server.url()).await;
-        let (before, _) = command_counts(&mut info).await;
+        let before = command_calls(&mut info, "evalsha").await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (after, _) = command_counts(&mut info).await;
+        let after = command_calls(&mut info, "evalsha").await;
         // Only the first in line asks: after 10 ms, then twice as long up to 100 ms.
         assert!(
             after - before <= 15,
@@ -1526,7 +1492,7 @@ mod redis_only {
             "",
         );
         let mut info = raw(&server.url()).await;
-        let (evalsha_before, _) = command_counts(&mut info).await;
+        let evalsha_before = command_calls(&mut info, "evalsha").await;
         let monitor = Monitor::start(server.port());
         let mut permits = Vec::new();
         const N: usize = 40;
@@ -1537,7 +1503,7 @@ mod redis_only {
             permits.push(decision.permit.expect("a permit"));
         }
         let commands = monitor.client_commands(&mut info).await;
-        let (evalsha_after, _) = command_counts(&mut info).await;
+        let evalsha_after = command_calls(&mut info, "evalsha").await;
         assert_eq!(
             evalsha_after - evalsha_before,
             N as u64,
@@ -1750,7 +1716,7 @@ tiers = [{ window = "minute", capacity = 1000 }]
     ) {
         let mut conn = raw(&server.url()).await;
         let before = peek(observer, org, now).await;
-        let (evalsha_before, _) = command_counts(&mut conn).await;
+        let evalsha_before = command_calls(&mut conn, "evalsha").await;
         let _: () = ::redis::cmd("CLIENT")
             .arg("PAUSE")
             .arg(1000)
@@ -1761,7 +1727,7 @@ tiers = [{ window = "minute", capacity = 1000 }]
         admission.await;
         let deadline = Instant::now() + Duration::from_secs(10);
         let ran = loop {
-            let (evalsha, _) = command_counts(&mut conn).await;
+            let evalsha = command_calls(&mut conn, "evalsha").await;
             // `peek` reads the counters with MGET: it runs no script.
             let statuses = peek(observer, org, now).await;
             if evalsha >= evalsha_before + scripts && statuses == before {

@@ -1,15 +1,17 @@
--- tollhouse: settle one request after its response ended, and record the call (one round trip).
+-- tollhouse: settle one org's requests after their responses ended, and record its calls: a
+-- batch of one org and one date, merged by the instance (one round trip per org per flush).
 --
 -- Corrections follow tollhouse_core's `Ledger::settle`: a latency debit or a higher real cost is
 -- charged shortest window first (the last tier may go below zero); a lower real cost is given back
 -- longest window first, only to tiers whose window has not changed since admission (the caller
--- passes a zero share for the others) and never below zero. The call record follows
--- `UsageLedger::record`.
+-- passes a zero share for the others) and never below zero. The records follow
+-- `UsageLedger::record`, counted together: billable and admitted calls summed, each endpoint's and
+-- each repeated request's counts summed, the call log's entries pushed in one go.
 --
 -- KEYS[1]   the org's window index (sorted set: counter key -> window end, instance ms)
 -- KEYS[2]   the call log (list, newest first)
 -- KEYS[3]   the org's current local date (days since 0001-01-01)
--- KEYS[4]   the day hash of the call's date: b = billable calls, a = admitted calls
+-- KEYS[4]   the day hash of the date: b = billable calls, a = admitted calls
 -- KEYS[5]   endpoint calls of that date (hash: method \n route -> calls)
 -- KEYS[6]   endpoint points of that date (hash: method \n route -> points)
 -- KEYS[7]   repeated requests of that date (sorted set: entry hash -> count)
@@ -22,13 +24,14 @@
 -- then per correction: kind ('c' charge or 'r' refund), amount, number of tiers n,
 --                      then n times: capacity, counter ttl (ms), window end (instance ms), share
 --                      (for a refund, what the tier took at admission; 0 if its window changed)
--- then the record: '1' or '0' (nothing to record); when '1':
---   encoded call, calls kept, call log ttl (ms), date, day ttl (ms), report ttl (ms),
---   billable (1/0), admitted (1/0), endpoint field, points, repeat entry hash, repeat display,
---   at (ms), max endpoints, max repeated paths, the overflow endpoint field, logged (1/0)
+-- then the records: date, calls kept, log ttl (ms), day ttl (ms), report ttl (ms),
+--   billable calls, admitted calls, max endpoints, max repeated, the overflow endpoint field,
+--   number of log entries e, then e encoded calls (oldest first),
+--   number of endpoints p, then p times: field, calls, points,
+--   number of repeated requests q, then q times: entry hash, count, first (ms), last (ms), display
 --
--- Every step is O(1) or O(log n) in the size of the org's maps: a full repeated-request set
--- forgets its least counted entry (ZPOPMIN), never scans.
+-- Every step is O(1) or O(log n) in the size of the org's maps, and each key's time to live is
+-- set when its date begins (the first batch of a date), not on every call.
 
 if redis.replicate_commands then
   redis.replicate_commands()
@@ -99,63 +102,91 @@ for _ = 1, tonumber(ARGV[3]) do
   key = key + n
 end
 
-if ARGV[pos] ~= '1' then
+if pos > #ARGV then
   return 0
 end
 
-local encoded = ARGV[pos + 1]
-local kept = tonumber(ARGV[pos + 2])
-local log_ttl = ARGV[pos + 3]
-local date = tonumber(ARGV[pos + 4])
-local day_ttl = ARGV[pos + 5]
-local report_ttl = ARGV[pos + 6]
-local billable = ARGV[pos + 7] == '1'
-local admitted = ARGV[pos + 8] == '1'
-local endpoint = ARGV[pos + 9]
-local points = tonumber(ARGV[pos + 10])
-local entry = ARGV[pos + 11]
-local display = ARGV[pos + 12]
-local at = tonumber(ARGV[pos + 13])
-local max_endpoints = tonumber(ARGV[pos + 14])
-local max_repeated = tonumber(ARGV[pos + 15])
-local other = ARGV[pos + 16]
-local logged = ARGV[pos + 17] == '1'
+local date = tonumber(ARGV[pos])
+local kept = tonumber(ARGV[pos + 1])
+local log_ttl = ARGV[pos + 2]
+local day_ttl = ARGV[pos + 3]
+local report_ttl = ARGV[pos + 4]
+local billable = tonumber(ARGV[pos + 5])
+local admitted = tonumber(ARGV[pos + 6])
+local max_endpoints = tonumber(ARGV[pos + 7])
+local max_repeated = tonumber(ARGV[pos + 8])
+local other = ARGV[pos + 9]
+pos = pos + 10
 
 -- The org's date only moves forward; a late call for an earlier date counts as billable on its
--- date but not in today's report.
+-- date but not in today's report. The first batch of a date gives its keys their time to live.
 local today = tonumber(redis.call('GET', KEYS[3]))
-if today == nil or date > today then
+local new_date = today == nil or date > today
+if new_date then
   redis.call('SET', KEYS[3], date, 'PX', day_ttl)
   today = date
 end
 
-if billable then
-  redis.call('HINCRBY', KEYS[4], 'b', 1)
-  redis.call('PEXPIRE', KEYS[4], day_ttl)
-end
-
-if date == today then
-  if admitted then
-    redis.call('HINCRBY', KEYS[4], 'a', 1)
+if billable > 0 then
+  redis.call('HINCRBY', KEYS[4], 'b', billable)
+  if new_date or date < today then
     redis.call('PEXPIRE', KEYS[4], day_ttl)
   end
+end
 
-  if redis.call('HEXISTS', KEYS[5], endpoint) == 0
-      and redis.call('HLEN', KEYS[5]) >= max_endpoints - 1 then
-    endpoint = other
+local entries = tonumber(ARGV[pos])
+if entries > 0 then
+  local length = redis.call('LPUSH', KEYS[2], unpack(ARGV, pos + 1, pos + entries))
+  if length > kept then
+    redis.call('LTRIM', KEYS[2], 0, kept - 1)
   end
-  redis.call('HINCRBY', KEYS[5], endpoint, 1)
-  redis.call('HINCRBY', KEYS[6], endpoint, points)
+  if new_date or length == entries then
+    redis.call('PEXPIRE', KEYS[2], log_ttl)
+  end
+end
+pos = pos + 1 + entries
+
+if date ~= today then
+  return 1
+end
+
+if admitted > 0 then
+  redis.call('HINCRBY', KEYS[4], 'a', admitted)
+end
+
+local endpoints = tonumber(ARGV[pos])
+pos = pos + 1
+for _ = 1, endpoints do
+  local field = ARGV[pos]
+  if redis.call('HLEN', KEYS[5]) >= max_endpoints - 1
+      and redis.call('HEXISTS', KEYS[5], field) == 0 then
+    field = other
+  end
+  redis.call('HINCRBY', KEYS[5], field, ARGV[pos + 1])
+  redis.call('HINCRBY', KEYS[6], field, ARGV[pos + 2])
+  pos = pos + 3
+end
+if new_date and endpoints > 0 then
   redis.call('PEXPIRE', KEYS[5], report_ttl)
   redis.call('PEXPIRE', KEYS[6], report_ttl)
+end
 
+local repeated = tonumber(ARGV[pos])
+pos = pos + 1
+for _ = 1, repeated do
+  local entry = ARGV[pos]
+  local count = tonumber(ARGV[pos + 1])
+  local at_first = tonumber(ARGV[pos + 2])
+  local at_last = tonumber(ARGV[pos + 3])
+  local display = ARGV[pos + 4]
+  pos = pos + 5
   local info = redis.call('HGET', KEYS[8], entry)
   if info then
     local first, last = string.match(info, '^(%-?%d+) (%-?%d+) ')
     local rest = string.sub(info, #first + #last + 3)
-    first = math.min(tonumber(first), at)
-    last = math.max(tonumber(last), at)
-    redis.call('ZINCRBY', KEYS[7], 1, entry)
+    first = math.min(tonumber(first), at_first)
+    last = math.max(tonumber(last), at_last)
+    redis.call('ZINCRBY', KEYS[7], count, entry)
     redis.call('HSET', KEYS[8], entry, string.format('%d %d ', first, last) .. rest)
   else
     if redis.call('ZCARD', KEYS[7]) >= max_repeated then
@@ -165,16 +196,12 @@ if date == today then
         redis.call('HDEL', KEYS[8], least[1])
       end
     end
-    redis.call('ZADD', KEYS[7], 1, entry)
-    redis.call('HSET', KEYS[8], entry, string.format('%d %d ', at, at) .. display)
+    redis.call('ZADD', KEYS[7], count, entry)
+    redis.call('HSET', KEYS[8], entry, string.format('%d %d ', at_first, at_last) .. display)
   end
-  redis.call('PEXPIRE', KEYS[8], report_ttl)
-  redis.call('PEXPIRE', KEYS[7], report_ttl)
 end
-
-if logged then
-  redis.call('LPUSH', KEYS[2], encoded)
-  redis.call('LTRIM', KEYS[2], 0, kept - 1)
-  redis.call('PEXPIRE', KEYS[2], log_ttl)
+if new_date and repeated > 0 then
+  redis.call('PEXPIRE', KEYS[7], report_ttl)
+  redis.call('PEXPIRE', KEYS[8], report_ttl)
 end
 return 1

@@ -43,6 +43,7 @@ use crate::error::ConnectError;
 use crate::health::{Health, HealthState};
 use crate::keys::OrgKeys;
 
+mod batch;
 mod builder;
 mod late;
 mod lease;
@@ -51,6 +52,7 @@ mod settle;
 mod usage;
 mod waiting;
 
+pub use batch::{FLUSH_AT, FLUSH_EVERY};
 pub use builder::RedisStoreBuilder;
 use late::{AdmissionReply, Late, ServerClock, Unanswered, wall_ms};
 use lease::PendingLease;
@@ -65,11 +67,13 @@ fn millis(duration: Duration) -> i64 {
 ///
 /// Implements [`Store`] with the semantics of [`MemoryStore`](tollhouse_core::MemoryStore); see
 /// [the crate documentation](crate) for keys, leases, clocks and failures. Clones share one
-/// connection; the leases' renewal stops when the last clone is dropped.
+/// connection; the leases' renewal and the write-behind stop when the last clone is dropped
+/// (what is queued then is written once more, in the background; [`flush`](Self::flush) before
+/// exiting to be sure it is).
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
-    _renewal: Arc<AbortOnDrop>,
+    _tasks: Arc<Tasks>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -84,12 +88,25 @@ impl fmt::Debug for RedisStore {
     }
 }
 
+/// The store's background tasks: stopped when the last clone of the store is dropped, after one
+/// last write of what is queued.
 #[derive(Debug)]
-struct AbortOnDrop(AbortHandle);
+struct Tasks {
+    handles: Vec<AbortHandle>,
+    inner: Weak<Inner>,
+}
 
-impl Drop for AbortOnDrop {
+impl Drop for Tasks {
     fn drop(&mut self) {
-        self.0.abort();
+        for handle in &self.handles {
+            handle.abort();
+        }
+        if let Some(inner) = self.inner.upgrade()
+            && !inner.batcher.is_empty()
+        {
+            let runtime = inner.runtime.clone();
+            runtime.spawn(async move { inner.flush().await });
+        }
     }
 }
 
@@ -119,7 +136,6 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 pub const REDIS_BYTES_PER_ORG: u64 = 512 * 1024;
 
 struct Inner {
-    me: Weak<Inner>,
     conn: Conn,
     prefix: String,
     timeout: Duration,
@@ -135,6 +151,8 @@ struct Inner {
     health: HealthState,
     /// How far Redis's clock is ahead of this instance's, for admission deadlines.
     server_clock: ServerClock,
+    /// Settlements, records and releases waiting to be written.
+    batcher: batch::Batcher,
     runtime: Handle,
 }
 
@@ -187,6 +205,13 @@ impl RedisStore {
     /// the lease time to live).
     pub async fn renew_leases(&self) -> Result<(), StoreError> {
         self.inner.renew_all().await
+    }
+
+    /// Writes every settlement, call record and lease release queued now, and waits until Redis
+    /// has them: call it when the process stops (after the server has finished its requests), so
+    /// that the last [`FLUSH_EVERY`](crate::FLUSH_EVERY) of work is not lost.
+    pub async fn flush(&self) {
+        self.inner.flush().await;
     }
 }
 
@@ -497,7 +522,8 @@ impl Store for RedisStore {
         self.inner.admit(org, charge, now)
     }
 
-    /// Starts the settlement at once, in the background: awaiting the future reports how it went
+    /// Queues the settlement at once for its org's next batch (written within
+    /// [`FLUSH_EVERY`](crate::FLUSH_EVERY)): awaiting the future reports how the batch went
     /// (within the timeout), dropping it does not cancel it.
     fn settle(
         &self,
@@ -505,10 +531,10 @@ impl Store for RedisStore {
         settlement: Settlement,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let job = self.inner.settle_job(org, settlement);
-        self.inner.spawn(job)
+        self.inner.enqueue(org, job)
     }
 
-    /// Starts recording at once, in the background, like [`settle`](Store::settle).
+    /// Queues the record at once for its org's next batch, like [`settle`](Store::settle).
     fn record(
         &self,
         org: &Arc<ResolvedOrg>,
@@ -523,7 +549,7 @@ impl Store for RedisStore {
                 ..Settlement::default()
             },
         );
-        self.inner.spawn(job)
+        self.inner.enqueue(org, job)
     }
 
     fn peek(

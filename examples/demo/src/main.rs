@@ -114,9 +114,13 @@ async fn main() -> ExitCode {
 
     // ---- The store: where the counts live. -------------------------------------------------
     let mut durable: Option<Arc<DurableStore>> = None;
+    let mut redis: Option<tollhouse_redis::RedisStore> = None;
     let store: Arc<dyn DynStore> = match redis_target(&args) {
         Some(target) => match redis_store(&args, &policy, target).await {
-            Ok(store) => store,
+            Ok(store) => {
+                redis = Some(store.clone());
+                Arc::new(store)
+            }
             Err(code) => return code,
         },
         None => match state_dir(args.state.as_deref(), &path) {
@@ -200,7 +204,10 @@ async fn main() -> ExitCode {
     tracing::info!(policy = %path.display(), %address, "tollhouse-demo serving");
     let header_timeout = Duration::from_millis(args.header_timeout_ms.max(1));
     serve::serve(listener, app, header_timeout, shutdown()).await;
-    // A graceful stop writes the state first.
+    // A graceful stop writes the state first: what Redis has not been sent yet, or the file.
+    if let Some(store) = redis {
+        store.flush().await;
+    }
     if let Some(store) = durable
         && let Err(error) = store.shutdown().await
     {
@@ -257,7 +264,7 @@ async fn redis_store(
     args: &Args,
     policy: &Policy,
     target: RedisTarget<'_>,
-) -> Result<Arc<dyn DynStore>, ExitCode> {
+) -> Result<tollhouse_redis::RedisStore, ExitCode> {
     let refuse = |what: &str, error: &dyn std::fmt::Display| {
         eprintln!("tollhouse-demo: cannot use Redis at {what}: {error}");
         ExitCode::FAILURE
@@ -289,7 +296,7 @@ async fn redis_store(
         ),
     };
     match connected {
-        Ok(store) => Ok(Arc::new(store)),
+        Ok(store) => Ok(store),
         Err(error @ (ConnectError::Timeout(_) | ConnectError::Refused(_))) => {
             let lazy = lazy.map_err(|error| refuse(&what, &error))?;
             tracing::warn!(
@@ -298,7 +305,7 @@ async fn redis_store(
                 "tollhouse-demo: Redis does not answer yet; serving anyway, with requests \
                  following on_store_error until it does"
             );
-            Ok(Arc::new(lazy))
+            Ok(lazy)
         }
         Err(error) => Err(refuse(&what, &error)),
     }

@@ -239,3 +239,33 @@ async fn redis_stopping_and_coming_back() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_graceful_stop_sends_every_call_to_redis_first() {
+    let Some((_redis, mut demos)) = three_instances("a_graceful_stop_sends", "2000") else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let requests = (0..120).map(|_| {
+        client
+            .get(demos[0].url("/v1/items"))
+            .bearer_auth("acme-key-1")
+            .send()
+    });
+    let answers = join_all(requests).await;
+    let admitted = answers
+        .iter()
+        .filter(|answer| answer.as_ref().is_ok_and(|r| r.status() == 200))
+        .count();
+    assert_eq!(admitted, 120);
+    // Stopped the moment the last answer is in: its calls' records may still be queued.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &demos[0].pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(demos[0].wait().success(), "SIGTERM is a graceful stop");
+    let usage = usage(&client, &demos[1], "acme-key-1").await;
+    assert_eq!(usage["calls_today"], 120, "{usage}");
+    assert_eq!(usage["billable_today"], 120, "{usage}");
+}

@@ -334,6 +334,29 @@ pub fn sort_newest_first(calls: &mut [CallRecord]) {
     calls.sort_by_key(|call| std::cmp::Reverse(call.at));
 }
 
+/// Orders endpoints as the report shows them, whatever order a store read them in: most calls
+/// first, then most points, then by route and method.
+pub fn sort_endpoints(endpoints: &mut [EndpointUsage]) {
+    endpoints.sort_by(|a, b| {
+        b.calls
+            .cmp(&a.calls)
+            .then(b.points.cmp(&a.points))
+            .then(a.route.cmp(&b.route))
+            .then(a.method.cmp(&b.method))
+    });
+}
+
+/// Orders repeated requests as the report shows them, whatever order a store read them in: most
+/// frequent first, then by path and method.
+pub fn sort_repeated(repeated: &mut [RepeatedRequest]) {
+    repeated.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.path.cmp(&b.path))
+            .then(a.method.cmp(&b.method))
+    });
+}
+
 /// An org's usage as a durable store keeps it across a restart (see [`UsageLedger::saved`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SavedUsage {
@@ -574,12 +597,7 @@ impl UsageLedger {
                 points: row.points,
             })
             .collect();
-        endpoints.sort_by(|a, b| {
-            b.calls
-                .cmp(&a.calls)
-                .then(b.points.cmp(&a.points))
-                .then(a.route.cmp(&b.route))
-        });
+        sort_endpoints(&mut endpoints);
         endpoints
     }
 
@@ -591,7 +609,7 @@ impl UsageLedger {
             .filter(|row| row.count >= REPEAT_THRESHOLD)
             .map(RepeatedRequest::of)
             .collect();
-        repeated.sort_by(|a, b| b.count.cmp(&a.count).then(a.path.cmp(&b.path)));
+        sort_repeated(&mut repeated);
         repeated.truncate(REPORT_ROWS);
         repeated
     }

@@ -9,12 +9,13 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::conn::Conn;
 use tokio::runtime::Handle;
 
+use super::batch::{give_back_freed, write_behind};
 use super::late::ServerClock;
 use super::lease::renew_leases;
-use super::{AbortOnDrop, Inner, RedisStore, millis};
+use super::{Inner, RedisStore, Tasks, millis};
+use crate::conn::Conn;
 use crate::error::ConnectError;
 use crate::health::HealthState;
 
@@ -283,8 +284,7 @@ impl RedisStoreBuilder {
         let conn_is_cluster = conn.is_cluster();
         let runtime = Handle::try_current().map_err(|_| ConnectError::NoRuntime)?;
         let random = RandomState::new().hash_one((SystemTime::now(), std::process::id()));
-        let inner = Arc::new_cyclic(|me| Inner {
-            me: me.clone(),
+        let inner = Arc::new(Inner {
             conn,
             prefix: self.prefix,
             timeout: self.timeout,
@@ -297,13 +297,21 @@ impl RedisStoreBuilder {
             lines: super::waiting::Lines::default(),
             health: HealthState::new(),
             server_clock: ServerClock::new(if conn_is_cluster { 16_384 } else { 1 }),
+            batcher: super::batch::Batcher::default(),
             runtime: runtime.clone(),
         });
         let every = self.lease_ttl / 3;
-        let task = runtime.spawn(renew_leases(Arc::downgrade(&inner), every));
+        let me = Arc::downgrade(&inner);
+        let handles = vec![
+            runtime
+                .spawn(renew_leases(me.clone(), every))
+                .abort_handle(),
+            runtime.spawn(write_behind(me.clone())).abort_handle(),
+            runtime.spawn(give_back_freed(me.clone())).abort_handle(),
+        ];
         Ok(RedisStore {
             inner,
-            _renewal: Arc::new(AbortOnDrop(task.abort_handle())),
+            _tasks: Arc::new(Tasks { handles, inner: me }),
         })
     }
 }

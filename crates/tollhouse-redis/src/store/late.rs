@@ -213,7 +213,7 @@ impl Late {
                 return;
             }
         };
-        let result = self.inner.spawn(Some(job)).await;
+        let result = self.inner.enqueue(&self.org, Some(job)).await;
         match result {
             Ok(()) => {
                 metrics::counter!(LATE_REFUNDS, "store" => "redis").increment(1);
@@ -244,7 +244,6 @@ impl Late {
         let mut job = self
             .inner
             .job(&keys, local_date(self.org.time_zone(), now), now);
-        let mut ops = 0usize;
         let mut first = 0;
         for (limit, state) in self.org.limits().iter().zip(&mut self.layout.states) {
             let tiers = limit.tiers().len();
@@ -261,12 +260,12 @@ impl Late {
             if taken == 0 {
                 continue;
             }
-            ops += 1;
-            job.args
+            job.n_corrections += 1;
+            job.corrections
                 .extend(["r".to_owned(), taken.to_string(), tiers.to_string()]);
             for ((tier, slot), counter) in state.tiers().iter().enumerate().zip(counters) {
-                job.keys.push(counter.clone());
-                job.args.extend([
+                job.counters.push(counter.clone());
+                job.corrections.extend([
                     caps[tier].to_string(),
                     ttl(slot.end, now, self.inner.margin_ms).to_string(),
                     slot.end.as_millis().to_string(),
@@ -274,11 +273,9 @@ impl Late {
                 ]);
             }
         }
-        if ops == 0 {
+        if job.n_corrections == 0 {
             return Ok(None);
         }
-        job.args[2] = ops.to_string();
-        job.args.push("0".to_owned());
         Ok(Some(job))
     }
 }

@@ -63,19 +63,9 @@ impl ReleasePermit for Inner {
         let Some(set) = self.leases.lock().remove(&lease) else {
             return;
         };
-        let Some(inner) = self.me.upgrade() else {
-            return;
-        };
-        let member = self.member(lease);
-        // Never block in `Drop`: the lease is removed in the background. If that fails, the lease
-        // expires on its own (it is no longer renewed).
-        self.runtime.spawn(async move {
-            let mut conn = inner.conn.clone();
-            let mut cmd = redis::cmd("ZREM");
-            cmd.arg(&*set).arg(&member);
-            let _ = inner.run(cmd.query_async::<Value>(&mut conn)).await;
-            inner.lines.slot_freed(&set);
-        });
+        // Never block in `Drop`: the lease is removed in the background, at once (see
+        // [`super::batch`]). If that fails, the lease expires on its own (it is no longer renewed).
+        self.batcher.release(set, self.member(lease));
     }
 }
 

@@ -7,7 +7,7 @@ use chrono::{Days, NaiveDate};
 use redis::Value;
 use tollhouse_core::usage::{
     CALLS_SHOWN, DAYS_KEPT, EndpointUsage, REPEAT_THRESHOLD, REPORT_ROWS, RepeatedRequest, Row,
-    local_date, sort_newest_first,
+    local_date, sort_endpoints, sort_newest_first, sort_repeated,
 };
 use tollhouse_core::{OrgUsage, ResolvedOrg, StoreError, Timestamp, UsageSnapshot, UsageView};
 
@@ -84,14 +84,9 @@ impl Inner {
             .map(|(day, count)| Ok((*day, u64::try_from(int(count)?).unwrap_or(0))))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let mut endpoints = endpoints(array(calls)?, array(points)?)?;
-        endpoints.sort_by(|a, b| {
-            b.calls
-                .cmp(&a.calls)
-                .then(b.points.cmp(&a.points))
-                .then(a.route.cmp(&b.route))
-        });
+        sort_endpoints(&mut endpoints);
         let mut repeated = repeated_requests(array(repeated)?)?;
-        repeated.sort_by(|a, b| b.count.cmp(&a.count).then(a.path.cmp(&b.path)));
+        sort_repeated(&mut repeated);
         let mut calls = array(log)?
             .iter()
             .map(|entry| match entry {

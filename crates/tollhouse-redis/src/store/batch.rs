@@ -1,0 +1,300 @@
+//! What happens after the responses, merged per org and written in batches.
+//!
+//! Settlements (latency debits, cost corrections) and call records are queued, and every
+//! [`FLUSH_EVERY`] (or as soon as an org has [`FLUSH_AT`] of them waiting) each org's queue goes
+//! to Redis as one settle script, all orgs at once. Lease releases are never held back: each is
+//! sent at once, and those that arrive while one `ZREM` is on its way go together in the next,
+//! one per org.
+//!
+//! Admissions are never deferred: only what follows a response is. A settlement may lag by the
+//! flush interval, and a crash loses at most one interval of them ([`RedisStore::flush`] writes
+//! everything first).
+//!
+//! [`RedisStore::flush`]: crate::RedisStore::flush
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::Value;
+use tokio::sync::{Notify, oneshot};
+use tollhouse_core::usage::{DISPLAY_BYTES, MAX_ENDPOINTS, MAX_REPEATED, cut, entry_hash};
+use tollhouse_core::{CallRecord, Outcome, StoreError};
+
+use super::settle::{DAY_TTL_MS, Job, OTHER_ENDPOINT, REPORT_TTL_MS};
+use super::{Inner, SCRIPTS};
+use crate::codec;
+
+/// How often the queued work is written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(2);
+/// An org with this many settlements or records waiting is written at once.
+pub const FLUSH_AT: usize = 64;
+
+/// One org's work for one date, merged as it arrives.
+struct Batch {
+    job: Job,
+    calls: Vec<CallRecord>,
+    waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// The queues of every org, and the leases to give back.
+#[derive(Default)]
+pub(super) struct Batcher {
+    batches: Mutex<HashMap<(Arc<str>, i32), Batch>>,
+    releases: Mutex<HashMap<Arc<str>, Vec<String>>>,
+    /// An org's queue is full.
+    kick: Notify,
+    /// A lease was released.
+    freed: Notify,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("orgs", &self.batches.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batcher {
+    /// Queues `job` of the org whose lease set is `set`; `done` hears how its batch went.
+    pub(super) fn push(
+        &self,
+        set: Arc<str>,
+        mut job: Job,
+        done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    ) {
+        let mut batches = self.batches.lock();
+        let batch = batches.entry((set, job.day)).or_insert_with(|| Batch {
+            job: Job {
+                fixed: job.fixed.clone(),
+                day: job.day,
+                at: job.at,
+                counters: Vec::new(),
+                corrections: Vec::new(),
+                n_corrections: 0,
+                call: None,
+            },
+            calls: Vec::new(),
+            waiters: Vec::new(),
+        });
+        batch.job.at = batch.job.at.max(job.at);
+        batch.job.counters.append(&mut job.counters);
+        batch.job.corrections.append(&mut job.corrections);
+        batch.job.n_corrections += job.n_corrections;
+        if let Some(call) = job.call.take() {
+            batch.calls.push(call);
+        }
+        batch.waiters.extend(done);
+        if batch.calls.len() + batch.job.n_corrections >= FLUSH_AT {
+            self.kick.notify_one();
+        }
+    }
+
+    /// Queues the release of `member` from the lease set `set`.
+    pub(super) fn release(&self, set: Arc<str>, member: String) {
+        self.releases.lock().entry(set).or_default().push(member);
+        self.freed.notify_one();
+    }
+
+    /// Whether nothing waits to be written.
+    pub(super) fn is_empty(&self) -> bool {
+        self.batches.lock().is_empty() && self.releases.lock().is_empty()
+    }
+}
+
+impl Inner {
+    /// Writes everything queued now: every org's batch and releases, all at once.
+    pub(super) async fn flush(&self) {
+        futures_util::future::join(self.write_batches(), self.give_back_released()).await;
+    }
+
+    /// Writes every org's batch, all at once.
+    async fn write_batches(&self) {
+        let batches = std::mem::take(&mut *self.batcher.batches.lock());
+        futures_util::future::join_all(batches.into_values().map(|batch| self.write(batch))).await;
+    }
+
+    /// Removes every released lease from its set, one command per org, all at once.
+    async fn give_back_released(&self) {
+        let releases = std::mem::take(&mut *self.batcher.releases.lock());
+        futures_util::future::join_all(
+            releases
+                .into_iter()
+                .map(|(set, members)| self.give_back(set, members)),
+        )
+        .await;
+    }
+
+    /// One org's batch as one settle script; its waiters hear how it went.
+    async fn write(&self, batch: Batch) {
+        let Batch {
+            job,
+            calls,
+            waiters,
+        } = batch;
+        let mut invocation = SCRIPTS.settle.prepare_invoke();
+        for key in job.fixed.iter().chain(&job.counters) {
+            invocation.key(key);
+        }
+        invocation
+            .arg(job.at)
+            .arg(self.margin_ms)
+            .arg(job.n_corrections);
+        for arg in &job.corrections {
+            invocation.arg(arg);
+        }
+        if !calls.is_empty() {
+            self.record_args(&mut invocation, job.day, &calls);
+        }
+        let mut conn = self.conn.clone();
+        let result = self
+            .run(invocation.invoke_async::<Value>(&mut conn))
+            .await
+            .map(drop);
+        if let Err(error) = &result {
+            tracing::debug!(%error, "tollhouse: a settle batch failed");
+        }
+        for waiter in waiters {
+            let _ = waiter.send(result.clone_error());
+        }
+    }
+
+    /// The record part of the settle script's arguments: `calls`, merged.
+    fn record_args(
+        &self,
+        invocation: &mut redis::ScriptInvocation<'_>,
+        day: i32,
+        calls: &[CallRecord],
+    ) {
+        let billable = calls.iter().filter(|call| call.billable).count();
+        let admitted = calls
+            .iter()
+            .filter(|call| call.outcome == Outcome::Admitted)
+            .count();
+        invocation
+            .arg(day)
+            .arg(self.calls_kept)
+            .arg(DAY_TTL_MS)
+            .arg(DAY_TTL_MS)
+            .arg(REPORT_TTL_MS)
+            .arg(billable)
+            .arg(admitted)
+            .arg(MAX_ENDPOINTS)
+            .arg(MAX_REPEATED)
+            .arg(OTHER_ENDPOINT);
+        // Only the newest entries the log keeps: a batch of any size is one bounded push.
+        let logged: Vec<&CallRecord> = calls.iter().filter(|call| call.logged).collect();
+        let newest = logged.len().saturating_sub(self.calls_kept);
+        let logged: Vec<String> = logged[newest..]
+            .iter()
+            .map(|call| codec::encode(call))
+            .collect();
+        invocation.arg(logged.len());
+        for entry in &logged {
+            invocation.arg(entry);
+        }
+        // Each endpoint once, with its calls and points summed.
+        let mut endpoints: Vec<(String, u64, u64)> = Vec::new();
+        for call in calls {
+            let route = call.route.as_deref().unwrap_or(&call.path);
+            let field = format!("{}\n{}", call.method, cut(route, DISPLAY_BYTES));
+            let points = if call.outcome == Outcome::Admitted {
+                call.cost
+            } else {
+                0
+            };
+            match endpoints.iter_mut().find(|(known, ..)| *known == field) {
+                Some((_, count, sum)) => {
+                    *count += 1;
+                    *sum += points;
+                }
+                None => endpoints.push((field, 1, points)),
+            }
+        }
+        invocation.arg(endpoints.len());
+        for (field, count, points) in &endpoints {
+            invocation.arg(field).arg(count).arg(points);
+        }
+        // Each identical request once, with its count and first and last instants.
+        let mut repeated: Vec<(u64, u64, i64, i64, &CallRecord)> = Vec::new();
+        for call in calls {
+            let hash = entry_hash(&call.method, &call.path);
+            let at = call.at.as_millis();
+            match repeated.iter_mut().find(|(known, ..)| *known == hash) {
+                Some((_, count, first, last, _)) => {
+                    *count += 1;
+                    *first = (*first).min(at);
+                    *last = (*last).max(at);
+                }
+                None => repeated.push((hash, 1, at, at, call)),
+            }
+        }
+        invocation.arg(repeated.len());
+        for (hash, count, first, last, call) in &repeated {
+            invocation
+                .arg(format!("{hash:016x}"))
+                .arg(count)
+                .arg(first)
+                .arg(last)
+                .arg(format!(
+                    "{}\n{}",
+                    call.method,
+                    cut(&call.path, DISPLAY_BYTES)
+                ));
+        }
+    }
+
+    /// Removes `members` from the lease set `set` in one command, then wakes the first request of
+    /// the org waiting here for a slot.
+    async fn give_back(&self, set: Arc<str>, members: Vec<String>) {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("ZREM");
+        cmd.arg(&*set).arg(&members);
+        // If it fails, the leases expire on their own (they are no longer renewed).
+        let _ = self.run(cmd.query_async::<Value>(&mut conn)).await;
+        self.lines.slot_freed(&set);
+    }
+}
+
+/// A result whose error can be handed to several waiters.
+trait CloneError {
+    fn clone_error(&self) -> Self;
+}
+
+impl CloneError for Result<(), StoreError> {
+    fn clone_error(&self) -> Self {
+        match self {
+            Ok(()) => Ok(()),
+            Err(StoreError::Timeout(after)) => Err(StoreError::Timeout(*after)),
+            Err(error) => Err(StoreError::Protocol(error.to_string())),
+        }
+    }
+}
+
+/// Writes `inner`'s queued batches every [`FLUSH_EVERY`], or at once when an org has
+/// [`FLUSH_AT`] waiting, until the store is dropped.
+pub(super) async fn write_behind(inner: Weak<Inner>) {
+    loop {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let _ = tokio::time::timeout(FLUSH_EVERY, inner.batcher.kick.notified()).await;
+        if !inner.batcher.batches.lock().is_empty() {
+            inner.write_batches().await;
+        }
+    }
+}
+
+/// Gives back `inner`'s released leases as soon as they are released, until the store is
+/// dropped.
+pub(super) async fn give_back_freed(inner: Weak<Inner>) {
+    loop {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.batcher.freed.notified().await;
+        inner.give_back_released().await;
+    }
+}
