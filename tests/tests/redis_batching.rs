@@ -310,3 +310,56 @@ async fn a_burst_of_corrections_charges_what_one_by_one_would() {
     assert_eq!(batched[0], vec![99, 6]);
     assert_eq!(batched[1], vec![4_780]);
 }
+
+/// The layer hands calls over without waiting ([`Store::try_record`]): they wait up to the record
+/// interval to be merged, another instance sees them after it, and the instance that took them
+/// reads them at once (its usage read writes the org's queue first).
+#[tokio::test(flavor = "current_thread")]
+async fn calls_handed_over_wait_for_the_record_interval_but_their_instance_reads_them_at_once() {
+    let Some(redis) = redis_for("calls_handed_over") else {
+        return;
+    };
+    let prefix = unique_prefix("handed_over");
+    let taking = RedisStore::builder()
+        .prefix(prefix.as_str())
+        .record_interval(Duration::from_secs(10))
+        .timeout(Duration::from_secs(2))
+        .connect(redis.url())
+        .await
+        .expect("connect");
+    let other = store_at(redis.url(), &prefix).await;
+    let policy = policy();
+    let acme = org(&policy, "a");
+    for n in 1..=5 {
+        assert!(
+            Store::try_record(&taking, &acme, call(n)).is_none(),
+            "taken"
+        );
+    }
+    // The writer has run (the other store's reads yield to it), and left the calls queued.
+    let calls_seen_by = |store: &RedisStore| {
+        let store = store.clone();
+        let acme = Arc::clone(&acme);
+        async move {
+            store
+                .usage_view(&acme, t0(), UsageView::Summary)
+                .await
+                .expect("usage")
+                .usage
+                .calls_today
+        }
+    };
+    assert_eq!(calls_seen_by(&other).await, 0, "not written yet");
+    assert_eq!(calls_seen_by(&taking).await, 5, "its own calls, at once");
+    assert_eq!(calls_seen_by(&other).await, 5, "written by that read");
+
+    // More than ten seconds is refused.
+    let refused = RedisStore::builder()
+        .record_interval(Duration::from_secs(11))
+        .connect(redis.url())
+        .await;
+    assert!(
+        matches!(&refused, Err(tollhouse_redis::ConnectError::Config(message)) if message.contains("at most 10 s")),
+        "{refused:?}"
+    );
+}

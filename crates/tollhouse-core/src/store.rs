@@ -50,8 +50,9 @@ pub struct Decision {
     /// store that counts nothing in flight may give none.
     pub permit: Option<Permit>,
     /// How many requests of the org were in flight right after the decision (this one included if
-    /// it was admitted), if the store said: the layer shows the free slots in the `RateLimit`
-    /// header when the plan limits concurrency, on a rejection too.
+    /// it was admitted), if the store said (a store may count them only when the plan limits
+    /// concurrency): the layer shows the free slots in the `RateLimit` header when the plan
+    /// limits concurrency, on a rejection too.
     pub in_flight: Option<u32>,
 }
 

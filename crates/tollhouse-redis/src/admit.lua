@@ -20,11 +20,11 @@
 -- ARGV[7]   deadline (Redis server ms; 0: none): the instance stops waiting for the reply then,
 --           so a script that runs later (Redis was stalled) charges nothing
 -- then per limit: latency (1 or 0), amount to charge, number of tiers n,
---                 then n times: capacity, counter ttl (ms), window end (instance ms)
+--                 then n times: capacity, window end (instance ms)
 --
 -- Returns {status, in flight, server ms, used...}: status 1 admitted, 0 rejected by a limit, 2
--- rejected for concurrency, 3 too late (past the deadline; nothing else follows); the leases held
--- after this request; Redis's clock when the script ran; then what each counter (KEYS[3..]) held
+-- rejected for concurrency, 3 too late (past the deadline; nothing else follows); the live leases
+-- after this request when the plan limits concurrency (-1 when it does not); Redis's clock when the script ran; then what each counter (KEYS[3..]) held
 -- before this request.
 
 if redis.replicate_commands then
@@ -55,93 +55,87 @@ local function reply(status)
   return out
 end
 
+-- Only a plan that limits concurrency counts the leases: the live ones, without pruning (the
+-- renewals prune what expired). Without a limit, the count is left to the usage reads (-1).
 local concurrency = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', server_ms)
-in_flight = redis.call('ZCARD', KEYS[1])
-if concurrency > 0 and in_flight >= concurrency then
-  return reply(2)
+if concurrency > 0 then
+  in_flight = redis.call('ZCOUNT', KEYS[1], '(' .. server_ms, '+inf')
+  if in_flight >= concurrency then
+    return reply(2)
+  end
+else
+  in_flight = -1
 end
 
-local limits = {}
+-- First pass: does every limit hold its charge? No tables: the arguments are read in place.
+local limit_count = tonumber(ARGV[6])
 local pos = 8
 local key = 3
-local admitted = true
-for l = 1, tonumber(ARGV[6]) do
-  local limit = {
-    latency = ARGV[pos] == '1',
-    amount = tonumber(ARGV[pos + 1]),
-    n = tonumber(ARGV[pos + 2]),
-    first = key,
-    caps = {},
-    ttls = {},
-    ends = {},
-  }
+for _ = 1, limit_count do
+  local latency = ARGV[pos] == '1'
+  local amount = tonumber(ARGV[pos + 1])
+  local n = tonumber(ARGV[pos + 2])
   pos = pos + 3
   local available = 0
-  for t = 1, limit.n do
-    local cap = tonumber(ARGV[pos])
-    limit.caps[t] = cap
-    limit.ttls[t] = ARGV[pos + 1]
-    limit.ends[t] = ARGV[pos + 2]
-    pos = pos + 3
-    local remaining = cap - used[key + t - 1]
-    if t < limit.n and remaining < 0 then
+  for t = 1, n do
+    local remaining = tonumber(ARGV[pos]) - used[key]
+    if t < n and remaining < 0 then
       remaining = 0
     end
     available = available + remaining
+    pos = pos + 2
+    key = key + 1
   end
-  key = key + limit.n
-  if limit.latency then
-    if available <= 0 then
-      admitted = false
-    end
-  elseif available < limit.amount then
-    admitted = false
+  if (latency and available <= 0) or (not latency and available < amount) then
+    return reply(0)
   end
-  limits[l] = limit
 end
 
-if not admitted then
-  return reply(0)
-end
-
+-- Second pass: charge, shortest window first. A counter created here gets its time to live (the
+-- rest of its window, on the instance's clock, plus the margin) and an entry in the index.
 local now = tonumber(ARGV[1])
 local margin = tonumber(ARGV[2])
 local pruned = false
-for _, limit in ipairs(limits) do
-  local left = limit.amount
-  for t = 1, limit.n do
-    if left <= 0 then
-      break
-    end
-    local k = limit.first + t - 1
-    local take = left
-    if t < limit.n then
-      take = math.min(left, math.max(limit.caps[t] - used[k], 0))
-    end
-    if take > 0 then
-      local after = redis.call('INCRBY', KEYS[k], take)
-      if after == take then
-        -- A new window: expire its counter after the window (plus margin), and index it so that
-        -- a reset finds it.
-        redis.call('PEXPIRE', KEYS[k], limit.ttls[t])
-        redis.call('ZADD', KEYS[2], limit.ends[t], KEYS[k])
-        if not pruned then
-          redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - margin)
-          pruned = true
-        end
-        if redis.call('PTTL', KEYS[2]) < tonumber(limit.ttls[t]) then
-          redis.call('PEXPIRE', KEYS[2], limit.ttls[t])
-        end
+pos = 8
+key = 3
+for _ = 1, limit_count do
+  local left = tonumber(ARGV[pos + 1])
+  local n = tonumber(ARGV[pos + 2])
+  pos = pos + 3
+  for t = 1, n do
+    if left > 0 then
+      local take = left
+      if t < n then
+        take = math.min(left, math.max(tonumber(ARGV[pos]) - used[key], 0))
       end
-      left = left - take
+      if take > 0 then
+        local after = redis.call('INCRBY', KEYS[key], take)
+        if after == take then
+          local ends = ARGV[pos + 1]
+          local ttl = math.max(math.max(tonumber(ends) - now, 0) + margin, 1)
+          redis.call('PEXPIRE', KEYS[key], ttl)
+          redis.call('ZADD', KEYS[2], ends, KEYS[key])
+          if not pruned then
+            redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - margin)
+            pruned = true
+          end
+          if redis.call('PTTL', KEYS[2]) < ttl then
+            redis.call('PEXPIRE', KEYS[2], ttl)
+          end
+        end
+        left = left - take
+      end
     end
+    pos = pos + 2
+    key = key + 1
   end
 end
 
 local ttl = tonumber(ARGV[5])
 redis.call('ZADD', KEYS[1], server_ms + ttl, ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
-in_flight = in_flight + 1
+if in_flight >= 0 then
+  in_flight = in_flight + 1
+end
 
 return reply(1)

@@ -13,6 +13,9 @@ end
 local time = redis.call('TIME')
 local server_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local ttl = tonumber(ARGV[1])
+-- The leases of instances that stopped without releasing them: admissions count only live leases
+-- and never prune, so the renewals do.
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', server_ms)
 local renewed = 0
 for i = 2, #ARGV do
   local expiry = redis.call('ZSCORE', KEYS[1], ARGV[i])

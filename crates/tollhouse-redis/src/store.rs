@@ -411,7 +411,6 @@ impl Inner {
             for (tier, slot) in state.tiers().iter().enumerate() {
                 invocation
                     .arg(limit.capacity(tier, now))
-                    .arg(ttl(slot.end, now, self.margin_ms))
                     .arg(slot.end.as_millis());
             }
         }
@@ -452,7 +451,8 @@ impl Inner {
             }
             verdict
         };
-        let in_flight = Some(u32::try_from(in_flight).unwrap_or(u32::MAX));
+        // Counted only when the plan limits concurrency (-1 otherwise).
+        let in_flight = u32::try_from(in_flight).ok();
         let permit = if verdict.is_admitted() {
             Some(pending.into_permit())
         } else {
@@ -522,9 +522,10 @@ impl Store for RedisStore {
         self.inner.admit(org, charge, now)
     }
 
-    /// Queues the settlement at once for its org's next batch (written within
-    /// [`FLUSH_EVERY`](crate::FLUSH_EVERY)): awaiting the future reports how the batch went
-    /// (within the timeout), dropping it does not cancel it.
+    /// Queues the settlement for its org's next batch at once, and writes that batch at once:
+    /// awaiting the future reports how it went (within the timeout), dropping it does not cancel
+    /// it. The layer uses [`try_settle`](Store::try_settle) instead, which writes within
+    /// [`FLUSH_EVERY`](crate::FLUSH_EVERY).
     fn settle(
         &self,
         org: &Arc<ResolvedOrg>,
@@ -534,22 +535,34 @@ impl Store for RedisStore {
         self.inner.enqueue(org, job)
     }
 
-    /// Queues the record at once for its org's next batch, like [`settle`](Store::settle).
+    /// Queues the record like [`settle`](Store::settle). The layer uses
+    /// [`try_record`](Store::try_record) instead, which writes within the
+    /// [record interval](RedisStoreBuilder::record_interval).
     fn record(
         &self,
         org: &Arc<ResolvedOrg>,
         call: CallRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let at = call.at;
-        let job = self.inner.settle_job(
-            org,
-            Settlement {
-                call: Some(call),
-                at,
-                ..Settlement::default()
-            },
-        );
+        let job = self.inner.record_job(org, call);
         self.inner.enqueue(org, job)
+    }
+
+    /// Queues the settlement for its org's next batch, written within
+    /// [`FLUSH_EVERY`](crate::FLUSH_EVERY); a batch that fails is counted in
+    /// `tollhouse_store_errors_total` and logged.
+    fn try_settle(&self, org: &Arc<ResolvedOrg>, settlement: Settlement) -> Option<Settlement> {
+        let job = self.inner.settle_job(org, settlement);
+        self.inner.enqueue_detached(org, job);
+        None
+    }
+
+    /// Queues the record for its org's next batch, written within the
+    /// [record interval](RedisStoreBuilder::record_interval), like
+    /// [`try_settle`](Store::try_settle).
+    fn try_record(&self, org: &Arc<ResolvedOrg>, call: CallRecord) -> Option<CallRecord> {
+        let job = self.inner.record_job(org, call);
+        self.inner.enqueue_detached(org, job);
+        None
     }
 
     fn peek(

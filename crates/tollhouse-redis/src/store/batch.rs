@@ -1,20 +1,26 @@
 //! What happens after the responses, merged per org and written in batches.
 //!
-//! Settlements (latency debits, cost corrections) and call records are queued, and every
-//! [`FLUSH_EVERY`] (or as soon as an org has [`FLUSH_AT`] of them waiting) each org's queue goes
-//! to Redis as one settle script, all orgs at once. Lease releases are never held back: each is
-//! sent at once, and those that arrive while one `ZREM` is on its way go together in the next,
-//! one per org.
+//! Settlements (latency debits, cost corrections) and call records are queued per org and date.
+//! An org's queue goes to Redis as one settle script: within [`FLUSH_EVERY`] when it holds a
+//! settlement (a debit counts against the org's limits, so it is never held long), once it holds
+//! [`FLUSH_AT`] calls, when someone awaits it, and otherwise when its oldest call is one record
+//! interval old ([`RedisStoreBuilder::record_interval`], 250 ms by default). A usage read through
+//! this instance writes the org's queue first, so an instance always reads its own calls.
 //!
-//! Admissions are never deferred: only what follows a response is. A settlement may lag by the
-//! flush interval, and a crash loses at most one interval of them ([`RedisStore::flush`] writes
-//! everything first).
+//! Lease releases are never held back: each is sent at once, and those that arrive while one
+//! `ZREM` is on its way go together in the next, one per org.
+//!
+//! Admissions are never deferred: only what follows a response is. A crash loses at most the
+//! queued work: settlements of the last [`FLUSH_EVERY`], records of the last record interval
+//! ([`RedisStore::flush`] writes everything first).
 //!
 //! [`RedisStore::flush`]: crate::RedisStore::flush
+//! [`RedisStoreBuilder::record_interval`]: crate::RedisStoreBuilder::record_interval
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redis::Value;
@@ -26,38 +32,66 @@ use super::settle::{DAY_TTL_MS, Job, OTHER_ENDPOINT, REPORT_TTL_MS};
 use super::{Inner, SCRIPTS};
 use crate::codec;
 
-/// How often the queued work is written.
+/// How soon a queued settlement is written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(2);
-/// An org with this many settlements or records waiting is written at once.
+/// An org with this many calls or settlements queued is written at once.
 pub const FLUSH_AT: usize = 64;
+/// How long a failed batch's warning keeps others quiet.
+const WARN_EVERY_MS: u64 = 10_000;
 
 /// One org's work for one date, merged as it arrives.
 struct Batch {
     job: Job,
     calls: Vec<CallRecord>,
     waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    opened: Instant,
+}
+
+impl Batch {
+    /// Whether it is time to write it.
+    fn due(&self, now: Instant, record_every: Duration) -> bool {
+        !self.waiters.is_empty()
+            || self.job.n_corrections > 0
+            || self.calls.len() >= FLUSH_AT
+            || now.duration_since(self.opened) >= record_every
+    }
 }
 
 /// The queues of every org, and the leases to give back.
-#[derive(Default)]
 pub(super) struct Batcher {
     batches: Mutex<HashMap<(Arc<str>, i32), Batch>>,
     releases: Mutex<HashMap<Arc<str>, Vec<String>>>,
-    /// An org's queue is full.
+    record_every: Duration,
+    /// A queue must be written now (it is full, or awaited).
     kick: Notify,
     /// A lease was released.
     freed: Notify,
+    /// When a failed batch was last warned of (ms since the Unix epoch).
+    warned_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batcher")
             .field("orgs", &self.batches.lock().len())
+            .field("record_every", &self.record_every)
             .finish_non_exhaustive()
     }
 }
 
 impl Batcher {
+    /// Queues that write calls every `record_every`.
+    pub(super) fn new(record_every: Duration) -> Self {
+        Self {
+            batches: Mutex::default(),
+            releases: Mutex::default(),
+            record_every,
+            kick: Notify::new(),
+            freed: Notify::new(),
+            warned_ms: AtomicU64::new(0),
+        }
+    }
+
     /// Queues `job` of the org whose lease set is `set`; `done` hears how its batch went.
     pub(super) fn push(
         &self,
@@ -78,6 +112,7 @@ impl Batcher {
             },
             calls: Vec::new(),
             waiters: Vec::new(),
+            opened: Instant::now(),
         });
         batch.job.at = batch.job.at.max(job.at);
         batch.job.counters.append(&mut job.counters);
@@ -86,8 +121,9 @@ impl Batcher {
         if let Some(call) = job.call.take() {
             batch.calls.push(call);
         }
+        let awaited = done.is_some();
         batch.waiters.extend(done);
-        if batch.calls.len() + batch.job.n_corrections >= FLUSH_AT {
+        if awaited || batch.calls.len() + batch.job.n_corrections >= FLUSH_AT {
             self.kick.notify_one();
         }
     }
@@ -113,7 +149,40 @@ impl Inner {
     /// Writes every org's batch, all at once.
     async fn write_batches(&self) {
         let batches = std::mem::take(&mut *self.batcher.batches.lock());
-        futures_util::future::join_all(batches.into_values().map(|batch| self.write(batch))).await;
+        self.write_all(batches.into_values().collect()).await;
+    }
+
+    /// Writes the batches whose time has come, all at once.
+    async fn write_due(&self) {
+        let now = Instant::now();
+        let record_every = self.batcher.record_every;
+        let due: Vec<Batch> = self
+            .batcher
+            .batches
+            .lock()
+            .extract_if(|_, batch| batch.due(now, record_every))
+            .map(|(_, batch)| batch)
+            .collect();
+        self.write_all(due).await;
+    }
+
+    /// Writes what the org whose lease set is `set` has queued (before a read of its usage).
+    pub(super) async fn write_org(&self, set: &str) {
+        let queued: Vec<Batch> = self
+            .batcher
+            .batches
+            .lock()
+            .extract_if(|(of, _), _| &**of == set)
+            .map(|(_, batch)| batch)
+            .collect();
+        self.write_all(queued).await;
+    }
+
+    async fn write_all(&self, batches: Vec<Batch>) {
+        if !batches.is_empty() {
+            futures_util::future::join_all(batches.into_iter().map(|batch| self.write(batch)))
+                .await;
+        }
     }
 
     /// Removes every released lease from its set, one command per org, all at once.
@@ -133,6 +202,7 @@ impl Inner {
             job,
             calls,
             waiters,
+            ..
         } = batch;
         let mut invocation = SCRIPTS.settle.prepare_invoke();
         for key in job.fixed.iter().chain(&job.counters) {
@@ -154,10 +224,33 @@ impl Inner {
             .await
             .map(drop);
         if let Err(error) = &result {
-            tracing::debug!(%error, "tollhouse: a settle batch failed");
+            self.batch_failed(error, calls.len(), job.n_corrections);
         }
         for waiter in waiters {
             let _ = waiter.send(result.clone_error());
+        }
+    }
+
+    /// Counts a batch that could not be written, and warns of it (once in a while: a Redis that is
+    /// down fails every batch).
+    fn batch_failed(&self, error: &StoreError, calls: usize, settlements: usize) {
+        metrics::counter!("tollhouse_store_errors_total").increment(1);
+        let now_ms = u64::try_from(super::late::wall_ms()).unwrap_or(0);
+        let last = self.batcher.warned_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= WARN_EVERY_MS
+            && self
+                .batcher
+                .warned_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                error = error as &dyn std::error::Error,
+                calls,
+                settlements,
+                "tollhouse: a batch of call records and settlements could not be written to Redis; \
+                 they are lost (further failures are counted in tollhouse_store_errors_total)"
+            );
         }
     }
 
@@ -273,8 +366,8 @@ impl CloneError for Result<(), StoreError> {
     }
 }
 
-/// Writes `inner`'s queued batches every [`FLUSH_EVERY`], or at once when an org has
-/// [`FLUSH_AT`] waiting, until the store is dropped.
+/// Writes `inner`'s batches when they are due (looking every [`FLUSH_EVERY`], and at once when
+/// one is full or awaited), until the store is dropped.
 pub(super) async fn write_behind(inner: Weak<Inner>) {
     loop {
         let Some(inner) = inner.upgrade() else {
@@ -282,7 +375,7 @@ pub(super) async fn write_behind(inner: Weak<Inner>) {
         };
         let _ = tokio::time::timeout(FLUSH_EVERY, inner.batcher.kick.notified()).await;
         if !inner.batcher.batches.lock().is_empty() {
-            inner.write_batches().await;
+            inner.write_due().await;
         }
     }
 }

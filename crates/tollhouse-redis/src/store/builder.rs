@@ -30,6 +30,7 @@ pub struct RedisStoreBuilder {
     lease_ttl: Duration,
     key_margin: Duration,
     connect_timeout: Duration,
+    record_interval: Duration,
     /// A private CA's certificate (PEM) that signs the server's, for `rediss://`.
     ca: Option<Vec<u8>>,
 }
@@ -43,6 +44,7 @@ impl Default for RedisStoreBuilder {
             lease_ttl: Duration::from_secs(15),
             key_margin: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
+            record_interval: Duration::from_millis(250),
             ca: None,
         }
     }
@@ -91,6 +93,18 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// How long an org's call records may wait to be merged into one write (default 250 ms, at
+    /// most 10 s): the usage and billing counts another instance reads lag by up to this much,
+    /// and a crash loses at most this much of them. Settlements (latency debits and cost
+    /// corrections, which count against limits) are written within
+    /// [`FLUSH_EVERY`](crate::FLUSH_EVERY) whatever this is, and an instance reads its own calls
+    /// at once. Zero writes each call's record at once, merged only with those that arrive
+    /// together.
+    pub fn record_interval(mut self, record_interval: Duration) -> Self {
+        self.record_interval = record_interval;
+        self
+    }
+
     /// Trusts `pem`, a CA certificate (PEM) that signs the server's, for `rediss://` URLs: a
     /// managed Redis or a server of your own with a private CA. Without one, the system's
     /// well-known roots are trusted.
@@ -128,6 +142,13 @@ impl RedisStoreBuilder {
             return invalid(format!(
                 "a lease time to live of {:?} is too short to renew; set at least 30 ms",
                 self.lease_ttl
+            ));
+        }
+        if self.record_interval > Duration::from_secs(10) {
+            return invalid(format!(
+                "a record interval of {:?} would leave usage counts stale and lose them in a \
+                 crash; set at most 10 s",
+                self.record_interval
             ));
         }
         Ok(())
@@ -297,7 +318,7 @@ impl RedisStoreBuilder {
             lines: super::waiting::Lines::default(),
             health: HealthState::new(),
             server_clock: ServerClock::new(if conn_is_cluster { 16_384 } else { 1 }),
-            batcher: super::batch::Batcher::default(),
+            batcher: super::batch::Batcher::new(self.record_interval),
             runtime: runtime.clone(),
         });
         let every = self.lease_ttl / 3;

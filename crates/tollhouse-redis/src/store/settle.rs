@@ -118,6 +118,28 @@ impl Inner {
         Some(job)
     }
 
+    /// The job of recording `call`.
+    pub(super) fn record_job(&self, org: &ResolvedOrg, call: CallRecord) -> Option<Job> {
+        let at = call.at;
+        self.settle_job(
+            org,
+            Settlement {
+                call: Some(call),
+                at,
+                ..Settlement::default()
+            },
+        )
+    }
+
+    /// Queues `job` for its org's next batch, without anyone waiting to hear how it went (a batch
+    /// that fails is counted and logged).
+    pub(super) fn enqueue_detached(&self, org: &ResolvedOrg, job: Option<Job>) {
+        if let Some(job) = job {
+            self.batcher
+                .push(Arc::from(self.keys(org.id()).leases()), job, None);
+        }
+    }
+
     /// Queues `job` for its org's next batch, at once; the returned future says how the batch
     /// went, and dropping it loses nothing.
     pub(super) fn enqueue(

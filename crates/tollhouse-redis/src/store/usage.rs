@@ -23,6 +23,8 @@ impl Inner {
         view: UsageView,
     ) -> Result<OrgUsage, StoreError> {
         let keys = self.keys(org.id());
+        // What this instance has queued for the org is read too.
+        self.write_org(&keys.leases()).await;
         let date = local_date(org.time_zone(), now);
         let days = view.days().clamp(1, DAYS_KEPT);
         let log_count = match view {
