@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use tollhouse_core::{Charge, Clock, Policy, ResolvedOrg, Store, SystemClock};
+use tollhouse_core::{
+    CallRecord, Charge, Clock, Policy, ResolvedOrg, Store, SystemClock, UsageView,
+};
 use tollhouse_redis::{ConnectError, RedisStore, cluster_slot};
 use tollhouse_tests::redis_cluster::cluster_for;
-use tollhouse_tests::redis_server::{RedisServer, unique_prefix};
+use tollhouse_tests::redis_server::{RedisServer, connection, own_redis_server, unique_prefix};
 use tollhouse_tests::redis_tls::tls_redis_for;
 
 const PASSWORD: &str = "s3cret-for-tests";
@@ -175,5 +177,92 @@ async fn a_cluster_admits_exactly_for_orgs_on_every_primary() {
     assert!(
         matches!(not_a_cluster, Err(ConnectError::NotACluster(_))),
         "{not_a_cluster:?}"
+    );
+}
+
+/// The ACL the README and SECURITY.md give a tollhouse user: its keys only, reads and writes,
+/// scripts, TIME and PING, nothing dangerous (`INFO` included).
+const ACL_RULES: &[&str] = &[
+    "on",
+    ">acl-password-for-tests",
+    "~tollhouse:*",
+    "-@all",
+    "+@read",
+    "+@write",
+    "+evalsha",
+    "+eval",
+    "+script|load",
+    "+time",
+    "+ping",
+    "-@dangerous",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_with_only_the_documented_rights_runs_everything() {
+    let Some(server) = own_redis_server("an_acl_user") else {
+        return;
+    };
+    let mut admin = connection(&server.url()).await;
+    let mut setuser = redis::cmd("ACL");
+    setuser.arg("SETUSER").arg("tollhouse").arg(ACL_RULES);
+    let _: () = setuser.query_async(&mut admin).await.expect("ACL SETUSER");
+    let url = format!(
+        "redis://tollhouse:acl-password-for-tests@127.0.0.1:{}/",
+        server.port()
+    );
+    let store = RedisStore::builder()
+        .prefix("tollhouse:acl:")
+        .timeout(Duration::from_secs(2))
+        .connect(&url)
+        .await
+        .expect("the documented ACL is enough to connect");
+    let text = "[plans.p]\nconcurrency = 3\n[[plans.p.limits]]\nname = \"daily\"\n\
+                dimension = \"requests\"\nzone = \"UTC\"\n\
+                tiers = [{ window = \"day\", capacity = 5 }]\n[[orgs]]\nid = \"acme\"\nplan = \"p\"\n";
+    let policy = Policy::from_toml_str(text, "acl.toml".as_ref()).expect("a valid policy");
+    let org = Arc::clone(policy.org("acme").expect("acme"));
+    let now = SystemClock.now();
+
+    // Admissions (with the concurrency count), releases, renewals, settlements and records,
+    // usage reads, peeks and resets: every command tollhouse sends.
+    let decisions = join_all((0..4).map(|_| store.admit(&org, Charge::default(), now))).await;
+    let permits: Vec<_> = decisions
+        .into_iter()
+        .filter_map(|decision| decision.expect("admitted or refused, not NOPERM").permit)
+        .collect();
+    assert_eq!(permits.len(), 3, "the concurrency limit");
+    store.renew_leases().await.expect("renewals");
+    drop(permits);
+    store
+        .record(&org, CallRecord::new(now, "GET", "/v1/items"))
+        .await
+        .expect("records");
+    let usage = store
+        .usage_view(&org, now, UsageView::All { days: 2 })
+        .await
+        .expect("usage reads");
+    assert_eq!(usage.usage.calls.len(), 1);
+    store.flush().await;
+    let statuses = store.peek(&org, now).await.expect("peeks");
+    assert_eq!(statuses[0].remaining, 2);
+    store.reset(&org, None).await.expect("resets");
+    assert_eq!(store.peek(&org, now).await.expect("peeks")[0].remaining, 5);
+    assert!(store.health().healthy, "{:?}", store.health());
+
+    // Keys outside the prefix the ACL allows are refused by Redis, and the error says so.
+    let outside = RedisStore::builder()
+        .prefix("other:")
+        .timeout(Duration::from_secs(2))
+        .connect(&url)
+        .await
+        .expect("connecting reads no key");
+    let refused = outside.admit(&org, Charge::default(), now).await;
+    let error = refused.expect_err("NOPERM");
+    let message = std::error::Error::source(&error)
+        .map(|source| source.to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("NOPERM") || message.contains("permission"),
+        "{message}"
     );
 }

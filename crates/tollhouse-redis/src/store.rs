@@ -309,16 +309,22 @@ impl Inner {
         Err(error)
     }
 
-    /// Whether the server is a node of a cluster (`INFO cluster` says `cluster_enabled:1`).
+    /// Whether the server is a node of a cluster (`INFO cluster` says `cluster_enabled:1`). A user
+    /// whose ACL refuses `INFO` cannot tell: not a cluster, as far as this check knows.
     async fn is_cluster_node(&self) -> RedisResult<bool> {
         if self.conn.is_cluster() {
             return Ok(false);
         }
         let mut conn = self.conn.clone();
-        let info: String = redis::cmd("INFO")
+        let info: String = match redis::cmd("INFO")
             .arg("cluster")
             .query_async(&mut conn)
-            .await?;
+            .await
+        {
+            Ok(info) => info,
+            Err(error) if error.code() == Some("NOPERM") => return Ok(false),
+            Err(error) => return Err(error),
+        };
         Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1"))
     }
 
