@@ -538,7 +538,7 @@ impl Store for RedisStore {
         settlement: Settlement,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let job = self.inner.settle_job(org, settlement);
-        self.inner.enqueue(org, job)
+        self.inner.enqueue(job)
     }
 
     /// Queues the record like [`settle`](Store::settle). The layer uses
@@ -550,7 +550,7 @@ impl Store for RedisStore {
         call: CallRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let job = self.inner.record_job(org, call);
-        self.inner.enqueue(org, job)
+        self.inner.enqueue(job)
     }
 
     /// Queues the settlement for its org's next batch, written within
@@ -558,7 +558,7 @@ impl Store for RedisStore {
     /// `tollhouse_store_errors_total` and logged.
     fn try_settle(&self, org: &Arc<ResolvedOrg>, settlement: Settlement) -> Option<Settlement> {
         let job = self.inner.settle_job(org, settlement);
-        self.inner.enqueue_detached(org, job);
+        self.inner.enqueue_detached(job);
         None
     }
 
@@ -567,7 +567,7 @@ impl Store for RedisStore {
     /// [`try_settle`](Store::try_settle).
     fn try_record(&self, org: &Arc<ResolvedOrg>, call: CallRecord) -> Option<CallRecord> {
         let job = self.inner.record_job(org, call);
-        self.inner.enqueue_detached(org, job);
+        self.inner.enqueue_detached(job);
         None
     }
 

@@ -18,6 +18,7 @@
 //! [`RedisStoreBuilder::record_interval`]: crate::RedisStoreBuilder::record_interval
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -92,36 +93,27 @@ impl Batcher {
         }
     }
 
-    /// Queues `job` of the org whose lease set is `set`; `done` hears how its batch went.
-    pub(super) fn push(
-        &self,
-        set: Arc<str>,
-        mut job: Job,
-        done: Option<oneshot::Sender<Result<(), StoreError>>>,
-    ) {
-        let mut batches = self.batches.lock();
-        let batch = batches.entry((set, job.day)).or_insert_with(|| Batch {
-            job: Job {
-                fixed: job.fixed.clone(),
-                day: job.day,
-                at: job.at,
-                counters: Vec::new(),
-                corrections: Vec::new(),
-                n_corrections: 0,
-                call: None,
-            },
-            calls: Vec::new(),
-            waiters: Vec::new(),
-            opened: Instant::now(),
-        });
-        batch.job.at = batch.job.at.max(job.at);
-        batch.job.counters.append(&mut job.counters);
-        batch.job.corrections.append(&mut job.corrections);
-        batch.job.n_corrections += job.n_corrections;
-        if let Some(call) = job.call.take() {
-            batch.calls.push(call);
-        }
+    /// Queues `job`, merged into its org's batch for its date; `done` hears how the batch went.
+    pub(super) fn push(&self, mut job: Job, done: Option<oneshot::Sender<Result<(), StoreError>>>) {
         let awaited = done.is_some();
+        let mut batches = self.batches.lock();
+        let batch = match batches.entry((Arc::clone(&job.set), job.day)) {
+            Entry::Vacant(entry) => entry.insert(Batch {
+                calls: job.call.take().into_iter().collect(),
+                job,
+                waiters: Vec::new(),
+                opened: Instant::now(),
+            }),
+            Entry::Occupied(entry) => {
+                let batch = entry.into_mut();
+                batch.job.at = batch.job.at.max(job.at);
+                batch.job.counters.append(&mut job.counters);
+                batch.job.corrections.append(&mut job.corrections);
+                batch.job.n_corrections += job.n_corrections;
+                batch.calls.extend(job.call);
+                batch
+            }
+        };
         batch.waiters.extend(done);
         if awaited || batch.calls.len() + batch.job.n_corrections >= FLUSH_AT {
             self.kick.notify_one();
@@ -148,34 +140,32 @@ impl Inner {
 
     /// Writes every org's batch, all at once.
     async fn write_batches(&self) {
-        let batches = std::mem::take(&mut *self.batcher.batches.lock());
-        self.write_all(batches.into_values().collect()).await;
+        self.write_where(|_, _| true).await;
     }
 
     /// Writes the batches whose time has come, all at once.
     async fn write_due(&self) {
         let now = Instant::now();
         let record_every = self.batcher.record_every;
-        let due: Vec<Batch> = self
-            .batcher
-            .batches
-            .lock()
-            .extract_if(|_, batch| batch.due(now, record_every))
-            .map(|(_, batch)| batch)
-            .collect();
-        self.write_all(due).await;
+        self.write_where(|_, batch| batch.due(now, record_every))
+            .await;
     }
 
     /// Writes what the org whose lease set is `set` has queued (before a read of its usage).
     pub(super) async fn write_org(&self, set: &str) {
-        let queued: Vec<Batch> = self
+        self.write_where(|(of, _), _| &**of == set).await;
+    }
+
+    /// Takes the batches `chosen` picks out of the queue and writes them, all at once.
+    async fn write_where(&self, mut chosen: impl FnMut(&(Arc<str>, i32), &Batch) -> bool) {
+        let batches: Vec<Batch> = self
             .batcher
             .batches
             .lock()
-            .extract_if(|(of, _), _| &**of == set)
+            .extract_if(|key, batch| chosen(key, batch))
             .map(|(_, batch)| batch)
             .collect();
-        self.write_all(queued).await;
+        self.write_all(batches).await;
     }
 
     async fn write_all(&self, batches: Vec<Batch>) {

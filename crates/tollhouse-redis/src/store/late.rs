@@ -213,7 +213,7 @@ impl Late {
                 return;
             }
         };
-        let result = self.inner.enqueue(&self.org, Some(job)).await;
+        let result = self.inner.enqueue(Some(job)).await;
         match result {
             Ok(()) => {
                 metrics::counter!(LATE_REFUNDS, "store" => "redis").increment(1);

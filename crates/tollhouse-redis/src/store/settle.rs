@@ -22,6 +22,8 @@ pub(super) const OTHER_ENDPOINT: &str = "*\n(other)";
 
 /// One settlement or record of one org, ready to merge into its batch.
 pub(super) struct Job {
+    /// The org's lease set: the name its batches are queued under.
+    pub(super) set: Arc<str>,
     /// The org's keys the settle script always names: index, log, today, and the date's day,
     /// endpoint calls and points, repeated requests and what they are.
     pub(super) fixed: [String; 8],
@@ -43,6 +45,7 @@ impl Inner {
     /// A job at `at` on `date`, before its corrections and record.
     pub(super) fn job(&self, keys: &OrgKeys, date: NaiveDate, at: Timestamp) -> Job {
         Job {
+            set: Arc::from(keys.leases()),
             fixed: [
                 keys.index(),
                 keys.log(),
@@ -133,10 +136,9 @@ impl Inner {
 
     /// Queues `job` for its org's next batch, without anyone waiting to hear how it went (a batch
     /// that fails is counted and logged).
-    pub(super) fn enqueue_detached(&self, org: &ResolvedOrg, job: Option<Job>) {
+    pub(super) fn enqueue_detached(&self, job: Option<Job>) {
         if let Some(job) = job {
-            self.batcher
-                .push(Arc::from(self.keys(org.id()).leases()), job, None);
+            self.batcher.push(job, None);
         }
     }
 
@@ -144,13 +146,11 @@ impl Inner {
     /// went, and dropping it loses nothing.
     pub(super) fn enqueue(
         &self,
-        org: &ResolvedOrg,
         job: Option<Job>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + use<> {
         let done = job.map(|job| {
             let (sender, receiver) = oneshot::channel();
-            let set: Arc<str> = Arc::from(self.keys(org.id()).leases());
-            self.batcher.push(set, job, Some(sender));
+            self.batcher.push(job, Some(sender));
             receiver
         });
         async move {
