@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::redis_server::{RedisServer, skip};
+use crate::redis_server::{Flavor, RedisServer, skip};
 
 /// How long the cluster may take to agree on its slots.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -15,13 +15,19 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A running cluster; every node is killed, and its files removed, when dropped.
 #[derive(Debug)]
 pub struct TestCluster {
+    flavor: Flavor,
     nodes: Vec<RedisServer>,
     dir: PathBuf,
 }
 
 impl TestCluster {
-    /// Starts six nodes and joins them: three primaries, each with a replica.
+    /// Starts six Redis nodes and joins them: three primaries, each with a replica.
     pub fn start() -> io::Result<Self> {
+        Self::start_flavor(Flavor::Redis)
+    }
+
+    /// Starts six nodes of `flavor` and joins them: three primaries, each with a replica.
+    pub fn start_flavor(flavor: Flavor) -> io::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "tollhouse-cluster-{}-{}",
             std::process::id(),
@@ -38,18 +44,22 @@ impl TestCluster {
                 &format!("nodes-{port}.conf"),
                 "--cluster-node-timeout",
                 "1000",
+                // A replica syncs at once (the default waits 5 s for more replicas), so that a
+                // test can kill its primary soon after start.
+                "--repl-diskless-sync-delay",
+                "0",
                 "--dir",
                 &dir.display().to_string(),
             ]
             .map(str::to_owned)
             .to_vec();
-            nodes.push(RedisServer::start_with(port, extra)?);
+            nodes.push(RedisServer::start_flavor(flavor, port, extra)?);
         }
         let addresses: Vec<String> = nodes
             .iter()
             .map(|node| format!("127.0.0.1:{}", node.port()))
             .collect();
-        let status = Command::new("redis-cli")
+        let status = Command::new(flavor.cli())
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -59,21 +69,26 @@ impl TestCluster {
             .status()?;
         if !status.success() {
             return Err(io::Error::other(format!(
-                "redis-cli --cluster create failed: {status}"
+                "{} --cluster create failed: {status}",
+                flavor.cli()
             )));
         }
-        let cluster = Self { nodes, dir };
+        let cluster = Self { flavor, nodes, dir };
         cluster.wait_until_ok()?;
         Ok(cluster)
     }
 
-    /// Waits until every live node says `cluster_state:ok`.
+    /// Waits until every live node says `cluster_state:ok` and every primary's replica is in
+    /// sync (`state=online`).
     pub fn wait_until_ok(&self) -> io::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let all_ok = self.nodes.iter().all(|node| {
-                cli(node.port(), &["cluster", "info"])
+                cli(self.flavor, node.port(), &["cluster", "info"])
                     .is_ok_and(|info| info.contains("cluster_state:ok"))
+            }) && self.primaries().iter().all(|port| {
+                cli(self.flavor, *port, &["info", "replication"])
+                    .is_ok_and(|info| info.contains("slave0:") && info.contains("state=online"))
             });
             if all_ok {
                 return Ok(());
@@ -99,15 +114,16 @@ impl TestCluster {
             .iter()
             .map(RedisServer::port)
             .filter(|port| {
-                cli(*port, &["info", "replication"]).is_ok_and(|info| info.contains("role:master"))
+                cli(self.flavor, *port, &["info", "replication"])
+                    .is_ok_and(|info| info.contains("role:master"))
             })
             .collect()
     }
 
-    /// The port of the primary that owns `slot`.
+    /// The port of the primary that owns `slot`, as the first node that answers sees it.
     pub fn owner_of(&self, slot: u16) -> Option<u16> {
-        let any = self.nodes.first()?.port();
-        let slots = cli(any, &["cluster", "shards"]).ok()?;
+        let any = self.live_port()?;
+        let slots = cli(self.flavor, any, &["cluster", "shards"]).ok()?;
         // `redis-cli` prints the nested reply as lines; find the slot range, then its primary's
         // port (the first `port` line after a `role master` pair in that shard).
         let lines: Vec<&str> = slots.lines().map(str::trim).collect();
@@ -125,6 +141,74 @@ impl TestCluster {
             }
         }
         None
+    }
+
+    /// The port of the first node that answers `PING`.
+    fn live_port(&self) -> Option<u16> {
+        self.nodes
+            .iter()
+            .map(RedisServer::port)
+            .find(|port| crate::redis_server::ping(*port))
+    }
+
+    /// The port of the replica of the primary on `primary` (from its `INFO replication`).
+    pub fn replica_of(&self, primary: u16) -> Option<u16> {
+        let info = cli(self.flavor, primary, &["info", "replication"]).ok()?;
+        let line = info.lines().find(|line| line.starts_with("slave0:"))?;
+        let port = line
+            .split(',')
+            .find_map(|item| item.strip_prefix("port="))?;
+        port.trim().parse().ok()
+    }
+
+    /// The cluster node id of the node on `port`.
+    pub fn id_of(&self, port: u16) -> Option<String> {
+        let id = cli(self.flavor, port, &["cluster", "myid"]).ok()?;
+        Some(id.trim().to_owned()).filter(|id| !id.is_empty())
+    }
+
+    /// Waits until a node other than `old` owns `slot` and the cluster says `cluster_state:ok`
+    /// again (after a failover); the new owner's port.
+    pub fn wait_for_new_owner(&self, slot: u16, old: u16) -> io::Result<u16> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(owner) = self.owner_of(slot).filter(|owner| *owner != old)
+                && cli(self.flavor, owner, &["cluster", "info"])
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            {
+                return Ok(owner);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no node took slot {slot} over from the one on port {old}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Moves the first `slots` slots of the primary on `from` to the primary on `to` with
+    /// `redis-cli --cluster reshard`, keys and all.
+    pub fn reshard(&self, from: u16, to: u16, slots: u16) -> io::Result<()> {
+        let (Some(from_id), Some(to_id)) = (self.id_of(from), self.id_of(to)) else {
+            return Err(io::Error::other("a node has no cluster id"));
+        };
+        let output = Command::new(self.flavor.cli())
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()?;
+        if !output.status.success() {
+            return Err(io::Error::other(format!(
+                "{} --cluster reshard failed: {}\n{}",
+                self.flavor.cli(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        Ok(())
     }
 
     /// The node on `port`, to stop or restart it.
@@ -156,9 +240,9 @@ impl Drop for TestCluster {
     }
 }
 
-/// `redis-cli -p port args...`, its output.
-fn cli(port: u16, args: &[&str]) -> io::Result<String> {
-    let output = Command::new("redis-cli")
+/// `redis-cli -p port args...` (or `valkey-cli`), its output.
+fn cli(flavor: Flavor, port: u16, args: &[&str]) -> io::Result<String> {
+    let output = Command::new(flavor.cli())
         .args(["-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
@@ -166,14 +250,24 @@ fn cli(port: u16, args: &[&str]) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// A cluster for `test`, or `None` after a `SKIP:` notice (under `CI=true`, a failure).
+/// A Redis cluster for `test`, or `None` after a `SKIP:` notice (under `CI=true`, a failure).
 pub fn cluster_for(test: &str) -> Option<TestCluster> {
-    match TestCluster::start() {
+    cluster_of(Flavor::Redis, test)
+}
+
+/// A cluster of `flavor`'s nodes for `test`, or `None` after a `SKIP:` notice (under `CI=true`, a
+/// failure).
+pub fn cluster_of(flavor: Flavor, test: &str) -> Option<TestCluster> {
+    match TestCluster::start_flavor(flavor) {
         Ok(cluster) => Some(cluster),
         Err(error) => {
             skip(
                 test,
-                &format!("this test needs redis-server and redis-cli for a cluster ({error})"),
+                &format!(
+                    "this test needs {} and {} for a cluster ({error})",
+                    flavor.server(),
+                    flavor.cli()
+                ),
             );
             None
         }

@@ -51,9 +51,40 @@ fn free_port() -> io::Result<u16> {
     ))
 }
 
-/// A `redis-server` process on a free loopback port, without persistence; killed when dropped.
+/// Which server program runs: Redis, or Valkey (its fork, which speaks the same protocol and
+/// runs the same scripts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Flavor {
+    /// `redis-server` and `redis-cli`.
+    #[default]
+    Redis,
+    /// `valkey-server` and `valkey-cli` (Debian bookworm: from bookworm-backports).
+    Valkey,
+}
+
+impl Flavor {
+    /// The server's program.
+    pub fn server(self) -> &'static str {
+        match self {
+            Self::Redis => "redis-server",
+            Self::Valkey => "valkey-server",
+        }
+    }
+
+    /// The command-line client's program.
+    pub fn cli(self) -> &'static str {
+        match self {
+            Self::Redis => "redis-cli",
+            Self::Valkey => "valkey-cli",
+        }
+    }
+}
+
+/// A `redis-server` (or `valkey-server`) process on a free loopback port, without persistence;
+/// killed when dropped.
 #[derive(Debug)]
 pub struct RedisServer {
+    flavor: Flavor,
     port: u16,
     extra: Vec<String>,
     child: Option<Child>,
@@ -73,7 +104,13 @@ impl RedisServer {
     /// Starts `redis-server` on `port` with `extra` arguments (TLS, cluster mode) and waits until
     /// it answers on its plain port.
     pub fn start_with(port: u16, extra: Vec<String>) -> io::Result<Self> {
+        Self::start_flavor(Flavor::Redis, port, extra)
+    }
+
+    /// Starts `flavor`'s server on `port` with `extra` arguments and waits until it answers.
+    pub fn start_flavor(flavor: Flavor, port: u16, extra: Vec<String>) -> io::Result<Self> {
         let mut server = Self {
+            flavor,
             port,
             extra,
             child: None,
@@ -88,7 +125,7 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
-        let child = Command::new("redis-server")
+        let child = Command::new(self.flavor.server())
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
@@ -113,7 +150,8 @@ impl RedisServer {
             {
                 self.child = None;
                 return Err(io::Error::other(format!(
-                    "redis-server on port {} exited at start: {status}",
+                    "{} on port {} exited at start: {status}",
+                    self.flavor.server(),
                     self.port
                 )));
             }
@@ -121,7 +159,11 @@ impl RedisServer {
                 self.stop();
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("redis-server on port {} did not answer PING", self.port),
+                    format!(
+                        "{} on port {} did not answer PING",
+                        self.flavor.server(),
+                        self.port
+                    ),
                 ));
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -279,4 +321,22 @@ pub async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command
         .and_then(|stats| stats.split(',').find_map(|kv| kv.strip_prefix("calls=")))
         .and_then(|calls| calls.parse().ok())
         .unwrap_or(0)
+}
+
+/// A `valkey-server` of `test`'s own. `None` (after printing a `SKIP:` notice) when it cannot be
+/// started; under `CI=true`, panics.
+pub fn own_valkey_server(test: &str) -> Option<RedisServer> {
+    match RedisServer::start_flavor(Flavor::Valkey, free_port().ok()?, Vec::new()) {
+        Ok(server) => Some(server),
+        Err(error) => {
+            skip(
+                test,
+                &format!(
+                    "this test needs valkey-server ({error}; Debian bookworm: apt-get install -t \
+                     bookworm-backports valkey-server valkey-tools)"
+                ),
+            );
+            None
+        }
+    }
 }

@@ -176,13 +176,18 @@ async fn in_flight_becomes<S: Store>(store: &S, org: &Arc<ResolvedOrg>, expected
 }
 
 async fn redis_store(redis: &TestRedis, test: &str) -> RedisStore {
+    redis_store_at(redis.url(), test).await
+}
+
+/// A store on the server at `url`, with `test`'s own key prefix.
+async fn redis_store_at(url: &str, test: &str) -> RedisStore {
     RedisStore::builder()
         .prefix(unique_prefix(test))
         // Generous: debug builds of many tests share two cores. The failure tests use 50 ms.
         .timeout(Duration::from_secs(2))
-        .connect(redis.url())
+        .connect(url)
         .await
-        .expect("connect to the test Redis")
+        .expect("connect to the test server")
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -988,6 +993,35 @@ macro_rules! suite {
                 )*
                 let store = super::cluster_store(&cluster, "differential_random_ops").await;
                 super::differential(&tollhouse_core::MemoryStore::new(), &store).await;
+            }
+        }
+
+        /// Every case on Valkey: on one `valkey-server`, then on a Valkey cluster of three
+        /// primaries and three replicas; a key prefix per case.
+        mod valkey {
+            use tollhouse_tests::redis_server::Flavor;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_case_on_a_server_and_a_cluster() {
+                let Some(server) = tollhouse_tests::redis_server::own_valkey_server("valkey_suite")
+                else {
+                    return;
+                };
+                $(
+                    let store = super::redis_store_at(&server.url(), stringify!($case)).await;
+                    super::$case(&store).await;
+                )*
+                let store = super::redis_store_at(&server.url(), "differential_random_ops").await;
+                super::differential(&tollhouse_core::MemoryStore::new(), &store).await;
+                let Some(cluster) =
+                    tollhouse_tests::redis_cluster::cluster_of(Flavor::Valkey, "valkey_cluster")
+                else {
+                    return;
+                };
+                $(
+                    let store = super::cluster_store(&cluster, stringify!($case)).await;
+                    super::$case(&store).await;
+                )*
             }
         }
 

@@ -40,6 +40,24 @@ keys = ["acme-key-1"]
 id = "busy"
 plan = "slots"
 keys = ["busy-key-1"]
+
+# Debited after the response: cost corrections (GET /v1/search reports its cost) and latency.
+[[plans.metered.limits]]
+name = "points"
+dimension = "points"
+zone = "UTC"
+tiers = [{ window = "month", capacity = 1000000 }]
+
+[[plans.metered.limits]]
+name = "latency"
+dimension = "latency_ms"
+zone = "UTC"
+tiers = [{ window = "month", capacity = 100000000 }]
+
+[[orgs]]
+id = "meter"
+plan = "metered"
+keys = ["meter-key-1"]
 "#;
 
 /// Three demos on one fresh Redis. Store calls may take up to `timeout_ms` before the policy's
@@ -252,12 +270,29 @@ async fn a_graceful_stop_sends_every_call_to_redis_first() {
             .bearer_auth("acme-key-1")
             .send()
     });
-    let answers = join_all(requests).await;
+    // Post-response debits: 20 searches declared at 1 point that report 5 (4,000 rows), and 10
+    // requests of at least 150 ms each, all settled after their responses.
+    let searches = (0..20).map(|_| {
+        client
+            .get(demos[0].url("/v1/search?rows=4000"))
+            .bearer_auth("meter-key-1")
+            .send()
+    });
+    let slow = (0..10).map(|_| {
+        client
+            .get(demos[0].url("/v1/slow?ms=150"))
+            .bearer_auth("meter-key-1")
+            .send()
+    });
+    let (answers, searched, slept) =
+        tokio::join!(join_all(requests), join_all(searches), join_all(slow));
     let admitted = answers
         .iter()
+        .chain(&searched)
+        .chain(&slept)
         .filter(|answer| answer.as_ref().is_ok_and(|r| r.status() == 200))
         .count();
-    assert_eq!(admitted, 120);
+    assert_eq!(admitted, 150);
     // Stopped the moment the last answer is in: its calls' records may still be queued.
     let status = std::process::Command::new("kill")
         .args(["-TERM", &demos[0].pid().to_string()])
@@ -265,7 +300,14 @@ async fn a_graceful_stop_sends_every_call_to_redis_first() {
         .expect("kill");
     assert!(status.success());
     assert!(demos[0].wait().success(), "SIGTERM is a graceful stop");
-    let usage = usage(&client, &demos[1], "acme-key-1").await;
-    assert_eq!(usage["calls_today"], 120, "{usage}");
-    assert_eq!(usage["billable_today"], 120, "{usage}");
+    let calls = usage(&client, &demos[1], "acme-key-1").await;
+    assert_eq!(calls["calls_today"], 120, "{calls}");
+    assert_eq!(calls["billable_today"], 120, "{calls}");
+    // Every debit made after a response before the stop is in Redis: the cost corrections to the
+    // point, the latency at least what the handlers slept.
+    let metered = usage(&client, &demos[1], "meter-key-1").await;
+    let used = |limit: usize| metered["limits"][limit]["tiers"][0]["used"].as_i64();
+    assert_eq!(used(0), Some(20 * 5 + 10), "{metered}");
+    let latency = used(1).expect("a latency count");
+    assert!((1_500..5_000).contains(&latency), "{metered}");
 }
