@@ -226,6 +226,52 @@ async fn admits_until_capacity<S: Store>(store: &S) {
     assert_eq!(remaining(&next.verdict.statuses(&org)), vec![4]);
 }
 
+/// A `second` tier with `"5 minutes"`, `week` and `year` behind it: a second admits its capacity
+/// and then the longer tiers pay, shortest first; the next second admits its capacity again.
+const SECOND_TO_YEAR: &str = r#"
+[[plans.p.limits]]
+name = "count"
+dimension = "requests"
+zone = "UTC"
+tiers = [
+  { window = "second", capacity = 2 },
+  { window = "5 minutes", capacity = 3 },
+  { window = "week", capacity = 1 },
+  { window = "year", capacity = 1 },
+]
+"#;
+
+async fn second_tiers_spill_into_minutes_weeks_and_years<S: Store>(store: &S) {
+    let org = acme(SECOND_TO_YEAR, "");
+    let now = plus(t0(), 250);
+    for _ in 0..7 {
+        assert!(admit(store, &org, 1, now).await.is_admitted());
+    }
+    let refused = admit(store, &org, 1, now).await;
+    assert_eq!(
+        rejection(&refused),
+        (RejectReason::Limit(0), Some(secs(t0(), 1)), vec![0]),
+        "the second's refill is the first capacity back"
+    );
+    let status = refused.verdict.statuses(&org)[0];
+    assert_eq!((status.limit, status.remaining), (7, 0));
+    // The next second: its own two, then nothing (the 5 minutes, the week and the year are spent).
+    let next = secs(t0(), 1);
+    assert!(admit(store, &org, 1, next).await.is_admitted());
+    assert!(admit(store, &org, 1, next).await.is_admitted());
+    let refused = admit(store, &org, 1, plus(next, 999)).await;
+    assert_eq!(rejection(&refused).1, Some(secs(t0(), 2)));
+    // Five minutes on (12:05 UTC), the 5-minute tier is full again; the week and the year are not.
+    let later = secs(t0(), 300);
+    let spent: Vec<bool> =
+        futures_util::future::join_all((0..6).map(|_| admit(store, &org, 1, later)))
+            .await
+            .iter()
+            .map(Decision::is_admitted)
+            .collect();
+    assert_eq!(spent.iter().filter(|admitted| **admitted).count(), 5);
+}
+
 async fn all_or_nothing_across_limits<S: Store>(store: &S) {
     let org = acme(
         r#"
@@ -1081,6 +1127,7 @@ impl Drop for TempDir {
 
 suite!(
     admits_until_capacity,
+    second_tiers_spill_into_minutes_weeks_and_years,
     all_or_nothing_across_limits,
     spill_over_minute_hour_day,
     points_costs_and_corrections,
@@ -1910,6 +1957,51 @@ tiers = [{ window = "minute", capacity = 1000 }]
         );
         drop(permit);
         in_flight_becomes(&survivor, &org, 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_tier_keeps_a_few_counters_not_sixty() {
+        let Some(redis) = redis_for("a_second_tier_keeps_a_few_counters") else {
+            return;
+        };
+        let prefix = unique_prefix("second");
+        let store = RedisStore::builder()
+            .prefix(prefix.clone())
+            .timeout(Duration::from_secs(2))
+            .connect(redis.url())
+            .await
+            .expect("connect");
+        let org = acme(SECOND_TO_YEAR, "");
+        // One request a second for a minute.
+        for second in 0..60 {
+            assert!(
+                admit(&store, &org, 1, plus(secs(t0(), second), 500))
+                    .await
+                    .is_admitted()
+            );
+        }
+        let mut conn = raw(redis.url()).await;
+        let counters: Vec<String> = ::redis::cmd("KEYS")
+            .arg(format!("{prefix}*:l:count:second:*"))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        // Each counter lives what is left of its second plus one more (1.5 s here), not 60 s.
+        for key in &counters {
+            let ttl: i64 = ::redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .expect("PTTL");
+            assert!(ttl <= 1_500, "{key}: {ttl} ms");
+        }
+        // The index of live counters holds the second tier's last one or two, and the longer tiers'.
+        let index: u64 = ::redis::cmd("ZCARD")
+            .arg(format!("{prefix}{{acme}}:w"))
+            .query_async(&mut conn)
+            .await
+            .expect("ZCARD");
+        assert!(index <= 5, "{index} index entries");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

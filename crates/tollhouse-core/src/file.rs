@@ -523,12 +523,12 @@ impl Source<'_> {
         let mut tiers = Vec::with_capacity(raw.tiers.get_ref().len());
         for (index, tier) in raw.tiers.get_ref().iter().enumerate() {
             let place = format!("{prefix}.tiers[{index}]");
-            let window = Window::from_str(tier.window.get_ref()).map_err(|_| {
+            let window = Window::from_str(tier.window.get_ref()).map_err(|error| {
                 self.mistake(
                     &tier.window.span(),
                     &format!("{place}.window"),
-                    format!("unknown window {:?}", tier.window.get_ref()),
-                    "use \"minute\", \"hour\", \"day\" or \"month\"",
+                    format!("window {:?} is not allowed", error.text),
+                    error.allowed(),
                 )
             })?;
             let capacity = self.whole(

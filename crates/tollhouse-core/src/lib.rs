@@ -82,4 +82,4 @@ pub use store::{
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use usage::{CallRecord, Outcome, UsageSnapshot};
-pub use window::{Bounds, UnknownWindow, Window};
+pub use window::{Bounds, Multiple, UnknownWindow, Window};

@@ -35,6 +35,7 @@ use std::time::Duration;
 use chrono_tz::Tz;
 
 use crate::error::PolicyError;
+use crate::tier::MAX_TIERS;
 use crate::window::Window;
 
 /// What a limit counts.
@@ -212,6 +213,16 @@ impl Limit {
                 "give at least one tier, such as tiers = [{ window = \"day\", capacity = 2500 }]",
             ));
         }
+        if tiers.len() > MAX_TIERS {
+            return Err(PolicyError::invalid(
+                format!("tiers[{MAX_TIERS}]"),
+                format!(
+                    "limit {name:?} has {} tiers; a limit holds at most {MAX_TIERS}",
+                    tiers.len()
+                ),
+                format!("keep at most {MAX_TIERS} tiers, or split them over two limits"),
+            ));
+        }
         for (index, pair) in tiers.windows(2).enumerate() {
             if pair[0].window >= pair[1].window {
                 return Err(PolicyError::invalid(
@@ -221,7 +232,8 @@ impl Limit {
                         pair[1].window.as_str(),
                         pair[0].window.as_str()
                     ),
-                    "order the tiers minute, hour, day, month and list each window once",
+                    "order the tiers from the shortest window to the longest (second, minute, \
+                     \"5 minutes\", hour, day, week, month, year, …), each window once",
                 ));
             }
         }
@@ -287,7 +299,7 @@ pub const CONCURRENCY: &str = "concurrency";
 /// `name`, or `name.window` when there are several (see [`Limit::item_name`]).
 pub fn item_name(name: &str, tiers: usize, window: Window) -> Cow<'_, str> {
     if tiers > 1 {
-        Cow::Owned(format!("{name}.{}", window.as_str()))
+        Cow::Owned(format!("{name}.{}", window.item_str()))
     } else {
         Cow::Borrowed(name)
     }

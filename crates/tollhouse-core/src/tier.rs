@@ -13,14 +13,14 @@
 //! let mut state = LimitState::fresh(3);
 //! state.set_used(0, 99);
 //! let split = state.charge(&capacities, 3);
-//! assert_eq!(split, [1, 2, 0, 0]);
+//! assert_eq!(split, [1, 2, 0, 0, 0, 0, 0, 0]);
 //! assert_eq!(state.available(&capacities), 100 + 2600 + 1150 - 102);
 //! ```
 
 use crate::time::Timestamp;
 
-/// At most one tier per window kind: minute, hour, day, month.
-pub const MAX_TIERS: usize = 4;
+/// At most eight tiers a limit, each window longer than the one before.
+pub const MAX_TIERS: usize = 8;
 
 /// The state of one tier: the window it counts in and what it used there.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -214,8 +214,8 @@ mod tests {
     fn charge_spills_over_in_order() {
         let caps = [100, 2600, 1150];
         let mut state = LimitState::fresh(3);
-        assert_eq!(state.charge(&caps, 150), [100, 50, 0, 0]);
-        assert_eq!(state.charge(&caps, 2600), [0, 2550, 50, 0]);
+        assert_eq!(state.charge(&caps, 150), [100, 50, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(state.charge(&caps, 2600), [0, 2550, 50, 0, 0, 0, 0, 0]);
         assert_eq!(state.available(&caps), 1100);
     }
 
@@ -223,7 +223,7 @@ mod tests {
     fn only_the_last_tier_goes_into_debt() {
         let caps = [10, 20];
         let mut state = LimitState::fresh(2);
-        assert_eq!(state.charge(&caps, 45), [10, 35, 0, 0]);
+        assert_eq!(state.charge(&caps, 45), [10, 35, 0, 0, 0, 0, 0, 0]);
         assert_eq!(state.remaining(&caps, 1), -15);
         assert_eq!(state.available(&caps), -15);
     }
@@ -235,7 +235,7 @@ mod tests {
         state.charge(&caps, 8);
         let starts = [Timestamp::default(); MAX_TIERS];
         let split = state.charge(&caps, 5);
-        assert_eq!(split, [2, 3, 0, 0]);
+        assert_eq!(split, [2, 3, 0, 0, 0, 0, 0, 0]);
         assert_eq!(state.refund(&split, &starts, 4), 4);
         assert_eq!(state.tiers()[1].used, 0);
         assert_eq!(state.tiers()[0].used, 9);

@@ -485,17 +485,84 @@ name = "weekly"
 dimension = "requests"
 tiers = [
   { window = "day", capacity = 2500 },
-  { window = "week", capacity = 10000 },
+  { window = "fortnight", capacity = 10000 },
 ]
 "#;
     let (column, message) = assert_mistake(
         text,
         6,
         "plans.build.limits[0].tiers[1].window",
-        "use \"minute\", \"hour\", \"day\" or \"month\"",
+        "allowed: second, minute, hour, day, week, month, year",
     );
     assert_eq!(column, 14);
-    assert!(message.contains("unknown window \"week\""), "{message}");
+    assert!(
+        message.contains("window \"fortnight\" is not allowed"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_multiple_not_allowed_lists_those_that_are() {
+    let text = r#"[[plans.build.limits]]
+name = "burst"
+dimension = "requests"
+tiers = [
+  { window = "7 minutes", capacity = 100 },
+]
+"#;
+    assert_mistake(
+        text,
+        5,
+        "plans.build.limits[0].tiers[0].window",
+        "window \"7 minutes\" is not allowed; allowed: 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 minutes",
+    );
+}
+
+#[test]
+fn new_windows_load_as_tiers_with_spill_over() {
+    let text = r#"[[plans.build.limits]]
+name = "count"
+dimension = "requests"
+tiers = [
+  { window = "second", capacity = 10 },
+  { window = "5 minutes", capacity = 1000 },
+  { window = "6 hours", capacity = 20000 },
+  { window = "week", capacity = 100000 },
+  { window = "year", capacity = 1000000 },
+]
+"#;
+    let policy = Policy::from_toml_str(text, "windows.toml".as_ref()).expect("valid");
+    let limit = policy.plans()[0].limit("count").expect("defined");
+    let windows: Vec<&str> = limit.tiers().iter().map(|t| t.window().as_str()).collect();
+    assert_eq!(windows, ["second", "5 minutes", "6 hours", "week", "year"]);
+    assert_eq!(limit.item_name(limit.tiers()[1].window()), "count.5minutes");
+}
+
+#[test]
+fn at_most_eight_tiers() {
+    let windows = [
+        "second",
+        "minute",
+        "5 minutes",
+        "hour",
+        "6 hours",
+        "day",
+        "week",
+        "month",
+        "year",
+    ];
+    let tiers: Vec<String> = windows
+        .iter()
+        .map(|window| format!("  {{ window = \"{window}\", capacity = 10 }},"))
+        .collect();
+    let text = format!(
+        "[[plans.build.limits]]\nname = \"count\"\ndimension = \"requests\"\ntiers = [\n{}\n]\n",
+        tiers.join("\n")
+    );
+    let error = Policy::from_toml_str(&text, "nine.toml".as_ref()).expect_err("nine tiers");
+    assert!(error.to_string().contains("at most 8"), "{error}");
+    let eight = text.replace("  { window = \"year\", capacity = 10 },\n", "");
+    Policy::from_toml_str(&eight, "eight.toml".as_ref()).expect("eight tiers load");
 }
 
 #[test]
@@ -633,7 +700,7 @@ tiers = [
         text,
         6,
         "plans.data.limits[0].tiers[1]",
-        "order the tiers minute, hour, day, month",
+        "order the tiers from the shortest window to the longest",
     );
     assert!(
         message.contains("\"minute\" comes after \"hour\""),

@@ -7,11 +7,11 @@
 -- hold the charge, `latency_ms` limits while they hold more than zero.
 --
 -- KEYS[1]   the org's lease set (sorted set: lease id -> expiry, Redis server ms)
--- KEYS[2]   the org's window index (sorted set: counter key -> window end, instance ms)
+-- KEYS[2]   the org's window index (sorted set: counter key -> when it may go, instance ms)
 -- KEYS[3..] one counter per tier of every limit, in plan order, named by the window's start
 --
 -- ARGV[1]   now (instance clock, ms)
--- ARGV[2]   margin (ms): index entries whose window ended this long ago are dropped
+-- ARGV[2]   margin (ms): index entries whose counter could go this long ago are dropped (0)
 -- ARGV[3]   concurrency limit (0: none)
 -- ARGV[4]   lease id to add when admitted: every admitted request holds a lease while in flight,
 --           so the lease set counts an org's requests in flight with or without a limit
@@ -20,7 +20,8 @@
 -- ARGV[7]   deadline (Redis server ms; 0: none): the instance stops waiting for the reply then,
 --           so a script that runs later (Redis was stalled) charges nothing
 -- then per limit: latency (1 or 0), amount to charge, number of tiers n,
---                 then n times: capacity, window end (instance ms)
+--                 then n times: capacity, when the counter may go (instance ms: the window's end
+--                 plus a margin no longer than the window)
 --
 -- Returns {status, in flight, server ms, used...}: status 1 admitted, 0 rejected by a limit, 2
 -- rejected for concurrency, 3 too late (past the deadline; nothing else follows); the live leases
@@ -91,8 +92,8 @@ for _ = 1, limit_count do
   end
 end
 
--- Second pass: charge, shortest window first. A counter created here gets its time to live (the
--- rest of its window, on the instance's clock, plus the margin) and an entry in the index.
+-- Second pass: charge, shortest window first. A counter created here gets its time to live (until
+-- it may go, on the instance's clock) and an entry in the index.
 local now = tonumber(ARGV[1])
 local margin = tonumber(ARGV[2])
 local pruned = false

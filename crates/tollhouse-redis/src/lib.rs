@@ -67,7 +67,7 @@
 //!
 //! A new window is a new key, so a tier refills without any reset or timer. Every key expires: a
 //! counter after what is left of its window plus a margin ([`RedisStoreBuilder::key_margin`],
-//! default 60 s); billable counts 32 days after their date's last call (31 days are shown); the
+//! default 60 s, but never more than the window's own length, at least a second); billable counts 32 days after their date's last call (31 days are shown); the
 //! report counters two days after their last call; the call log is trimmed to N entries on every
 //! push ([`RedisStoreBuilder::calls_kept`]) and expires 32 days after the org's last call.
 //! Expiry times are relative (`PEXPIRE`), computed from the instance's clock, so Redis's own

@@ -19,10 +19,11 @@
 -- KEYS[9..] the counters of every correction, in order
 --
 -- ARGV[1]   now (instance clock, ms)
--- ARGV[2]   margin (ms)
+-- ARGV[2]   margin (ms): index entries whose counter could go this long ago are dropped (0)
 -- ARGV[3]   number of corrections
 -- then per correction: kind ('c' charge or 'r' refund), amount, number of tiers n,
---                      then n times: capacity, counter ttl (ms), window end (instance ms), share
+--                      then n times: capacity, counter ttl (ms), when the counter may go
+--                      (instance ms: the index's score), share
 --                      (for a refund, what the tier took at admission; 0 if its window changed)
 -- then the records: date, calls kept, log ttl (ms), day ttl (ms), report ttl (ms),
 --   billable calls, admitted calls, max endpoints, max repeated, the overflow endpoint field,

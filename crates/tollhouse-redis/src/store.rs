@@ -35,7 +35,7 @@ use tollhouse_core::tier::LimitState;
 use tollhouse_core::usage::local_date;
 use tollhouse_core::{
     CallRecord, Charge, Clock, Decision, Dimension, LimitStatus, OrgId, OrgUsage, ResolvedOrg,
-    Settlement, Snapshot, Store, StoreError, Timestamp, UsageView, Verdict,
+    Settlement, Snapshot, Store, StoreError, Timestamp, UsageView, Verdict, Window,
 };
 
 use crate::conn::Conn;
@@ -257,13 +257,11 @@ impl Layout {
     }
 }
 
-/// The time to live of a counter whose window ends at `end`: what is left of the window on the
-/// instance's clock, plus the margin. Relative, so Redis's own clock does not matter.
-fn ttl(end: Timestamp, now: Timestamp, margin_ms: i64) -> i64 {
-    end.millis_since(now)
-        .max(0)
-        .saturating_add(margin_ms)
-        .max(1)
+/// The time to live of a counter kept until `keep_until` (its window's end plus its margin, see
+/// [`Inner::keep_until`]), from `now` on the instance's clock: relative, so Redis's own clock does
+/// not matter.
+fn ttl(keep_until: Timestamp, now: Timestamp) -> i64 {
+    keep_until.millis_since(now).max(1)
 }
 
 fn day_number(date: NaiveDate) -> i32 {
@@ -273,6 +271,17 @@ fn day_number(date: NaiveDate) -> i32 {
 impl Inner {
     fn keys(&self, org: &OrgId) -> OrgKeys {
         OrgKeys::new(&self.prefix, org)
+    }
+
+    /// When a counter of `window` whose window ends at `end` may go: after the key margin (so an
+    /// instance whose clock is behind still finds it), but never later than one more window (at
+    /// least a second), so that a `second` tier keeps two counters an org, not sixty.
+    fn keep_until(&self, window: Window, end: Timestamp) -> Timestamp {
+        let window_ms = i64::try_from(window.nominal_secs())
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        let margin = self.margin_ms.min(window_ms.max(1000));
+        Timestamp::from_millis(end.as_millis().saturating_add(margin))
     }
 
     /// Runs one call to Redis, bounded by the timeout, and keeps the health up to date.
@@ -402,7 +411,8 @@ impl Inner {
         let sent = wall_ms();
         invocation
             .arg(now.as_millis())
-            .arg(self.margin_ms)
+            // Index entries are scored by when their counter may go: drop those past it.
+            .arg(0)
             .arg(concurrency)
             .arg(pending.member())
             .arg(self.lease_ttl_ms)
@@ -414,10 +424,10 @@ impl Inner {
                 .arg(if latency { "1" } else { "0" })
                 .arg(charge.amount(limit.dimension()))
                 .arg(limit.tiers().len());
-            for (tier, slot) in state.tiers().iter().enumerate() {
+            for (tier, (slot, resolved)) in state.tiers().iter().zip(limit.tiers()).enumerate() {
                 invocation
                     .arg(limit.capacity(tier, now))
-                    .arg(slot.end.as_millis());
+                    .arg(self.keep_until(resolved.window(), slot.end).as_millis());
             }
         }
         let mut conn = self.conn.clone();
@@ -637,11 +647,26 @@ mod tests {
     }
 
     #[test]
-    fn counter_ttl_is_what_is_left_plus_the_margin() {
+    fn counter_ttl_is_what_is_left_until_it_may_go() {
         let now = Timestamp::from_secs(30);
-        assert_eq!(ttl(Timestamp::from_secs(60), now, 1_000), 31_000);
-        assert_eq!(ttl(Timestamp::from_secs(10), now, 1_000), 1_000);
-        assert_eq!(ttl(Timestamp::from_secs(10), now, 0), 1);
+        assert_eq!(ttl(Timestamp::from_secs(61), now), 31_000);
+        assert_eq!(ttl(Timestamp::from_secs(10), now), 1);
+    }
+
+    #[tokio::test]
+    async fn a_counter_outlives_its_window_by_at_most_the_window() {
+        let store = RedisStore::builder()
+            .connect_lazy("redis://127.0.0.1:1/")
+            .expect("valid settings");
+        let end = Timestamp::from_secs(1_000);
+        let keep = |window: &str| {
+            let window = window.parse().expect("a window");
+            store.inner.keep_until(window, end).millis_since(end)
+        };
+        assert_eq!(keep("second"), 1_000);
+        assert_eq!(keep("5 seconds"), 5_000);
+        assert_eq!(keep("minute"), 60_000);
+        assert_eq!(keep("day"), 60_000);
     }
 
     #[tokio::test]

@@ -200,7 +200,8 @@ impl Inner {
         }
         invocation
             .arg(job.at)
-            .arg(self.margin_ms)
+            // Index entries are scored by when their counter may go: drop those past it.
+            .arg(0)
             .arg(job.n_corrections);
         for arg in &job.corrections {
             invocation.arg(arg);

@@ -80,7 +80,8 @@ impl RedisStoreBuilder {
     }
 
     /// How long a counter outlives its window (default 60 s), so that an instance whose clock is
-    /// behind still finds the window it is in.
+    /// behind still finds the window it is in. A window shorter than the margin is outlived by
+    /// one window's length at most (at least a second): a `second` tier keeps two counters.
     pub fn key_margin(mut self, key_margin: Duration) -> Self {
         self.key_margin = key_margin;
         self

@@ -263,12 +263,16 @@ impl Late {
             job.n_corrections += 1;
             job.corrections
                 .extend(["r".to_owned(), taken.to_string(), tiers.to_string()]);
-            for ((tier, slot), counter) in state.tiers().iter().enumerate().zip(counters) {
+            let windows = limit.tiers().iter().map(|tier| tier.window());
+            for (((tier, slot), counter), window) in
+                state.tiers().iter().enumerate().zip(counters).zip(windows)
+            {
                 job.counters.push(counter.clone());
+                let keep_until = self.inner.keep_until(window, slot.end);
                 job.corrections.extend([
                     caps[tier].to_string(),
-                    ttl(slot.end, now, self.inner.margin_ms).to_string(),
-                    slot.end.as_millis().to_string(),
+                    ttl(keep_until, now).to_string(),
+                    keep_until.as_millis().to_string(),
                     split[tier].to_string(),
                 ]);
             }

@@ -105,10 +105,11 @@ impl Inner {
                     let share = part
                         .filter(|part| part.starts[tier] == bounds.start)
                         .map_or(0, |part| part.split[tier]);
+                    let keep_until = self.keep_until(resolved.window(), bounds.end);
                     job.corrections.extend([
                         limit.capacity(tier, at).to_string(),
-                        ttl(bounds.end, at, self.margin_ms).to_string(),
-                        bounds.end.as_millis().to_string(),
+                        ttl(keep_until, at).to_string(),
+                        keep_until.as_millis().to_string(),
                         share.to_string(),
                     ]);
                 }
