@@ -98,7 +98,7 @@ impl OrgKeys {
     /// The counter of a limit's tier in the window starting at `start`.
     pub(crate) fn counter(&self, limit: &str, window: Window, start: Timestamp) -> String {
         let mut key = self.counters_of(Some(limit));
-        key.push_str(window.as_str());
+        key.push_str(window.item_str());
         key.push(':');
         let _ = write!(key, "{}", start.as_millis());
         key
