@@ -272,6 +272,138 @@ async fn second_tiers_spill_into_minutes_weeks_and_years<S: Store>(store: &S) {
     assert_eq!(spent.iter().filter(|admitted| **admitted).count(), 5);
 }
 
+/// A smooth rate of 2 a second with a burst of 6, beside a daily quota of 8.
+const RATE_AND_DAILY: &str = r#"
+[[plans.p.limits]]
+name = "smooth"
+dimension = "requests"
+rate = { amount = 2, per = "second", burst = 6 }
+
+[[plans.p.limits]]
+name = "daily"
+dimension = "requests"
+zone = "UTC"
+tiers = [{ window = "day", capacity = 8 }]
+"#;
+
+async fn a_rate_admits_its_burst_then_one_per_interval<S: Store>(store: &S) {
+    let org = acme(RATE_AND_DAILY, "");
+    let now = plus(t0(), 100);
+    for left in (0..6).rev() {
+        let decision = admit(store, &org, 1, now).await;
+        assert!(decision.is_admitted());
+        assert_eq!(
+            remaining(&decision.verdict.statuses(&org)),
+            vec![left, 7 - (5 - left)]
+        );
+    }
+    let refused = admit(store, &org, 1, now).await;
+    assert_eq!(
+        rejection(&refused),
+        (RejectReason::Limit(0), Some(plus(now, 500)), vec![0])
+    );
+    let statuses = refused.verdict.statuses(&org);
+    // Refused by the rate: the daily quota is charged nothing.
+    assert_eq!(remaining(&statuses), vec![0, 2]);
+    assert_eq!((statuses[0].limit, statuses[0].reset), (6, plus(now, 500)));
+    assert_eq!(statuses[0].full_at, Some(plus(now, 3_000)));
+    assert!(!admit(store, &org, 1, plus(now, 499)).await.is_admitted());
+    assert!(admit(store, &org, 1, plus(now, 500)).await.is_admitted());
+    assert!(admit(store, &org, 1, plus(now, 1_000)).await.is_admitted());
+    // Refused by the daily quota: the rate is left untouched (one unit there at 1.5 s).
+    let daily = admit(store, &org, 1, plus(now, 1_500)).await;
+    assert_eq!(rejection(&daily).0, RejectReason::Limit(1));
+    assert_eq!(remaining(&daily.verdict.statuses(&org)), vec![1, 0]);
+    assert_eq!(
+        remaining(&peek(store, &org, plus(now, 1_500)).await),
+        vec![1, 0]
+    );
+    // A full bucket announces no rise; the next day the quota is back and the bucket is full.
+    let tomorrow = secs(t0(), 86_400);
+    let full = peek(store, &org, tomorrow).await;
+    assert_eq!(remaining(&full), vec![6, 8]);
+    assert_eq!(full[0].reset, tomorrow);
+}
+
+async fn a_rate_charges_points_and_refuses_more_than_its_burst<S: Store>(store: &S) {
+    let org = acme(
+        r#"
+[[plans.p.limits]]
+name = "points"
+dimension = "points"
+rate = { amount = 10, per = "minute", burst = 5 }
+"#,
+        "",
+    );
+    let now = plus(t0(), 0);
+    let too_big = admit(store, &org, 6, now).await;
+    assert_eq!(rejection(&too_big), (RejectReason::Limit(0), None, vec![0]));
+    let three = admit(store, &org, 3, now).await;
+    assert!(three.is_admitted());
+    assert_eq!(remaining(&three.verdict.statuses(&org)), vec![2]);
+    // A correction after the response: the call cost 5, not 3. Six seconds each point.
+    settle(
+        store,
+        &org,
+        receipt(&three),
+        Correction {
+            latency_ms: 0,
+            cost_delta: 2,
+        },
+        now,
+    )
+    .await;
+    let after = peek(store, &org, now).await;
+    assert_eq!(after[0].remaining, 0);
+    assert_eq!(after[0].full_at, Some(secs(now, 30)));
+    let refused = admit(store, &org, 1, now).await;
+    assert_eq!(rejection(&refused).1, Some(secs(now, 6)));
+    // And a correction down gives points back.
+    settle(
+        store,
+        &org,
+        tollhouse_core::Receipt::default(),
+        Correction {
+            latency_ms: 0,
+            cost_delta: -4,
+        },
+        now,
+    )
+    .await;
+    assert_eq!(peek(store, &org, now).await[0].remaining, 4);
+}
+
+async fn a_latency_rate_is_debited_after_the_response<S: Store>(store: &S) {
+    let org = acme(
+        r#"
+[[plans.p.limits]]
+name = "latency"
+dimension = "latency_ms"
+rate = { amount = 1000, per = "second", burst = 2000 }
+"#,
+        "",
+    );
+    let now = plus(t0(), 0);
+    let first = admit(store, &org, 1, now).await;
+    assert!(first.is_admitted());
+    assert_eq!(remaining(&first.verdict.statuses(&org)), vec![2000]);
+    settle(
+        store,
+        &org,
+        receipt(&first),
+        Correction {
+            latency_ms: 5_000,
+            cost_delta: 0,
+        },
+        now,
+    )
+    .await;
+    // 3 s of debt: refused until the debt and one more millisecond are paid.
+    let refused = admit(store, &org, 1, plus(now, 1_000)).await;
+    assert_eq!(rejection(&refused).1, Some(plus(now, 3_001)));
+    assert!(admit(store, &org, 1, plus(now, 3_001)).await.is_admitted());
+}
+
 async fn all_or_nothing_across_limits<S: Store>(store: &S) {
     let org = acme(
         r#"
@@ -1127,6 +1259,9 @@ impl Drop for TempDir {
 
 suite!(
     admits_until_capacity,
+    a_rate_admits_its_burst_then_one_per_interval,
+    a_rate_charges_points_and_refuses_more_than_its_burst,
+    a_latency_rate_is_debited_after_the_response,
     second_tiers_spill_into_minutes_weeks_and_years,
     all_or_nothing_across_limits,
     spill_over_minute_hour_day,

@@ -78,6 +78,7 @@ use crate::error::PolicyError;
 use crate::org::{Adjustment, Environment, Org, Override};
 use crate::plan::{Concurrency, Dimension, Limit, LimitZone, Plan, Tier, parse_zone};
 use crate::policy::{OnStoreError, Policy, ResetFormat, ServerSettings, UsageQuery};
+use crate::rate::Rate;
 use crate::route::{RouteRule, Treatment};
 use crate::time::Timestamp;
 use crate::usage::MAX_CALLS_KEPT;
@@ -87,7 +88,7 @@ mod place;
 mod raw;
 
 use place::{Places, collect_nodes, deepest_at, describe, index_in, plan_place, syntax_place};
-use raw::{RawFile, RawLimit, RawOrg, RawOverride, RawPlan, RawRoute, RawServer};
+use raw::{RawFile, RawLimit, RawOrg, RawOverride, RawPlan, RawRate, RawRoute, RawServer};
 
 impl Policy {
     /// Reads and validates the policy file at `path` (format: [the module docs](crate::file)).
@@ -520,36 +521,106 @@ impl Source<'_> {
                 .map_err(|error| self.model(&zone.span(), prefix, error))?,
             None => LimitZone::Org,
         };
-        let mut tiers = Vec::with_capacity(raw.tiers.get_ref().len());
-        for (index, tier) in raw.tiers.get_ref().iter().enumerate() {
+        let name = raw.name.get_ref().as_str();
+        let tiers = match (&raw.tiers, &raw.rate) {
+            (Some(_), Some(rate)) => {
+                return Err(self.mistake(
+                    &rate.span(),
+                    &format!("{prefix}.rate"),
+                    format!("limit {name:?} has both tiers and a rate"),
+                    "keep one: tiers for calendar quotas, or a rate for a smooth rate with a \
+                     burst (two limits can hold both)",
+                ));
+            }
+            (None, Some(rate)) => {
+                if let Some(zone) = &raw.zone {
+                    return Err(self.mistake(
+                        &zone.span(),
+                        &format!("{prefix}.zone"),
+                        format!("limit {name:?} is a rate, which follows no clock"),
+                        "remove zone (it places calendar windows only)",
+                    ));
+                }
+                let rate = self.rate(&format!("{prefix}.rate"), rate)?;
+                return Limit::with_rate(name, dimension, rate)
+                    .map_err(|error| self.model(&raw.name.span(), prefix, error));
+            }
+            (None, None) => {
+                return Err(self.mistake(
+                    &raw.name.span(),
+                    prefix,
+                    format!("limit {name:?} has neither tiers nor a rate"),
+                    "give tiers, such as tiers = [{ window = \"day\", capacity = 2500 }], or a \
+                     rate, such as rate = { amount = 10, per = \"second\", burst = 20 }",
+                ));
+            }
+            (Some(tiers), None) => tiers,
+        };
+        let mut resolved = Vec::with_capacity(tiers.get_ref().len());
+        for (index, tier) in tiers.get_ref().iter().enumerate() {
             let place = format!("{prefix}.tiers[{index}]");
-            let window = Window::from_str(tier.window.get_ref()).map_err(|error| {
-                self.mistake(
-                    &tier.window.span(),
-                    &format!("{place}.window"),
-                    format!("window {:?} is not allowed", error.text),
-                    error.allowed(),
-                )
-            })?;
+            let window = self.window(&tier.window, &format!("{place}.window"))?;
             let capacity = self.whole(
                 &tier.capacity,
                 &format!("{place}.capacity"),
                 "set a capacity of at least 1, or remove the tier",
             )?;
-            tiers.push(
+            resolved.push(
                 Tier::new(window, capacity)
                     .map_err(|error| self.model(&tier.capacity.span(), &place, error))?,
             );
         }
-        Limit::new(raw.name.get_ref().as_str(), dimension, zone, tiers).map_err(|error| {
+        Limit::new(name, dimension, zone, resolved).map_err(|error| {
             let span = match error.place() {
                 Some("name") => raw.name.span(),
                 Some(place) => index_in(place, "tiers")
-                    .and_then(|index| raw.tiers.get_ref().get(index))
-                    .map_or_else(|| raw.tiers.span(), |tier| tier.window.span()),
-                None => raw.tiers.span(),
+                    .and_then(|index| tiers.get_ref().get(index))
+                    .map_or_else(|| tiers.span(), |tier| tier.window.span()),
+                None => tiers.span(),
             };
             self.model(&span, prefix, error)
+        })
+    }
+
+    /// A window named in the file, or an error that lists the allowed ones.
+    fn window(&self, text: &Spanned<String>, place: &str) -> Result<Window, PolicyError> {
+        Window::from_str(text.get_ref()).map_err(|error| {
+            self.mistake(
+                &text.span(),
+                place,
+                format!("window {:?} is not allowed", error.text),
+                error.allowed(),
+            )
+        })
+    }
+
+    /// `rate = { amount, per, burst }`.
+    fn rate(&self, place: &str, raw: &Spanned<RawRate>) -> Result<Rate, PolicyError> {
+        let rate = raw.get_ref();
+        let per = self.window(&rate.per, &format!("{place}.per"))?;
+        let amount = self.whole(
+            &rate.amount,
+            &format!("{place}.amount"),
+            "set amount to the units given back per `per`, at least 1",
+        )?;
+        let burst = match &rate.burst {
+            Some(burst) => Some(self.whole(
+                burst,
+                &format!("{place}.burst"),
+                "set burst to the most units the bucket holds, at least 1",
+            )?),
+            None => None,
+        };
+        Rate::new(amount, per, burst).map_err(|error| {
+            let span = match error.place() {
+                Some("amount") => rate.amount.span(),
+                Some("burst") => rate
+                    .burst
+                    .as_ref()
+                    .map_or_else(|| raw.span(), Spanned::span),
+                _ => raw.span(),
+            };
+            self.model(&span, place, error)
         })
     }
 

@@ -25,6 +25,7 @@ use smallvec::SmallVec;
 
 use crate::plan::Dimension;
 use crate::policy::{ResolvedLimit, ResolvedOrg};
+use crate::rate::Rate;
 use crate::status::{LimitStatus, Snapshot};
 use crate::tier::{LimitState, MAX_TIERS};
 use crate::time::Timestamp;
@@ -210,6 +211,9 @@ pub struct Ledger {
     limits: SmallVec<[LimitState; 3]>,
     names: Vec<std::sync::Arc<str>>,
     windows: Vec<[Option<Window>; MAX_TIERS]>,
+    /// Each limit's rate, for a rate limit: its state carries over a plan change only to the same
+    /// rate.
+    rates: Vec<Option<Rate>>,
 }
 
 impl Ledger {
@@ -223,6 +227,11 @@ impl Ledger {
                 .map(|limit| limit.name_arc().clone())
                 .collect(),
             windows: org.limits().iter().map(windows_of).collect(),
+            rates: org
+                .limits()
+                .iter()
+                .map(ResolvedLimit::declared_rate)
+                .collect(),
             limits: org
                 .limits()
                 .iter()
@@ -247,6 +256,9 @@ impl Ledger {
             let Some(old) = self.names.iter().position(|name| name == limit.name_arc()) else {
                 continue;
             };
+            if self.rates[old] != next.rates[index] {
+                continue;
+            }
             for (tier, window) in next.windows[index].iter().enumerate() {
                 let Some(window) = window else { continue };
                 if let Some(old_tier) = self.windows[old].iter().position(|w| w == &Some(*window)) {
@@ -261,6 +273,10 @@ impl Ledger {
     /// keeps the later window (counts are never reset by skew).
     fn refresh(&mut self, org: &ResolvedOrg, now: Timestamp) {
         for (limit, state) in org.limits().iter().zip(&mut self.limits) {
+            if limit.is_rate() {
+                // A rate has no windows: its state is an instant, full once it has passed.
+                continue;
+            }
             for (tier, tier_state) in limit.tiers().iter().zip(state.tiers_mut()) {
                 if now >= tier_state.end {
                     let bounds = tier.window().bounds(limit.zone(), now);
@@ -337,6 +353,10 @@ impl Ledger {
         self.conform(org);
         self.refresh(org, now);
         for (index, (limit, state)) in org.limits().iter().zip(&mut self.limits).enumerate() {
+            if let Some(rate) = limit.rate(now) {
+                settle_rate(rate, limit.dimension(), state, correction, now);
+                continue;
+            }
             let caps = limit.capacities(now);
             let caps = &caps[..limit.tiers().len()];
             match limit.dimension() {
@@ -389,6 +409,10 @@ impl Ledger {
         self.conform(org);
         for (limit, state) in org.limits().iter().zip(&mut self.limits) {
             if name.is_none_or(|name| name == limit.name()) {
+                if limit.is_rate() {
+                    state.set_tat(0);
+                    continue;
+                }
                 for tier in state.tiers_mut() {
                     tier.used = 0;
                 }
@@ -411,10 +435,19 @@ pub fn decide(
 ) -> Verdict {
     let mut violated = Vec::new();
     for (index, (limit, state)) in org.limits().iter().zip(states.iter()).enumerate() {
-        let caps = limit.capacities(now);
-        let caps = &caps[..limit.tiers().len()];
-        let available = state.available(caps);
-        if !admits(limit.dimension(), charge, available) {
+        let fits = match limit.rate(now) {
+            Some(rate) => rate.gcra().fits(
+                state.tat(),
+                now.as_micros(),
+                charge.amount(limit.dimension()),
+            ),
+            None => {
+                let caps = limit.capacities(now);
+                let caps = &caps[..limit.tiers().len()];
+                admits(limit.dimension(), charge, state.available(caps))
+            }
+        };
+        if !fits {
             violated.push(index);
         }
     }
@@ -425,8 +458,19 @@ pub fn decide(
             if amount == 0 {
                 continue;
             }
-            let caps = limit.capacities(now);
-            let split = state.charge(&caps[..limit.tiers().len()], amount);
+            let split = match limit.rate(now) {
+                Some(rate) => {
+                    let now = now.as_micros();
+                    state.set_tat(rate.gcra().charged(state.tat(), now, amount));
+                    let mut split = [0; MAX_TIERS];
+                    split[0] = amount;
+                    split
+                }
+                None => {
+                    let caps = limit.capacities(now);
+                    state.charge(&caps[..limit.tiers().len()], amount)
+                }
+            };
             if limit.dimension() == Dimension::Points {
                 let mut starts = [Timestamp::default(); MAX_TIERS];
                 for (start, tier) in starts.iter_mut().zip(state.tiers()) {
@@ -475,6 +519,13 @@ fn ready_at(
     now: Timestamp,
 ) -> Option<Timestamp> {
     let limit = &org.limits()[index];
+    if let Some(rate) = limit.rate(now) {
+        let units = charge.amount(limit.dimension());
+        return rate
+            .gcra()
+            .ready_at(states[index].tat(), units)
+            .map(|at| Timestamp::from_micros_ceil(at).max(now));
+    }
     let caps = limit.capacities(now);
     let dimension = limit.dimension();
     states[index].ready_when(
@@ -492,6 +543,32 @@ fn admits(dimension: Dimension, charge: Charge, available: i64) -> bool {
         Dimension::LatencyMs => available > 0,
         dimension => available >= i64::try_from(charge.amount(dimension)).unwrap_or(i64::MAX),
     }
+}
+
+/// Debits a rate after the response: latency and cost added to its state, a lower cost given
+/// back (never fuller than full).
+fn settle_rate(
+    rate: Rate,
+    dimension: Dimension,
+    state: &mut LimitState,
+    correction: Correction,
+    now: Timestamp,
+) {
+    let gcra = rate.gcra();
+    let (tat, now) = (state.tat(), now.as_micros());
+    let next = match dimension {
+        Dimension::LatencyMs if correction.latency_ms > 0 => {
+            gcra.charged(tat, now, correction.latency_ms)
+        }
+        Dimension::Points if correction.cost_delta > 0 => {
+            gcra.charged(tat, now, correction.cost_delta.unsigned_abs())
+        }
+        Dimension::Points if correction.cost_delta < 0 => {
+            gcra.refunded(tat, now, correction.cost_delta.unsigned_abs())
+        }
+        _ => return,
+    };
+    state.set_tat(next);
 }
 
 fn windows_of(limit: &ResolvedLimit) -> [Option<Window>; MAX_TIERS] {

@@ -49,6 +49,7 @@ pub mod org_map;
 pub mod permit;
 pub mod plan;
 pub mod policy;
+pub mod rate;
 pub mod route;
 pub mod status;
 pub mod store;
@@ -75,6 +76,7 @@ pub use policy::{
     OnStoreError, Policy, PolicyBuilder, ResetFormat, ResolvedLimit, ResolvedOrg, ResolvedTier,
     ServerSettings, UsageQuery,
 };
+pub use rate::{Gcra, Rate};
 pub use route::{MAX_COST, RoutePattern, RouteRule, Treatment};
 pub use status::{LimitStatus, Snapshot, TierStatus};
 pub use store::{

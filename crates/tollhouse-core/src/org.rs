@@ -280,6 +280,27 @@ impl Override {
     }
 }
 
+impl Override {
+    /// A rate's amount and burst with this override applied: `capacity` sets the burst, `scale`
+    /// scales both; `capacities` has no tiers to apply to.
+    pub(crate) fn apply_to_rate(&self, amount: u64, burst: u64) -> Result<[u64; 2], PolicyError> {
+        match &self.adjustment {
+            Adjustment::Capacity(capacity) => {
+                positive("capacity", *capacity).map(|burst| [amount, burst])
+            }
+            Adjustment::Capacities(_) => Err(PolicyError::invalid(
+                "capacities",
+                format!("limit {:?} is a rate: it has no tiers", self.limit),
+                "write capacity = N to set its burst, or scale = ... to scale its amount and burst",
+            )),
+            Adjustment::Scale(_) => {
+                let scaled = self.apply(&[amount, burst])?;
+                Ok([scaled[0], scaled[1]])
+            }
+        }
+    }
+}
+
 /// `n` and the noun, singular or plural: "1 tier", "2 tiers".
 fn counted(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

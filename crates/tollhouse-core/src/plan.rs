@@ -35,6 +35,7 @@ use std::time::Duration;
 use chrono_tz::Tz;
 
 use crate::error::PolicyError;
+use crate::rate::Rate;
 use crate::tier::MAX_TIERS;
 use crate::window::Window;
 
@@ -166,17 +167,37 @@ impl Tier {
     }
 }
 
-/// A named budget over one dimension, with tiers drained shortest window first.
+/// A named budget over one dimension: tiers drained shortest window first, or a smooth [`Rate`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limit {
     name: Arc<str>,
     dimension: Dimension,
     zone: LimitZone,
     tiers: Vec<Tier>,
+    rate: Option<Rate>,
 }
 
 impl Limit {
-    /// A limit; `tiers` must be non-empty and ordered from short to long windows, each window once.
+    /// A limit of a smooth rate with a burst instead of tiers (it has no zone: a rate is not
+    /// aligned to any clock).
+    pub fn with_rate(
+        name: impl Into<Arc<str>>,
+        dimension: Dimension,
+        rate: Rate,
+    ) -> Result<Self, PolicyError> {
+        let name = name.into();
+        check_name(&name)?;
+        Ok(Self {
+            name,
+            dimension,
+            zone: LimitZone::Org,
+            tiers: Vec::new(),
+            rate: Some(rate),
+        })
+    }
+
+    /// A limit; `tiers` must be non-empty (at most [`MAX_TIERS`]) and ordered from short to long
+    /// windows, each window once.
     pub fn new(
         name: impl Into<Arc<str>>,
         dimension: Dimension,
@@ -184,33 +205,13 @@ impl Limit {
         tiers: Vec<Tier>,
     ) -> Result<Self, PolicyError> {
         let name = name.into();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-        {
-            return Err(PolicyError::invalid(
-                "name",
-                format!(
-                    "limit name {name:?} is empty or has characters other than letters, digits, '_', '-' and '.'"
-                ),
-                "name the limit with letters, digits, '_', '-' or '.', such as \"daily\"",
-            ));
-        }
-        if &*name == CONCURRENCY {
-            return Err(PolicyError::invalid(
-                "name",
-                "the name \"concurrency\" is reserved: 429 bodies and the `RateLimit` headers use it \
-                 for the concurrency limit",
-                "give the limit another name, such as \"requests\"; set a plan's concurrency with \
-                 `concurrency = N`",
-            ));
-        }
+        check_name(&name)?;
         if tiers.is_empty() {
             return Err(PolicyError::invalid(
                 "tiers",
                 format!("limit {name:?} has no tiers"),
-                "give at least one tier, such as tiers = [{ window = \"day\", capacity = 2500 }]",
+                "give at least one tier, such as tiers = [{ window = \"day\", capacity = 2500 }], \
+                 or a rate, such as rate = { amount = 10, per = \"second\", burst = 20 }",
             ));
         }
         if tiers.len() > MAX_TIERS {
@@ -242,6 +243,7 @@ impl Limit {
             dimension,
             zone,
             tiers,
+            rate: None,
         })
     }
 
@@ -265,14 +267,36 @@ impl Limit {
         self.zone
     }
 
-    /// The tiers, shortest window first.
+    /// The tiers, shortest window first (none for a rate).
     pub fn tiers(&self) -> &[Tier] {
         &self.tiers
     }
 
+    /// The smooth rate, for a limit that has one instead of tiers.
+    pub const fn rate(&self) -> Option<Rate> {
+        self.rate
+    }
+
     /// The sum of the tiers' capacities.
     pub fn total_capacity(&self) -> u64 {
-        self.tiers.iter().map(|tier| tier.capacity).sum()
+        match self.rate {
+            Some(rate) => rate.burst(),
+            None => self.tiers.iter().map(|tier| tier.capacity).sum(),
+        }
+    }
+
+    /// The names this limit's items go by in the headers, each with a description for errors.
+    fn items(&self) -> Vec<(Cow<'_, str>, String)> {
+        if self.rate.is_some() {
+            return vec![(
+                Cow::Borrowed(&*self.name),
+                format!("rate limit {:?}", self.name),
+            )];
+        }
+        self.tiers
+            .iter()
+            .map(|tier| (self.item_name(tier.window), self.describe_tier(tier.window)))
+            .collect()
     }
 
     /// "limit \"daily\"", or "the hour tier of limit \"count\"" when it has several tiers.
@@ -294,6 +318,33 @@ impl Limit {
 
 /// The name the concurrency limit goes by in headers and 429 bodies; no limit may take it.
 pub const CONCURRENCY: &str = "concurrency";
+
+/// Refuses a limit name headers cannot carry, or the reserved one.
+fn check_name(name: &str) -> Result<(), PolicyError> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        return Err(PolicyError::invalid(
+            "name",
+            format!(
+                "limit name {name:?} is empty or has characters other than letters, digits, '_', '-' and '.'"
+            ),
+            "name the limit with letters, digits, '_', '-' or '.', such as \"daily\"",
+        ));
+    }
+    if name == CONCURRENCY {
+        return Err(PolicyError::invalid(
+            "name",
+            "the name \"concurrency\" is reserved: 429 bodies and the `RateLimit` headers use it \
+             for the concurrency limit",
+            "give the limit another name, such as \"requests\"; set a plan's concurrency with \
+             `concurrency = N`",
+        ));
+    }
+    Ok(())
+}
 
 /// The header item name of the tier with `window` of a limit called `name` with `tiers` tiers:
 /// `name`, or `name.window` when there are several (see [`Limit::item_name`]).
@@ -384,23 +435,20 @@ impl Plan {
                     "give every limit of a plan its own name",
                 ));
             }
-            for tier in &limit.tiers {
-                let item = limit.item_name(tier.window);
+            for (item, what) in limit.items() {
                 let taken = earlier.iter().find_map(|other| {
                     other
-                        .tiers
-                        .iter()
-                        .find(|theirs| other.item_name(theirs.window) == item)
-                        .map(|theirs| (other, theirs.window))
+                        .items()
+                        .into_iter()
+                        .find(|(theirs, _)| *theirs == item)
+                        .map(|(_, theirs)| theirs)
                 });
-                if let Some((other, window)) = taken {
+                if let Some(theirs) = taken {
                     return Err(PolicyError::invalid(
                         format!("limits[{index}]"),
                         format!(
-                            "in plan {name:?}, {} and {} both go by {item:?} in the RateLimit \
-                             headers",
-                            limit.describe_tier(tier.window),
-                            other.describe_tier(window),
+                            "in plan {name:?}, {what} and {theirs} both go by {item:?} in the \
+                             RateLimit headers",
                         ),
                         "rename one of the two limits: a limit with several tiers calls each \
                          `limit.window` in the RateLimit headers",

@@ -25,7 +25,8 @@ use chrono_tz::Tz;
 use crate::error::PolicyError;
 use crate::key_memo;
 use crate::org::{Environment, KeyDigest, Org, OrgId};
-use crate::plan::{Concurrency, Dimension, LimitZone, Plan};
+use crate::plan::{Concurrency, Dimension, Limit, LimitZone, Plan};
+use crate::rate::Rate;
 use crate::route::{RouteRule, Treatment};
 use crate::tier::MAX_TIERS;
 use crate::time::Timestamp;
@@ -132,6 +133,10 @@ impl ResolvedTier {
 }
 
 /// A limit as it applies to one org: zone resolved, sandbox divisor and overrides applied.
+///
+/// A rate limit has one slot, its bucket: [`tiers`](Self::tiers) holds a single tier whose window
+/// is the rate's `per` and whose capacity is its burst, so that stores and headers count slots
+/// alike; [`rate`](Self::rate) gives the rate in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolvedLimit {
     name: Arc<str>,
@@ -139,6 +144,14 @@ pub struct ResolvedLimit {
     zone: Tz,
     tiers: Vec<ResolvedTier>,
     override_until: Option<Timestamp>,
+    rate: Option<ResolvedRate>,
+}
+
+/// A rate with the org's overrides and sandbox divisor applied, and without them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ResolvedRate {
+    rate: Rate,
+    base: Rate,
 }
 
 impl ResolvedLimit {
@@ -191,6 +204,27 @@ impl ResolvedLimit {
             *cap = self.capacity(tier, now);
         }
         caps
+    }
+
+    /// The smooth rate in force at `now`, for a rate limit (an override applies before its
+    /// `until`).
+    pub fn rate(&self, now: Timestamp) -> Option<Rate> {
+        let rate = self.rate?;
+        Some(match self.override_until {
+            Some(until) if now >= until => rate.base,
+            _ => rate.rate,
+        })
+    }
+
+    /// The rate as the org's plan and overrides declare it, whatever the time (what a state was
+    /// counted under).
+    pub fn declared_rate(&self) -> Option<Rate> {
+        self.rate.map(|rate| rate.rate)
+    }
+
+    /// Whether this is a rate limit.
+    pub const fn is_rate(&self) -> bool {
+        self.rate.is_some()
     }
 
     /// The sum of the tiers' capacities at `now`.
@@ -568,47 +602,28 @@ fn resolve(server: &ServerSettings, plan: &Plan, org: &Org) -> Result<ResolvedOr
     let mut limits = Vec::with_capacity(plan.limits().len());
     let mut fingerprint = DefaultHasher::new();
     for limit in plan.limits() {
-        let base: Vec<u64> = limit.tiers().iter().map(|tier| tier.capacity()).collect();
         let adjustment = org
             .overrides()
             .iter()
             .enumerate()
             .find(|(_, o)| o.limit() == limit.name());
-        let (capacities, until) = match adjustment {
-            Some((index, adjustment)) => (
-                adjustment
-                    .apply(&base)
-                    .map_err(|e| e.within(&format!("overrides[{index}]")))?,
-                adjustment.expires(),
-            ),
-            None => (base.clone(), None),
-        };
         let zone = match limit.zone() {
             LimitZone::Org => org_zone,
             LimitZone::Server => server.time_zone,
             LimitZone::Named(zone) => zone,
         };
-        let tiers = limit
-            .tiers()
-            .iter()
-            .zip(capacities.iter().zip(&base))
-            .map(|(tier, (capacity, base))| ResolvedTier {
-                window: tier.window(),
-                capacity: divide(*capacity),
-                base: divide(*base),
-            })
-            .collect::<Vec<_>>();
+        let resolved = match limit.rate() {
+            Some(rate) => resolve_rate(limit, rate, zone, adjustment, &divide)?,
+            None => resolve_tiers(limit, zone, adjustment, &divide)?,
+        };
         limit.name().hash(&mut fingerprint);
-        for tier in &tiers {
+        for tier in &resolved.tiers {
             tier.window.hash(&mut fingerprint);
         }
-        limits.push(ResolvedLimit {
-            name: limit.name_arc().clone(),
-            dimension: limit.dimension(),
-            zone,
-            tiers,
-            override_until: until,
-        });
+        if let Some(rate) = resolved.rate {
+            rate.rate.hash(&mut fingerprint);
+        }
+        limits.push(resolved);
     }
     Ok(ResolvedOrg {
         id: org.id().clone(),
@@ -619,6 +634,82 @@ fn resolve(server: &ServerSettings, plan: &Plan, org: &Org) -> Result<ResolvedOr
         concurrency: plan.concurrency().map(|c| c.divided(divisor)),
         shadow: plan.shadow(),
         layout: fingerprint.finish(),
+    })
+}
+
+/// A tier limit for one org: its override and the sandbox divisor applied.
+fn resolve_tiers(
+    limit: &Limit,
+    zone: Tz,
+    adjustment: Option<(usize, &crate::org::Override)>,
+    divide: &impl Fn(u64) -> u64,
+) -> Result<ResolvedLimit, PolicyError> {
+    let base: Vec<u64> = limit.tiers().iter().map(|tier| tier.capacity()).collect();
+    let (capacities, until) = match adjustment {
+        Some((index, adjustment)) => (
+            adjustment
+                .apply(&base)
+                .map_err(|e| e.within(&format!("overrides[{index}]")))?,
+            adjustment.expires(),
+        ),
+        None => (base.clone(), None),
+    };
+    let tiers = limit
+        .tiers()
+        .iter()
+        .zip(capacities.iter().zip(&base))
+        .map(|(tier, (capacity, base))| ResolvedTier {
+            window: tier.window(),
+            capacity: divide(*capacity),
+            base: divide(*base),
+        })
+        .collect();
+    Ok(ResolvedLimit {
+        name: limit.name_arc().clone(),
+        dimension: limit.dimension(),
+        zone,
+        tiers,
+        override_until: until,
+        rate: None,
+    })
+}
+
+/// A rate limit for one org: a `scale` override and the sandbox divisor scale its amount and
+/// burst, a `capacity` override sets its burst.
+fn resolve_rate(
+    limit: &Limit,
+    rate: Rate,
+    zone: Tz,
+    adjustment: Option<(usize, &crate::org::Override)>,
+    divide: &impl Fn(u64) -> u64,
+) -> Result<ResolvedLimit, PolicyError> {
+    let base = rate.with(divide(rate.amount()), divide(rate.burst()));
+    let (adjusted, until) = match adjustment {
+        Some((index, adjustment)) => {
+            let [amount, burst] = adjustment
+                .apply_to_rate(rate.amount(), rate.burst())
+                .map_err(|e| e.within(&format!("overrides[{index}]")))?;
+            (
+                rate.with(divide(amount), divide(burst)),
+                adjustment.expires(),
+            )
+        }
+        None => (base, None),
+    };
+    Ok(ResolvedLimit {
+        name: limit.name_arc().clone(),
+        dimension: limit.dimension(),
+        zone,
+        tiers: vec![ResolvedTier {
+            window: rate.per(),
+            capacity: adjusted.burst(),
+            base: base.burst(),
+        }],
+        override_until: until,
+        rate: Some(ResolvedRate {
+            rate: adjusted,
+            base,
+        }),
     })
 }
 

@@ -26,6 +26,7 @@
 use smallvec::SmallVec;
 
 use crate::policy::{ResolvedLimit, ResolvedOrg};
+use crate::rate::Rate;
 use crate::tier::{LimitState, MAX_TIERS};
 use crate::time::Timestamp;
 use crate::window::Window;
@@ -56,6 +57,10 @@ pub struct LimitStatus {
     pub remaining: u64,
     /// When `remaining` next goes up.
     pub reset: Timestamp,
+    /// For a rate limit, when its bucket is full again (now, if it is full).
+    pub full_at: Option<Timestamp>,
+    /// For a rate limit, the rate in force.
+    pub rate: Option<Rate>,
     tiers: [TierStatus; MAX_TIERS],
     len: u8,
 }
@@ -94,9 +99,6 @@ pub fn status(
     state: &LimitState,
     now: Timestamp,
 ) -> LimitStatus {
-    let caps = limit.capacities(now);
-    let len = limit.tiers().len();
-    let caps = &caps[..len];
     // Unused slots stay all zero, so equal statuses compare equal whenever they were taken.
     let mut tiers = [TierStatus {
         window: Window::Minute,
@@ -105,6 +107,12 @@ pub fn status(
         remaining: 0,
         reset: Timestamp::default(),
     }; MAX_TIERS];
+    if let Some(rate) = limit.rate(now) {
+        return rate_status(index, rate, state, now, tiers);
+    }
+    let caps = limit.capacities(now);
+    let len = limit.tiers().len();
+    let caps = &caps[..len];
     for (tier, (slot, tier_state)) in tiers.iter_mut().zip(state.tiers()).enumerate() {
         let remaining = state.remaining(caps, tier);
         *slot = TierStatus {
@@ -122,8 +130,45 @@ pub fn status(
         remaining: u64::try_from(available).unwrap_or(0),
         // Nothing used: remaining cannot rise; announce the shortest window's end.
         reset: next_rise(state, caps, available, now).unwrap_or(tiers[0].reset),
+        full_at: None,
+        rate: None,
         tiers,
         len: len as u8,
+    }
+}
+
+/// The numbers of a rate limit: its bucket as the one item, holding `burst`, with what is there
+/// now and when that next rises (now, when it is full).
+fn rate_status(
+    index: usize,
+    rate: Rate,
+    state: &LimitState,
+    now: Timestamp,
+    mut tiers: [TierStatus; MAX_TIERS],
+) -> LimitStatus {
+    let gcra = rate.gcra();
+    let (tat, micros) = (state.tat(), now.as_micros());
+    let available = gcra.available(tat, micros);
+    let remaining = u64::try_from(available.max(0)).unwrap_or(0);
+    let reset = gcra
+        .next_rise(tat, micros)
+        .map_or(now, |at| Timestamp::from_micros_ceil(at).max(now));
+    tiers[0] = TierStatus {
+        window: rate.per(),
+        capacity: rate.burst(),
+        used: gcra.burst - available,
+        remaining,
+        reset,
+    };
+    LimitStatus {
+        index,
+        limit: rate.burst(),
+        remaining,
+        reset,
+        full_at: Some(Timestamp::from_micros_ceil(gcra.full_at(tat, micros))),
+        rate: Some(rate),
+        tiers,
+        len: 1,
     }
 }
 

@@ -72,6 +72,23 @@ impl LimitState {
         }
     }
 
+    /// A rate limit's state, its theoretical arrival time in microseconds (see
+    /// [`Gcra`](crate::rate::Gcra)); kept in its one slot's `used`.
+    pub fn tat(&self) -> i64 {
+        self.tiers[0].used
+    }
+
+    /// Sets a rate limit's state; its slot's `end` becomes the instant the bucket is full again,
+    /// so that the slot is kept (saved, not idle) exactly while it is not.
+    pub fn set_tat(&mut self, tat: i64) {
+        self.len = self.len.max(1);
+        self.tiers[0] = TierState {
+            start: Timestamp::default(),
+            end: Timestamp::from_micros_ceil(tat),
+            used: tat,
+        };
+    }
+
     /// What tier `tier` still holds; negative for the last tier's debt.
     pub fn remaining(&self, capacities: &[u64], tier: usize) -> i64 {
         signed(capacities[tier]) - self.tiers[tier].used

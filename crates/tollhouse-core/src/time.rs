@@ -42,6 +42,16 @@ impl Timestamp {
         self.0
     }
 
+    /// Microseconds since the Unix epoch (the unit of a rate's arithmetic).
+    pub const fn as_micros(self) -> i64 {
+        self.0.saturating_mul(1000)
+    }
+
+    /// The instant `micros` microseconds after the Unix epoch, rounded up to a millisecond.
+    pub const fn from_micros_ceil(micros: i64) -> Self {
+        Self(micros.div_euclid(1000) + if micros.rem_euclid(1000) == 0 { 0 } else { 1 })
+    }
+
     /// Whole seconds since the Unix epoch, rounded up (a reset announced in seconds never comes early).
     pub const fn as_secs_ceil(self) -> i64 {
         self.0.div_euclid(1000) + if self.0.rem_euclid(1000) == 0 { 0 } else { 1 }

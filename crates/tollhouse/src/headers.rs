@@ -253,7 +253,7 @@ impl Quotas {
                 let _ = list
                     .bare_item(&*item)
                     .parameter(Q, integer(capacity))
-                    .parameter(W, integer(tier.window().nominal_secs()));
+                    .parameter(W, integer(window_secs(limit, tier.window(), now)));
                 let mut name = ListSerializer::new();
                 let _ = name.bare_item(&*item);
                 let mut prefix = name.finish().unwrap_or_default();
@@ -327,6 +327,18 @@ impl Quotas {
                 .iter()
                 .flat_map(|status| status.tiers().iter().map(|tier| tier.capacity)))
     }
+}
+
+/// The `w` of an item: a tier's nominal window, or the seconds a rate's empty bucket takes to
+/// fill (⌈burst · per / amount⌉).
+fn window_secs(
+    limit: &tollhouse_core::ResolvedLimit,
+    window: tollhouse_core::Window,
+    now: Timestamp,
+) -> u64 {
+    limit
+        .rate(now)
+        .map_or_else(|| window.nominal_secs(), |rate| rate.fill_secs())
 }
 
 /// `X-RateLimit-Reset` in the configured format, appended to `buffer`.

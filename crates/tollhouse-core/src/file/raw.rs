@@ -52,7 +52,19 @@ pub(super) struct RawLimit {
     pub(super) name: Spanned<String>,
     pub(super) dimension: Spanned<String>,
     pub(super) zone: Option<Spanned<String>>,
-    pub(super) tiers: Spanned<Vec<RawTier>>,
+    pub(super) tiers: Option<Spanned<Vec<RawTier>>>,
+    pub(super) rate: Option<Spanned<RawRate>>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table such as { amount = 10, per = \"second\", burst = 20 }"
+)]
+pub(super) struct RawRate {
+    pub(super) amount: Spanned<i64>,
+    pub(super) per: Spanned<String>,
+    pub(super) burst: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -58,8 +58,26 @@ pub struct Limit {
     pub remaining: u64,
     /// When `remaining` next goes up (RFC 3339, org's zone).
     pub reset: String,
-    /// Its tiers, shortest window first.
+    /// Its tiers, shortest window first (none for a rate).
     pub tiers: Vec<Tier>,
+    /// For a rate limit, the rate and its bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateUsage>,
+}
+
+/// A rate limit's bucket in [`Limit`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateUsage {
+    /// Units given back per `per`.
+    pub amount: u64,
+    /// The window whose nominal length `amount` is given back over.
+    pub per: String,
+    /// The most units the bucket holds.
+    pub burst: u64,
+    /// The units there now.
+    pub available: u64,
+    /// When the bucket is full again (RFC 3339, org's zone; now, if it is full).
+    pub full_at: String,
 }
 
 /// One tier of a [`Limit`].
@@ -181,9 +199,20 @@ impl Usage {
                     limit: status.limit,
                     remaining: status.remaining,
                     reset: rfc3339(tz, status.reset, SecondsFormat::AutoSi),
+                    rate: status
+                        .rate
+                        .zip(status.full_at)
+                        .map(|(rate, full_at)| RateUsage {
+                            amount: rate.amount(),
+                            per: rate.per().as_str().to_owned(),
+                            burst: rate.burst(),
+                            available: status.remaining,
+                            full_at: rfc3339(tz, full_at, SecondsFormat::AutoSi),
+                        }),
                     tiers: status
                         .tiers()
                         .iter()
+                        .filter(|_| status.rate.is_none())
                         .map(|tier| Tier {
                             window: tier.window.as_str().to_owned(),
                             capacity: tier.capacity,

@@ -243,7 +243,9 @@
   function unitOf(dimension, n) {
     return (n === 1 ? UNIT : UNITS)[dimension] || dimension;
   }
-  var WINDOW_NAMES = { minute: "minute", hour: "hour", day: "day", month: "month" };
+  var WINDOW_NAMES = {
+    second: "second", minute: "minute", hour: "hour", day: "day", week: "week", month: "month", year: "year"
+  };
 
   function render(usage, calls, billing, report) {
     var clock = new Clock(usage.time_zone, usage.date);
@@ -281,9 +283,12 @@
       // The bar shows what is left, as its numbers do: full when nothing is used.
       var fill = el("span", { "class": "bar-fill " + level });
       fill.style.width = (Math.min(1, share) * 100).toFixed(1) + "%";
-      var windows = limit.tiers.map(function (tier) {
-        return WINDOW_NAMES[tier.window] || tier.window;
-      });
+      var windows = limit.rate
+        ? [fmt(limit.rate.amount) + " per " + (WINDOW_NAMES[limit.rate.per] || limit.rate.per) +
+            ", bursts of " + fmt(limit.rate.burst)]
+        : limit.tiers.map(function (tier) {
+          return WINDOW_NAMES[tier.window] || tier.window;
+        });
 
       var tiers = null;
       if (limit.tiers.length > 1) {
@@ -305,7 +310,8 @@
           el("div", { "class": "limit-head" }, [
             el("span", null, [
               el("span", { "class": "limit-name" }, limit.name),
-              el("span", { "class": "limit-dim" }, unit + " per " + windows.join(" \u2192 "))
+              el("span", { "class": "limit-dim" },
+                limit.rate ? unit + ", " + windows[0] : unit + " per " + windows.join(" \u2192 "))
             ]),
             el("span", { "class": "limit-numbers" }, [
               el("strong", { "class": "limit-remaining" }, fmt(limit.remaining)),
@@ -326,7 +332,12 @@
             },
             fill
           ),
-          el("div", { "class": "limit-meta" }, [
+          limit.rate ? el("div", { "class": "limit-meta", "data-rate": "bucket" }, [
+            el("span", { "class": "rate-available" }, fmt(limit.rate.available) + " " +
+              unitOf(limit.dimension, limit.rate.available) + " there now"),
+            el("span", { "class": "rate-full" }, limit.rate.available >= limit.rate.burst
+              ? "full" : "full " + clock.reset(limit.rate.full_at))
+          ]) : el("div", { "class": "limit-meta" }, [
             el("span", remainingClass ? { "class": remainingClass } : null, fmt(used) + " " + unitOf(limit.dimension, used) + " used"),
             el("span", { "class": "limit-reset" }, "resets " + clock.reset(limit.reset))
           ]),
