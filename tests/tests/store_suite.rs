@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use chrono::TimeZone;
 use tollhouse_core::{
-    CallRecord, Charge, Correction, Decision, LimitStatus, Outcome, Policy, RejectReason,
-    ResolvedOrg, Settlement, Store, Timestamp, Verdict,
+    CallRecord, Charge, Clock, Correction, Decision, LimitStatus, Outcome, Policy, RejectReason,
+    ResolvedOrg, Settlement, Store, SystemClock, Timestamp, Verdict,
 };
 use tollhouse_redis::RedisStore;
 use tollhouse_tests::redis_server::{TestRedis, own_redis_server, redis_for, unique_prefix};
@@ -1222,6 +1222,40 @@ macro_rules! suite {
     };
 }
 
+/// Cases whose timing comes from the caller's clock, for the stores that count on it: a rate on
+/// Redis counts on Redis's own clock (so that instances whose clocks differ agree), and is tested
+/// there with real time (`redis_only::rate_*`).
+macro_rules! instance_clock_suite {
+    ($($case:ident),* $(,)?) => {
+        /// Every case on a fresh [`MemoryStore`].
+        mod memory_clock {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(&tollhouse_core::MemoryStore::new()).await;
+                }
+            )*
+        }
+
+        /// Every case on a [`DurableStore`] in a state directory of its own.
+        mod durable_clock {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (store, _dir) = super::durable_store(stringify!($case));
+                    super::$case(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+instance_clock_suite!(
+    a_rate_admits_its_burst_then_one_per_interval,
+    a_rate_charges_points_and_refuses_more_than_its_burst,
+    a_latency_rate_is_debited_after_the_response,
+);
+
 /// A store on `cluster` with a key prefix of `test`'s own.
 async fn cluster_store(
     cluster: &tollhouse_tests::redis_cluster::TestCluster,
@@ -1259,9 +1293,6 @@ impl Drop for TempDir {
 
 suite!(
     admits_until_capacity,
-    a_rate_admits_its_burst_then_one_per_interval,
-    a_rate_charges_points_and_refuses_more_than_its_burst,
-    a_latency_rate_is_debited_after_the_response,
     second_tiers_spill_into_minutes_weeks_and_years,
     all_or_nothing_across_limits,
     spill_over_minute_hour_day,
@@ -2092,6 +2123,113 @@ tiers = [{ window = "minute", capacity = 1000 }]
         );
         drop(permit);
         in_flight_becomes(&survivor, &org, 0).await;
+    }
+
+    /// Two stores on one Redis with one key prefix: two instances of one service.
+    async fn two_instances(redis: &TestRedis, test: &str) -> (RedisStore, RedisStore) {
+        let prefix = unique_prefix(test);
+        let connect = || {
+            RedisStore::builder()
+                .prefix(prefix.clone())
+                .timeout(Duration::from_secs(2))
+                .connect(redis.url())
+        };
+        (
+            connect().await.expect("connect"),
+            connect().await.expect("connect"),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rate_two_instances_admit_exactly_one_burst_and_a_fast_clock_admits_no_more() {
+        let Some(redis) = redis_for("rate_two_instances") else {
+            return;
+        };
+        let (first, second) = two_instances(&redis, "rate_two_instances").await;
+        // One unit back a minute: the burst is all there is during the test.
+        let org = acme(
+            r#"
+[[plans.p.limits]]
+name = "smooth"
+dimension = "requests"
+rate = { amount = 1, per = "minute", burst = 20 }
+"#,
+            "",
+        );
+        let now = SystemClock.now();
+        let decisions = join_all((0..60).map(|n| {
+            let store = if n % 2 == 0 { &first } else { &second };
+            let org = &org;
+            async move { admit(store, org, 1, now).await }
+        }))
+        .await;
+        let admitted = decisions.iter().filter(|d| d.is_admitted()).count();
+        assert_eq!(admitted, 20);
+        // An instance whose clock runs ten minutes ahead (ten units' worth) admits nothing: the
+        // bucket's instants are Redis's.
+        let ahead = secs(now, 600);
+        let refused = admit(&second, &org, 1, ahead).await;
+        let (reason, retry_at, _) = rejection(&refused);
+        assert_eq!(reason, RejectReason::Limit(0));
+        // Its retry time is told on its own clock: a minute from its now, give or take the
+        // moments the test took.
+        let wait = retry_at
+            .expect("one unit fits the burst")
+            .millis_since(ahead);
+        assert!((55_000..=60_000).contains(&wait), "{wait} ms");
+        assert_eq!(refused.verdict.statuses(&org)[0].remaining, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rate_debits_and_refunds_reach_redis() {
+        let Some(redis) = redis_for("rate_debits") else {
+            return;
+        };
+        let (store, _) = two_instances(&redis, "rate_debits").await;
+        let org = acme(
+            r#"
+[[plans.p.limits]]
+name = "latency"
+dimension = "latency_ms"
+rate = { amount = 1000, per = "second", burst = 2000 }
+
+[[plans.p.limits]]
+name = "points"
+dimension = "points"
+rate = { amount = 1, per = "hour", burst = 10 }
+"#,
+            "",
+        );
+        let now = SystemClock.now();
+        let too_big = admit(&store, &org, 11, now).await;
+        assert_eq!(rejection(&too_big), (RejectReason::Limit(1), None, vec![1]));
+        let first = admit(&store, &org, 4, now).await;
+        assert!(first.is_admitted());
+        assert_eq!(remaining(&first.verdict.statuses(&org)), vec![2000, 6]);
+        // After the response: 5 s of handler time, and the call cost 1 point, not 4.
+        settle(
+            &store,
+            &org,
+            receipt(&first),
+            Correction {
+                latency_ms: 5_000,
+                cost_delta: -3,
+            },
+            now,
+        )
+        .await;
+        store.flush().await;
+        let refused = admit(&store, &org, 1, SystemClock.now()).await;
+        let (reason, retry_at, violated) = rejection(&refused);
+        assert_eq!((reason, violated), (RejectReason::Limit(0), vec![0]));
+        // The debt of 3 s and one more millisecond, counted from the debit (which Redis made
+        // between `now` and the refusal).
+        let took = SystemClock.now().millis_since(now);
+        let wait = retry_at
+            .expect("a latency rate admits again")
+            .millis_since(now);
+        assert!((3_001..=3_002 + took).contains(&wait), "{wait} ms, {took} ms");
+        assert_eq!(refused.verdict.statuses(&org)[1].remaining, 9);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

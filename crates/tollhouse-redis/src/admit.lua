@@ -21,22 +21,45 @@
 --           so a script that runs later (Redis was stalled) charges nothing
 -- then per limit: latency (1 or 0), amount to charge, number of tiers n,
 --                 then n times: capacity, when the counter may go (instance ms: the window's end
---                 plus a margin no longer than the window)
+--                 plus a margin no longer than the window);
+--                 or for a rate, n = 0, then its emission interval (µs) and burst: its one key
+--                 holds its theoretical arrival time (µs on Redis's clock; see tollhouse_core's
+--                 `Gcra`, whose integer arithmetic this repeats)
 --
--- Returns {status, in flight, server ms, used...}: status 1 admitted, 0 rejected by a limit, 2
+-- Returns {status, in flight, server µs, used...}: status 1 admitted, 0 rejected by a limit, 2
 -- rejected for concurrency, 3 too late (past the deadline; nothing else follows); the live leases
--- after this request when the plan limits concurrency (-1 when it does not); Redis's clock when the script ran; then what each counter (KEYS[3..]) held
--- before this request.
+-- after this request when the plan limits concurrency (-1 when it does not); Redis's clock when
+-- the script ran, in microseconds; then what each key (KEYS[3..]) held before this request.
 
 if redis.replicate_commands then
   redis.replicate_commands()
 end
 
 local time = redis.call('TIME')
-local server_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local server_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local server_ms = math.floor(server_us / 1000)
 local deadline = tonumber(ARGV[7])
 if deadline > 0 and server_ms > deadline then
-  return { 3, 0, server_ms }
+  return { 3, 0, server_us }
+end
+
+-- The deepest debt a rate holds, and the longest it takes to fill: 2^50 µs.
+local MAX_FILL_US = 1125899906842624
+
+-- a / b rounded up, exactly, for integers 0 <= a < 2^53 and b >= 1 (a double's quotient alone
+-- may round across an integer).
+local function ceil_div(a, b)
+  local q = math.floor(a / b)
+  while q * b > a do
+    q = q - 1
+  end
+  while (q + 1) * b <= a do
+    q = q + 1
+  end
+  if q * b < a then
+    q = q + 1
+  end
+  return q
 end
 
 local used = {}
@@ -49,7 +72,7 @@ end
 
 local in_flight = 0
 local function reply(status)
-  local out = { status, in_flight, server_ms }
+  local out = { status, in_flight, server_us }
   for i = 3, #KEYS do
     out[#out + 1] = used[i]
   end
@@ -78,6 +101,13 @@ for _ = 1, limit_count do
   local n = tonumber(ARGV[pos + 2])
   pos = pos + 3
   local available = 0
+  if n == 0 then
+    local interval = tonumber(ARGV[pos])
+    local backlog = math.max(used[key] - server_us, 0)
+    available = tonumber(ARGV[pos + 1]) - ceil_div(backlog, interval)
+    pos = pos + 2
+    key = key + 1
+  end
   for t = 1, n do
     local remaining = tonumber(ARGV[pos]) - used[key]
     if t < n and remaining < 0 then
@@ -103,6 +133,18 @@ for _ = 1, limit_count do
   local left = tonumber(ARGV[pos + 1])
   local n = tonumber(ARGV[pos + 2])
   pos = pos + 3
+  if n == 0 then
+    if left > 0 then
+      local cost = math.min(left * tonumber(ARGV[pos]), MAX_FILL_US)
+      local tat = math.min(math.max(used[key], server_us) + cost, server_us + MAX_FILL_US)
+      -- Written as integers: a number handed to Redis as is would be cut to 14 digits.
+      local ttl = ceil_div(tat - server_us, 1000) + 1
+      redis.call('SET', KEYS[key], string.format('%.0f', tat), 'PX', string.format('%.0f', ttl))
+      redis.call('ZADD', KEYS[2], string.format('%.0f', now + ttl), KEYS[key])
+    end
+    pos = pos + 2
+    key = key + 1
+  end
   for t = 1, n do
     if left > 0 then
       local take = left

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! {prefix}{org}:l:<limit>:<window>:<start ms>   a tier's counter in the window starting then
+//! {prefix}{org}:l:<limit>:rate                 a rate's state (its theoretical arrival time)
 //! {prefix}{org}:w                              index of the org's live counters (for reset)
 //! {prefix}{org}:c                              leases of requests in flight
 //! {prefix}{org}:u:log                          the last N calls, newest first
@@ -93,6 +94,14 @@ impl OrgKeys {
             }
             None => self.with(":l:"),
         }
+    }
+
+    /// The state of a rate limit (its theoretical arrival time, µs on Redis's clock). Under the
+    /// limit's counters, so that a reset finds it.
+    pub(crate) fn rate(&self, limit: &str) -> String {
+        let mut key = self.counters_of(Some(limit));
+        key.push_str("rate");
+        key
     }
 
     /// The counter of a limit's tier in the window starting at `start`.

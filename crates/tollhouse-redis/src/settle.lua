@@ -21,7 +21,8 @@
 -- ARGV[1]   now (instance clock, ms)
 -- ARGV[2]   margin (ms): index entries whose counter could go this long ago are dropped (0)
 -- ARGV[3]   number of corrections
--- then per correction: kind ('c' charge or 'r' refund), amount, number of tiers n,
+-- then per correction: kind ('c' charge or 'r' refund), amount, number of tiers n (0 for a rate,
+--                      then its emission interval in µs and nothing more),
 --                      then n times: capacity, counter ttl (ms), when the counter may go
 --                      (instance ms: the index's score), share
 --                      (for a refund, what the tier took at admission; 0 if its window changed)
@@ -44,63 +45,111 @@ local pos = 4
 local key = 9
 local pruned = false
 
+-- A rate's arithmetic (tollhouse_core's `Gcra`), on Redis's clock, read only when a rate is
+-- corrected.
+local MAX_FILL_US = 1125899906842624
+local server_us = nil
+local function ceil_div(a, b)
+  local q = math.floor(a / b)
+  while q * b > a do
+    q = q - 1
+  end
+  while (q + 1) * b <= a do
+    q = q + 1
+  end
+  if q * b < a then
+    q = q + 1
+  end
+  return q
+end
+local function correct_rate(kind, units, interval, rate_key)
+  if server_us == nil then
+    local time = redis.call('TIME')
+    server_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  end
+  local tat = tonumber(redis.call('GET', rate_key)) or 0
+  if kind == 'c' then
+    local cost = math.min(units * interval, MAX_FILL_US)
+    tat = math.min(math.max(tat, server_us) + cost, server_us + MAX_FILL_US)
+  elseif tat > server_us then
+    tat = math.max(tat - math.min(units * interval, MAX_FILL_US), server_us)
+  else
+    return
+  end
+  if tat <= server_us then
+    redis.call('DEL', rate_key)
+    return
+  end
+  local ttl = ceil_div(tat - server_us, 1000) + 1
+  redis.call('SET', rate_key, string.format('%.0f', tat), 'PX', string.format('%.0f', ttl))
+  redis.call('ZADD', KEYS[1], string.format('%.0f', now + ttl), rate_key)
+end
+
 for _ = 1, tonumber(ARGV[3]) do
   local kind = ARGV[pos]
   local left = tonumber(ARGV[pos + 1])
   local n = tonumber(ARGV[pos + 2])
   pos = pos + 3
-  local caps, ttls, ends, shares = {}, {}, {}, {}
-  for t = 1, n do
-    caps[t] = tonumber(ARGV[pos])
-    ttls[t] = ARGV[pos + 1]
-    ends[t] = ARGV[pos + 2]
-    shares[t] = tonumber(ARGV[pos + 3])
-    pos = pos + 4
+  if n == 0 then
+    -- A rate: its emission interval (µs), then its one key.
+    correct_rate(kind, left, tonumber(ARGV[pos]), KEYS[key])
+    pos = pos + 1
+    key = key + 1
   end
-  local used = {}
-  local values = redis.call('MGET', unpack(KEYS, key, key + n - 1))
-  for t = 1, n do
-    used[t] = tonumber(values[t]) or 0
-  end
-  if kind == 'c' then
+  if n > 0 then
+    local caps, ttls, ends, shares = {}, {}, {}, {}
     for t = 1, n do
-      if left <= 0 then
-        break
-      end
-      local take = left
-      if t < n then
-        take = math.min(left, math.max(caps[t] - used[t], 0))
-      end
-      if take > 0 then
-        local k = key + t - 1
-        local after = redis.call('INCRBY', KEYS[k], take)
-        if after == take then
-          redis.call('PEXPIRE', KEYS[k], ttls[t])
-          redis.call('ZADD', KEYS[1], ends[t], KEYS[k])
-          if not pruned then
-            redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - margin)
-            pruned = true
-          end
-          if redis.call('PTTL', KEYS[1]) < tonumber(ttls[t]) then
-            redis.call('PEXPIRE', KEYS[1], ttls[t])
-          end
+      caps[t] = tonumber(ARGV[pos])
+      ttls[t] = ARGV[pos + 1]
+      ends[t] = ARGV[pos + 2]
+      shares[t] = tonumber(ARGV[pos + 3])
+      pos = pos + 4
+    end
+    local used = {}
+    local values = redis.call('MGET', unpack(KEYS, key, key + n - 1))
+    for t = 1, n do
+      used[t] = tonumber(values[t]) or 0
+    end
+    if kind == 'c' then
+      for t = 1, n do
+        if left <= 0 then
+          break
         end
-        left = left - take
+        local take = left
+        if t < n then
+          take = math.min(left, math.max(caps[t] - used[t], 0))
+        end
+        if take > 0 then
+          local k = key + t - 1
+          local after = redis.call('INCRBY', KEYS[k], take)
+          if after == take then
+            redis.call('PEXPIRE', KEYS[k], ttls[t])
+            redis.call('ZADD', KEYS[1], ends[t], KEYS[k])
+            if not pruned then
+              redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - margin)
+              pruned = true
+            end
+            if redis.call('PTTL', KEYS[1]) < tonumber(ttls[t]) then
+              redis.call('PEXPIRE', KEYS[1], ttls[t])
+            end
+          end
+          left = left - take
+        end
+      end
+    else
+      for t = n, 1, -1 do
+        if left <= 0 then
+          break
+        end
+        local back = math.min(left, shares[t], math.max(used[t], 0))
+        if back > 0 then
+          redis.call('DECRBY', KEYS[key + t - 1], back)
+          left = left - back
+        end
       end
     end
-  else
-    for t = n, 1, -1 do
-      if left <= 0 then
-        break
-      end
-      local back = math.min(left, shares[t], math.max(used[t], 0))
-      if back > 0 then
-        redis.call('DECRBY', KEYS[key + t - 1], back)
-        left = left - back
-      end
-    end
+    key = key + n
   end
-  key = key + n
 end
 
 if pos > #ARGV then

@@ -220,6 +220,8 @@ impl RedisStore {
 struct Layout {
     states: Vec<LimitState>,
     keys: Vec<String>,
+    /// Whether each limit is a rate (its one key holds an instant, not a count).
+    rates: Vec<bool>,
 }
 
 impl Layout {
@@ -227,9 +229,16 @@ impl Layout {
         let mut layout = Layout {
             states: Vec::with_capacity(org.limits().len()),
             keys: Vec::with_capacity(org.limits().len() * 2),
+            rates: Vec::with_capacity(org.limits().len()),
         };
         for limit in org.limits() {
             let mut state = LimitState::fresh(limit.tiers().len());
+            layout.rates.push(limit.is_rate());
+            if limit.is_rate() {
+                layout.keys.push(keys.rate(limit.name()));
+                layout.states.push(state);
+                continue;
+            }
             for (tier, slot) in limit.tiers().iter().zip(state.tiers_mut()) {
                 let bounds = tier.window().bounds(limit.zone(), now);
                 slot.start = bounds.start;
@@ -243,10 +252,25 @@ impl Layout {
         layout
     }
 
-    /// Sets every tier's count, in plan order.
-    fn fill(&mut self, used: impl IntoIterator<Item = i64>) -> Result<(), StoreError> {
+    /// Sets every tier's count, in plan order, and every rate's state: what it held at
+    /// `server_us` on Redis's clock, moved to `now` on this instance's, so that the ledger decides
+    /// on the same backlog the script saw.
+    fn fill(
+        &mut self,
+        used: impl IntoIterator<Item = i64>,
+        server_us: i64,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let mut used = used.into_iter();
-        for state in &mut self.states {
+        for (state, rate) in self.states.iter_mut().zip(&self.rates) {
+            if *rate {
+                let tat = used
+                    .next()
+                    .ok_or_else(|| protocol("fewer counts than tiers"))?;
+                let backlog = tat.saturating_sub(server_us).max(0);
+                state.set_tat(now.as_micros().saturating_add(backlog));
+                continue;
+            }
             for tier in state.tiers_mut() {
                 tier.used = used
                     .next()
@@ -422,8 +446,13 @@ impl Inner {
             let latency = limit.dimension() == Dimension::LatencyMs;
             invocation
                 .arg(if latency { "1" } else { "0" })
-                .arg(charge.amount(limit.dimension()))
-                .arg(limit.tiers().len());
+                .arg(charge.amount(limit.dimension()));
+            if let Some(rate) = limit.rate(now) {
+                let gcra = rate.gcra();
+                invocation.arg(0).arg(gcra.interval).arg(gcra.burst);
+                continue;
+            }
+            invocation.arg(limit.tiers().len());
             for (tier, (slot, resolved)) in state.tiers().iter().zip(limit.tiers()).enumerate() {
                 invocation
                     .arg(limit.capacity(tier, now))
@@ -448,6 +477,7 @@ impl Inner {
             status,
             in_flight,
             server_ms,
+            server_us,
             used,
         } = AdmissionReply::parse(reply, layout.keys.len())?;
         self.server_clock.observe(slot, server_ms, received);
@@ -455,7 +485,7 @@ impl Inner {
             pending.forget();
             return Ok(None);
         }
-        layout.fill(used)?;
+        layout.fill(used, server_us, now)?;
         let verdict = if status == AdmissionReply::CONCURRENCY {
             Verdict::concurrency(org, &layout.states, charge, now)
         } else {
@@ -498,7 +528,18 @@ impl Inner {
         if reply.len() != layout.keys.len() {
             return Err(protocol("a reply with the wrong number of counts"));
         }
-        layout.fill(reply.iter().map(int).collect::<Result<Vec<_>, _>>()?)?;
+        // A rate's state is on Redis's clock: read it with the offset the last admission saw.
+        let slot = if self.conn.is_cluster() {
+            crate::keys::cluster_slot(self.keys(org.id()).leases().as_bytes())
+        } else {
+            0
+        };
+        let server_us = self
+            .server_clock
+            .now_on(slot, now.as_millis())
+            .saturating_mul(1000);
+        let counts = reply.iter().map(int).collect::<Result<Vec<_>, _>>()?;
+        layout.fill(counts, server_us, now)?;
         Ok(Snapshot::new(&layout.states, now).statuses(org))
     }
 

@@ -88,6 +88,12 @@ impl ServerClock {
             .max(1)
     }
 
+    /// `at` on this instance's clock, as the clock of the node that owns `slot` read then (by the
+    /// offset the last reply from it showed).
+    pub(super) fn now_on(&self, slot: u16, at: i64) -> i64 {
+        at.saturating_add(self.offset(slot).load(Ordering::Relaxed))
+    }
+
     /// A reply arrived at `received` from a script that ran at `server_ms` on the clock of the
     /// node that owns `slot`.
     pub(super) fn observe(&self, slot: u16, server_ms: i64, received: i64) {
@@ -102,8 +108,10 @@ pub(super) struct AdmissionReply {
     pub(super) status: i64,
     /// The org's leases after the script.
     pub(super) in_flight: i64,
-    /// Redis's clock when the script ran.
+    /// Redis's clock when the script ran, in milliseconds.
     pub(super) server_ms: i64,
+    /// The same, in microseconds (a rate's state is counted in them).
+    pub(super) server_us: i64,
     /// What each counter held before the script (none when it came too late).
     pub(super) used: Vec<i64>,
 }
@@ -119,7 +127,7 @@ impl AdmissionReply {
     /// Reads `reply`, sent for an admission with `counters` counters.
     pub(super) fn parse(reply: Value, counters: usize) -> Result<Self, StoreError> {
         let reply = array(reply)?;
-        let [status, in_flight, server_ms, used @ ..] = reply.as_slice() else {
+        let [status, in_flight, server_us, used @ ..] = reply.as_slice() else {
             return Err(protocol("an admission reply without its status"));
         };
         let status = int(status)?;
@@ -132,7 +140,8 @@ impl AdmissionReply {
         Ok(Self {
             status,
             in_flight: int(in_flight)?,
-            server_ms: int(server_ms)?,
+            server_ms: int(server_us)?.div_euclid(1000),
+            server_us: int(server_us)?,
             used,
         })
     }
@@ -238,7 +247,7 @@ impl Late {
         if reply.status != AdmissionReply::ADMITTED {
             return Ok(None);
         }
-        self.layout.fill(reply.used)?;
+        self.layout.fill(reply.used, reply.server_us, self.now)?;
         let now = self.now;
         let keys = self.inner.keys(self.org.id());
         let mut job = self
@@ -253,6 +262,16 @@ impl Late {
                 .get(first..first + tiers)
                 .unwrap_or_default();
             first += tiers;
+            if let Some(rate) = limit.rate(now) {
+                // What the script took from a rate: the charge, given back in full.
+                let taken = self.charge.amount(limit.dimension());
+                if let (Some(key), true) = (counters.first(), taken > 0) {
+                    job.n_corrections += 1;
+                    job.corrections.extend(["r".to_owned(), taken.to_string()]);
+                    job.push_rate(key.clone(), rate.gcra().interval);
+                }
+                continue;
+            }
             // What the script took: the same split, from the same counts.
             let caps = limit.capacities(now);
             let split = state.charge(&caps[..tiers], self.charge.amount(limit.dimension()));
@@ -318,10 +337,11 @@ mod tests {
 
     #[test]
     fn admission_replies_are_checked() -> Result<(), StoreError> {
-        let admitted = AdmissionReply::parse(reply(&[1, 2, 1_000, 5, 6]), 2)?;
+        let admitted = AdmissionReply::parse(reply(&[1, 2, 1_000_999, 5, 6]), 2)?;
         assert_eq!(admitted.status, AdmissionReply::ADMITTED);
         assert_eq!(admitted.in_flight, 2);
         assert_eq!(admitted.server_ms, 1_000);
+        assert_eq!(admitted.server_us, 1_000_999);
         assert_eq!(admitted.used, vec![5, 6]);
         let late = AdmissionReply::parse(reply(&[3, 0, 1_000]), 2)?;
         assert_eq!(late.status, AdmissionReply::TOO_LATE);

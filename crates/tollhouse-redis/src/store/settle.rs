@@ -41,6 +41,16 @@ pub(super) struct Job {
     pub(super) call: Option<CallRecord>,
 }
 
+impl Job {
+    /// Ends a correction (its kind and amount pushed) as one of a rate: no tiers (0), the rate's
+    /// emission interval in µs, and its key.
+    pub(super) fn push_rate(&mut self, key: String, interval: i64) {
+        self.corrections.push("0".to_owned());
+        self.corrections.push(interval.to_string());
+        self.counters.push(key);
+    }
+}
+
 impl Inner {
     /// A job at `at` on `date`, before its corrections and record.
     pub(super) fn job(&self, keys: &OrgKeys, date: NaiveDate, at: Timestamp) -> Job {
@@ -96,6 +106,10 @@ impl Inner {
                 job.n_corrections += 1;
                 job.corrections.push(kind.to_owned());
                 job.corrections.push(amount.to_string());
+                if let Some(rate) = limit.rate(at) {
+                    job.push_rate(keys.rate(limit.name()), rate.gcra().interval);
+                    continue;
+                }
                 job.corrections.push(limit.tiers().len().to_string());
                 for (tier, resolved) in limit.tiers().iter().enumerate() {
                     let bounds = resolved.window().bounds(limit.zone(), at);
