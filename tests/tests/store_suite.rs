@@ -2228,7 +2228,10 @@ rate = { amount = 1, per = "hour", burst = 10 }
         let wait = retry_at
             .expect("a latency rate admits again")
             .millis_since(now);
-        assert!((3_001..=3_002 + took).contains(&wait), "{wait} ms, {took} ms");
+        assert!(
+            (3_001..=3_002 + took).contains(&wait),
+            "{wait} ms, {took} ms"
+        );
         assert_eq!(refused.verdict.statuses(&org)[1].remaining, 9);
     }
 

@@ -818,10 +818,16 @@ impl Source<'_> {
             }
         };
         let mut adjustment = Override::new(name.as_str(), adjustment);
-        let base: Vec<u64> = limit.tiers().iter().map(|tier| tier.capacity()).collect();
-        adjustment
-            .apply(&base)
-            .map_err(|error| self.model(&span, place, error))?;
+        match limit.rate() {
+            Some(rate) => adjustment
+                .apply_to_rate(rate.amount(), rate.burst())
+                .map(drop),
+            None => {
+                let base: Vec<u64> = limit.tiers().iter().map(|tier| tier.capacity()).collect();
+                adjustment.apply(&base).map(drop)
+            }
+        }
+        .map_err(|error| self.model(&span, place, error))?;
         if let Some(until) = &raw.until {
             adjustment = adjustment.until(self.instant(until, &format!("{place}.until"))?);
         }

@@ -147,6 +147,88 @@ async fn serves_the_shipped_policy_with_headers_and_exemptions() {
     assert_eq!(created.headers()["x-ratelimit-remaining"], "82");
 }
 
+/// Seconds from `now` (ms since 1970) to the next clock 5 minutes, rounded up.
+fn to_next_five_minutes(now_ms: u128) -> u128 {
+    let window = 300_000;
+    (window - now_ms % window).div_ceil(1000)
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis()
+}
+
+#[tokio::test]
+async fn serves_a_smooth_rate_beside_calendar_windows() {
+    let demo = Demo::start(&[]);
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/items", demo.base);
+    let before = now_ms();
+    let first = client
+        .get(&url)
+        .bearer_auth("hooli-key-1")
+        .send()
+        .await
+        .expect("items");
+    let after = now_ms();
+    assert_eq!(first.status(), 200);
+    let policy = first.headers()["ratelimit-policy"].to_str().expect("ASCII");
+    // A rate's q is its burst and w the seconds an empty bucket takes to fill (20 / 10 a second).
+    assert!(policy.contains(r#""rate";q=20;w=2"#), "{policy}");
+    assert!(policy.contains(r#""window";q=1000;w=300"#), "{policy}");
+    assert!(policy.contains(r#""daily";q=2500;w=86400"#), "{policy}");
+    let state = first.headers()["ratelimit"].to_str().expect("ASCII");
+    // 19 units left; the next one is back within 0.1 s, announced as 1 s (rounded up).
+    assert!(state.contains(r#""rate";r=19;t=1"#), "{state}");
+    // The 5-minute window ends at the next :00, :05, … of the clock.
+    let t: u128 = state
+        .split(", ")
+        .find_map(|item| item.strip_prefix(r#""window";r=999;t="#))
+        .and_then(|t| t.parse().ok())
+        .expect("the window's t");
+    assert!(
+        (to_next_five_minutes(after)..=to_next_five_minutes(before)).contains(&t),
+        "{state}"
+    );
+
+    // A burst of 40 at once: the bucket's 19 (plus what a few milliseconds give back), then 429s
+    // that name the rate and say when one unit is back.
+    let answers = futures_util::future::join_all(
+        (0..40).map(|_| client.get(&url).bearer_auth("hooli-key-1").send()),
+    )
+    .await;
+    let mut refused = 0;
+    for answer in answers {
+        let answer = answer.expect("answered");
+        if answer.status() == 429 {
+            refused += 1;
+            assert_eq!(answer.headers()["retry-after"], "1");
+            assert_eq!(answer.headers()["x-ratelimit-limit"], "20");
+            let body: serde_json::Value = answer.json().await.expect("problem JSON");
+            assert_eq!(body["limit"], "rate");
+        }
+    }
+    assert!((15..=21).contains(&refused), "{refused} refused");
+    let usage: serde_json::Value = client
+        .get(format!("{}/v1/usage", demo.base))
+        .bearer_auth("hooli-key-1")
+        .send()
+        .await
+        .expect("usage")
+        .json()
+        .await
+        .expect("JSON");
+    let rate = &usage["limits"][0];
+    assert_eq!(rate["tiers"], serde_json::json!([]));
+    assert_eq!(rate["rate"]["amount"], 10);
+    assert_eq!(rate["rate"]["per"], "second");
+    assert_eq!(rate["rate"]["burst"], 20);
+    assert!(rate["rate"]["full_at"].is_string(), "{usage}");
+    assert_eq!(usage["limits"][1]["tiers"][0]["window"], "5 minutes");
+}
+
 #[test]
 fn the_shipped_policy_expresses_the_seeds() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policy.toml");
@@ -450,7 +532,7 @@ fn check_summarises_a_valid_policy_file() {
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
         [format!(
-            "{}: ok, 3 plans, 5 orgs, 6 keys, 5 routes",
+            "{}: ok, 4 plans, 6 orgs, 7 keys, 5 routes",
             shipped.display()
         )],
         "one line, naming the file and what it holds"
@@ -543,4 +625,48 @@ async fn a_slow_client_is_cut_off_and_a_slow_handler_is_not() {
         after < std::time::Duration::from_secs(5),
         "closed after {after:?}, not when the client gave up"
     );
+}
+
+#[test]
+fn check_names_the_windows_and_rates_allowed() {
+    let cases = [
+        (
+            "tiers = [{ window = \"7 minutes\", capacity = 10 }]",
+            "allowed: 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 minutes",
+        ),
+        (
+            "tiers = [{ window = \"fortnight\", capacity = 10 }]",
+            "allowed: second, minute, hour, day, week, month, year",
+        ),
+        (
+            "rate = { amount = 10, per = \"60 minutes\", burst = 20 }",
+            "allowed: 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 minutes",
+        ),
+        (
+            "rate = { amount = 0, per = \"second\" }",
+            "set amount to at least 1",
+        ),
+        (
+            "rate = { amount = 1, per = \"second\" }\ntiers = [{ window = \"day\", capacity = 10 }]",
+            "has both tiers and a rate",
+        ),
+    ];
+    for (index, (limit, allowed)) in cases.into_iter().enumerate() {
+        let text =
+            format!("[[plans.p.limits]]\nname = \"count\"\ndimension = \"requests\"\n{limit}\n");
+        let path = temp_policy(&format!("check-window-{index}.toml"), &text);
+        let check = Command::new(DEMO)
+            .arg("--check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("the demo runs");
+        assert_eq!(check.status.code(), Some(1), "{limit}");
+        let message = String::from_utf8_lossy(&check.stderr);
+        assert!(message.contains(allowed), "{limit}: {message}");
+        assert!(
+            message.contains(&format!("{}:4:", path.display())),
+            "{limit}: the line: {message}"
+        );
+    }
 }
