@@ -1081,3 +1081,27 @@ fn bounds_on_what_a_file_may_ask_for() {
     let redact = format!("[server]\nredact_query = [\"token=\"]\n{PLANS}");
     assert_mistake(&redact, 2, "server.redact_query[0]", "before '='");
 }
+
+#[test]
+fn the_readmes_policy_file_example_loads() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("## The policy file")
+        .nth(1)
+        .expect("the README has a policy file section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml block");
+    let policy = Policy::from_toml_str(block, "README.md".as_ref())
+        .unwrap_or_else(|error| panic!("{error}"));
+    let realtime = policy.plans().iter().find(|plan| plan.name() == "realtime");
+    let rate = realtime
+        .and_then(|plan| plan.limit("rate"))
+        .and_then(|limit| limit.rate());
+    assert_eq!(
+        rate.map(|rate| (rate.amount(), rate.burst())),
+        Some((10, 20))
+    );
+}

@@ -69,7 +69,10 @@ fn sandbox_and_overrides_scale_a_rate() {
 }
 
 fn admit(ledger: &mut Ledger, org: &ResolvedOrg, at: Timestamp) -> bool {
-    matches!(ledger.admit(org, Charge::default(), at), Verdict::Admitted { .. })
+    matches!(
+        ledger.admit(org, Charge::default(), at),
+        Verdict::Admitted { .. }
+    )
 }
 
 #[test]
