@@ -108,6 +108,37 @@ pub(crate) fn governed() -> Router {
     router().layer(tower_governor::GovernorLayer::new(config))
 }
 
+/// tower_governor at one request a microsecond with a burst of `u32::MAX`, keyed by the bearer
+/// header, with its headers on: the peer of [`RATE_LIKE_GOVERNOR`].
+pub(crate) fn governed_per_microsecond() -> Router {
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1_000)
+        .burst_size(u32::MAX)
+        .key_extractor(BearerKey)
+        .use_headers()
+        .finish()
+        .expect("a governor config");
+    router().layer(tower_governor::GovernorLayer::new(config))
+}
+
+/// One smooth rate, the same as [`governed_per_microsecond`]'s (a million a second, a burst of
+/// `u32::MAX`), with the `X-RateLimit-*` headers only and no concurrency limit.
+pub(crate) const RATE_LIKE_GOVERNOR: &str = r#"
+[server]
+legacy_headers = true
+ietf_headers = false
+
+[[plans.bench.limits]]
+name = "rate"
+dimension = "requests"
+rate = { amount = 1000000, per = "second", burst = 4294967295 }
+
+[[orgs]]
+id = "acme"
+plan = "bench"
+keys = ["acme-key-1"]
+"#;
+
 /// A plan doing what the tower_governor router does: one limit, the `X-RateLimit-*` headers only,
 /// no concurrency limit (identity, the `Metered` extension and the usage record remain).
 pub(crate) const LIKE_GOVERNOR: &str = r#"
@@ -172,14 +203,18 @@ fn with_header_lines() -> Router {
 /// The routers compared: bare, tollhouse (the full path), tower_governor, tollhouse on a route
 /// exempt from limits (identification, the usage record and the settlement only), and tollhouse
 /// with a plan like the tower_governor router's ([`LIKE_GOVERNOR`]), and the bare router sending
-/// the tollhouse router's five header lines as constants ([`HEADER_LINES`]).
-pub(crate) const NAMES: [&str; 6] = [
+/// the tollhouse router's five header lines as constants ([`HEADER_LINES`]); then one smooth rate
+/// through each: tower_governor at one a microsecond, tollhouse with the same rate and burst
+/// ([`RATE_LIKE_GOVERNOR`]).
+pub(crate) const NAMES: [&str; 8] = [
     "bare",
     "tollhouse",
     "tower_governor",
     "tollhouse_exempt",
     "tollhouse_like_governor",
     "bare_with_headers",
+    "tower_governor_1_per_us",
+    "tollhouse_rate_like_governor",
 ];
 
 /// The router called `name` (one of [`NAMES`]), prepared as `axum::serve` prepares a router for a
@@ -195,6 +230,8 @@ pub(crate) fn router_named(name: &str) -> Router {
         }),
         "tollhouse_like_governor" => metered(|_| LIKE_GOVERNOR.to_owned()),
         "bare_with_headers" => with_header_lines(),
+        "tower_governor_1_per_us" => governed_per_microsecond(),
+        "tollhouse_rate_like_governor" => metered(|_| RATE_LIKE_GOVERNOR.to_owned()),
         other => panic!("no router called {other:?} in the benchmark"),
     };
     router.with_state(())
