@@ -1356,6 +1356,18 @@ name = "latency"
 dimension = "latency_ms"
 zone = "server"
 tiers = [{ window = "minute", capacity = 3000 }, { window = "hour", capacity = 20000 }]
+
+[[plans.p.limits]]
+name = "windows"
+dimension = "requests"
+zone = "Australia/Lord_Howe"
+tiers = [
+  { window = "30 seconds", capacity = 6 },
+  { window = "20 minutes", capacity = 40 },
+  { window = "6 hours", capacity = 120 },
+  { window = "week", capacity = 300 },
+  { window = "year", capacity = 50 },
+]
 "#,
         "time_zone = \"America/New_York\"",
     );

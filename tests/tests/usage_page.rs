@@ -407,3 +407,39 @@ async fn a_key_given_while_another_loads_is_the_one_shown_and_kept() {
     wait_for_calls_today(client, 0).await;
     assert_eq!(text_of(client, "#org-name").await.as_deref(), Ok("globex"));
 }
+
+#[tokio::test]
+async fn a_rate_shows_as_a_bucket() {
+    let Some(browser) = launch().await else {
+        return;
+    };
+    let h = Harness::start().await;
+    // Four calls at once take four of the bucket's ten; it is full again two seconds later.
+    for _ in 0..4 {
+        h.admit(&Call::get("globex-key-1", "/v1/items"));
+    }
+    let client = browser.client();
+    open_usage_page(client, &h.base).await;
+    submit_key(client, "globex-key-1").await;
+    let available = poll_until("the bucket", WAIT, || async move {
+        text_of(client, "[data-limit=smooth] .rate-available").await
+    })
+    .await;
+    assert_eq!(available, "6 requests there now");
+    let kind = text_of(client, "[data-limit=smooth] .limit-dim")
+        .await
+        .expect("the rate's line");
+    assert!(kind.contains("2 per second, bursts of 10"), "{kind}");
+    let full = text_of(client, "[data-limit=smooth] .rate-full")
+        .await
+        .expect("when it is full");
+    // 05:00:02 in New York, the org's zone.
+    assert!(full.starts_with("full") && full.contains("05:00"), "{full}");
+    assert!(
+        client
+            .find(Locator::Css("[data-limit=smooth] .limit-reset"))
+            .await
+            .is_err(),
+        "a rate has no window to reset"
+    );
+}

@@ -55,6 +55,11 @@ tiers = [
   { window = "day", capacity = 1150 },
 ]
 
+[[plans.data.limits]]
+name = "smooth"
+dimension = "requests"
+rate = { amount = 2, per = "second", burst = 10 }
+
 [[orgs]]
 id = "acme"
 plan = "build"
