@@ -969,7 +969,7 @@ impl ModelRate {
             return None;
         }
         // Units missing from a full bucket; in debt, remaining rises only once one unit is there.
-        let missing = ceil_div(self.tat - now, self.interval).min(self.burst);
+        let missing = ceil_div(self.tat - now, self.interval); // TEMP-LIB-RESET
         Some(self.tat - (missing - 1) * self.interval)
     }
 
