@@ -37,27 +37,33 @@
 //! - a requests or points charge of n admits when n is at most that (a latency limit: when it is
 //!   above zero); a charge of n, or a debit after the response (latency, a higher cost), moves `tat`
 //!   to `max(tat, now) + n·T`, never past `now + 2^50 µs` (the debt cap, `MAX_FILL_US`);
-//! - a lower cost gives n back: `tat` moves to `max(tat - n·T, now)`, never fuller than full;
+//! - a lower cost gives back n, at most what the receipt took from the rate (nothing without a
+//!   receipt): `tat` moves to `max(tat - n·T, now)`, never fuller than full;
 //! - a reset makes it full; its status has limit = burst, remaining = what it holds (never below
-//!   zero), reset = when remaining next rises (now when full), full_at = `max(tat, now)` (rounded up
-//!   to a millisecond), and one tier (window = per, capacity = burst).
+//!   zero), reset = when remaining next rises (now when full; in debt, when one unit is there),
+//!   full_at = `max(tat, now)` (rounded up to a millisecond), and one tier (window = per, capacity
+//!   = burst, used = burst less what it holds).
 //!
-//! Checked after every operation: the ledger's windows and counts, and a rate's `tat`, equal the
-//! model's; every limit's status (peeked) agrees with the model. On an admission: a rejection
-//! charges nothing; an admission's receipt holds the model's split (a rate: all of it in its one
-//! slot); the statuses of the verdict agree with the model; the `violated` limits are the model's.
+//! Checked after every operation: the ledger's windows and counts, and a rate's `tat` (and its
+//! slot's end, `tat` rounded up to a millisecond), equal the model's; every limit's status (peeked)
+//! agrees with the model. On an admission: a rejection charges nothing; an admission's receipt
+//! holds the model's split (a rate: all of it in its one slot); the statuses of the verdict agree
+//! with the model; the `violated` limits are the model's.
 //! Checked independently of the model's arithmetic:
 //! - in every stretch of time in which none of a requests or points limit's windows changes (and
 //!   no reset), what it admitted, less what was refunded, is at most the sum of its capacities;
-//! - for a requests or points rate, from any instant of an admission to a later one (T apart, no
-//!   reset between), what it admitted less what refunds gave back is at most `burst + ⌊T / T_int⌋
-//!   + 1` units (T_int its interval), and counted in microseconds (units × T_int, less what refunds
-//!   moved `tat` back) at most `burst·T_int + T`;
+//! - for a requests or points rate, from any instant of an admission to a later one (S µs apart,
+//!   no reset between), what it admitted less what refunds gave back (⌈what each moved `tat` back /
+//!   T⌉ units) is at most `burst + ⌊S / T⌋ + 1` units, and counted in microseconds (units × T, less
+//!   what refunds moved `tat` back) at most `burst·T + S`;
 //! - `retry_at` is exact: a copy of the ledger admits the same charge at `retry_at`, and (when it
 //!   is after now) refuses it one millisecond before; no `retry_at` means some violated limit's
 //!   capacity (a rate's burst), every tier full, is below the charge; and `retry_at` is no earlier
 //!   than the first millisecond at which a violated rate holds the charge (the latest of those when
 //!   only rates are violated).
+//!
+//! To see what an input does, run it with `LEDGER_MODEL_TRACE` set: the plan, every operation and
+//! every verdict go to stderr.
 
 #![no_main]
 
@@ -428,9 +434,6 @@ impl<'a> Run<'a> {
                 let which = input.arbitrary::<u8>()?;
                 let latency_ms = amount(input)?;
                 let cost_delta = delta(input)?;
-                trace!(
-                    "settle receipt {which} with latency {latency_ms} ms, cost delta {cost_delta}"
-                );
                 self.settle(which, latency_ms, cost_delta);
             }
             3 | 4 => {
@@ -508,6 +511,14 @@ impl<'a> Run<'a> {
         let _ = self.ledger.snapshot(self.org, now);
         let before = self.ledger.limits().to_vec();
         let verdict = self.ledger.admit(self.org, charge, now);
+        if *TRACE {
+            match &verdict {
+                Verdict::Admitted { .. } => eprintln!("  admitted"),
+                Verdict::Rejected {
+                    violated, retry_at, ..
+                } => eprintln!("  rejected by {violated:?}, retry at {retry_at:?}"),
+            }
+        }
         let violated: Vec<usize> = (0..self.limits.len())
             .filter(|&index| !self.limits[index].admits(charge, micros(self.now)))
             .collect();
@@ -711,6 +722,12 @@ impl<'a> Run<'a> {
         } else {
             self.receipts[usize::from(which) % self.receipts.len()].clone()
         };
+        if self.receipts.is_empty() {
+            trace!("settle an empty receipt: latency {latency_ms} ms, cost delta {cost_delta}");
+        } else {
+            let index = usize::from(which) % self.receipts.len();
+            trace!("settle admission {index}: latency {latency_ms} ms, cost delta {cost_delta}");
+        }
         let correction = Correction {
             latency_ms,
             cost_delta,
@@ -720,14 +737,19 @@ impl<'a> Run<'a> {
         let micros = micros(self.now);
         for (limit, part) in self.limits.iter_mut().zip(&model.parts) {
             if let Some(rate) = &mut limit.rate {
-                // A rate is debited whatever the receipt, and gives back up to what is owed.
+                // A rate is debited whatever the receipt; it gives back at most what the receipt
+                // took from it (nothing without one), and never past full.
                 match limit.dimension {
                     Dimension::LatencyMs if latency_ms > 0 => rate.debit(latency_ms, micros),
                     Dimension::Points if cost_delta > 0 => {
                         rate.debit(cost_delta.unsigned_abs(), micros);
                     }
                     Dimension::Points if cost_delta < 0 => {
-                        rate.give_back(cost_delta.unsigned_abs(), micros);
+                        if let Some(ModelPart::Rate(taken)) = part
+                            && *taken > 0
+                        {
+                            rate.give_back(cost_delta.unsigned_abs().min(*taken), micros);
+                        }
                     }
                     _ => {}
                 }
@@ -969,7 +991,7 @@ impl ModelRate {
             return None;
         }
         // Units missing from a full bucket; in debt, remaining rises only once one unit is there.
-        let missing = ceil_div(self.tat - now, self.interval); // TEMP-LIB-RESET
+        let missing = ceil_div(self.tat - now, self.interval).min(self.burst);
         Some(self.tat - (missing - 1) * self.interval)
     }
 

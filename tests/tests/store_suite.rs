@@ -358,7 +358,8 @@ rate = { amount = 10, per = "minute", burst = 5 }
     assert_eq!(after[0].full_at, Some(secs(now, 30)));
     let refused = admit(store, &org, 1, now).await;
     assert_eq!(rejection(&refused).1, Some(secs(now, 6)));
-    // And a correction down gives points back.
+    // A correction down gives points back, at most what the admission took (3 of the 4), and
+    // one without a receipt (nothing was taken) gives nothing.
     settle(
         store,
         &org,
@@ -370,7 +371,20 @@ rate = { amount = 10, per = "minute", burst = 5 }
         now,
     )
     .await;
-    assert_eq!(peek(store, &org, now).await[0].remaining, 4);
+    assert_eq!(peek(store, &org, now).await[0].remaining, 0);
+    settle(
+        store,
+        &org,
+        receipt(&three),
+        Correction {
+            latency_ms: 0,
+            cost_delta: -4,
+        },
+        now,
+    )
+    .await;
+    let back = peek(store, &org, now).await;
+    assert_eq!(back[0].remaining, 3);
 }
 
 async fn a_latency_rate_is_debited_after_the_response<S: Store>(store: &S) {
@@ -398,9 +412,12 @@ rate = { amount = 1000, per = "second", burst = 2000 }
         now,
     )
     .await;
-    // 3 s of debt: refused until the debt and one more millisecond are paid.
+    // 3 s of debt: refused until the debt and one more millisecond are paid, which is also when
+    // what the headers show (0 during the debt) next rises.
     let refused = admit(store, &org, 1, plus(now, 1_000)).await;
     assert_eq!(rejection(&refused).1, Some(plus(now, 3_001)));
+    let status = refused.verdict.statuses(&org)[0];
+    assert_eq!((status.remaining, status.reset), (0, plus(now, 3_001)));
     assert!(admit(store, &org, 1, plus(now, 3_001)).await.is_admitted());
 }
 

@@ -354,7 +354,13 @@ impl Ledger {
         self.refresh(org, now);
         for (index, (limit, state)) in org.limits().iter().zip(&mut self.limits).enumerate() {
             if let Some(rate) = limit.rate(now) {
-                settle_rate(rate, limit.dimension(), state, correction, now);
+                // A refund gives back at most what the admission took from this rate.
+                let taken = receipt
+                    .parts
+                    .iter()
+                    .find(|part| part.limit == index)
+                    .map_or(0, |part| part.split[0]);
+                settle_rate(rate, limit.dimension(), state, correction, taken, now);
                 continue;
             }
             let caps = limit.capacities(now);
@@ -436,11 +442,13 @@ pub fn decide(
     let mut violated = Vec::new();
     for (index, (limit, state)) in org.limits().iter().zip(states.iter()).enumerate() {
         let fits = match limit.rate(now) {
-            Some(rate) => rate.gcra().fits(
-                state.tat(),
-                now.as_micros(),
-                charge.amount(limit.dimension()),
-            ),
+            Some(rate) => {
+                let (gcra, tat, micros) = (rate.gcra(), state.tat(), now.as_micros());
+                match limit.dimension() {
+                    Dimension::LatencyMs => gcra.has_any(tat, micros),
+                    dimension => gcra.fits(tat, micros, charge.amount(dimension)),
+                }
+            }
             None => {
                 let caps = limit.capacities(now);
                 let caps = &caps[..limit.tiers().len()];
@@ -520,7 +528,11 @@ fn ready_at(
 ) -> Option<Timestamp> {
     let limit = &org.limits()[index];
     if let Some(rate) = limit.rate(now) {
-        let units = charge.amount(limit.dimension());
+        // A latency budget asks for anything: one unit.
+        let units = match limit.dimension() {
+            Dimension::LatencyMs => 1,
+            dimension => charge.amount(dimension),
+        };
         return rate
             .gcra()
             .ready_at(states[index].tat(), units)
@@ -546,12 +558,13 @@ fn admits(dimension: Dimension, charge: Charge, available: i64) -> bool {
 }
 
 /// Debits a rate after the response: latency and cost added to its state, a lower cost given
-/// back (never fuller than full).
+/// back up to what the admission `taken` (never fuller than full).
 fn settle_rate(
     rate: Rate,
     dimension: Dimension,
     state: &mut LimitState,
     correction: Correction,
+    taken: u64,
     now: Timestamp,
 ) {
     let gcra = rate.gcra();
@@ -563,8 +576,8 @@ fn settle_rate(
         Dimension::Points if correction.cost_delta > 0 => {
             gcra.charged(tat, now, correction.cost_delta.unsigned_abs())
         }
-        Dimension::Points if correction.cost_delta < 0 => {
-            gcra.refunded(tat, now, correction.cost_delta.unsigned_abs())
+        Dimension::Points if correction.cost_delta < 0 && taken > 0 => {
+            gcra.refunded(tat, now, correction.cost_delta.unsigned_abs().min(taken))
         }
         _ => return,
     };

@@ -149,15 +149,14 @@ impl Gcra {
         self.burst - ceil_div(backlog, self.interval)
     }
 
-    /// Whether `units` are there at `now` (`0` units: whether anything is, as a latency budget
-    /// asks).
+    /// Whether `units` are there at `now` (0 units fit while no debt is owed).
     pub fn fits(&self, tat: i64, now: i64, units: u64) -> bool {
-        let available = self.available(tat, now);
-        if units == 0 {
-            available > 0
-        } else {
-            i64::try_from(units).is_ok_and(|units| units <= available)
-        }
+        i64::try_from(units).is_ok_and(|units| units <= self.available(tat, now))
+    }
+
+    /// Whether anything is there at `now`: what a latency budget asks.
+    pub fn has_any(&self, tat: i64, now: i64) -> bool {
+        self.available(tat, now) > 0
     }
 
     /// The state after charging `units` at `now` (a debt deeper than [`MAX_FILL_US`] is capped).
@@ -181,22 +180,27 @@ impl Gcra {
         tat.saturating_sub(back).max(now)
     }
 
-    /// The first instant at which `units` are there (`0`: anything), if no one else charges;
-    /// `None` if they never can be (more than the burst).
+    /// The first instant at which `units` are there (0 units: no debt), if no one else charges;
+    /// `None` if they never can be (more than the burst). A latency budget, which asks for
+    /// anything, asks for 1.
     pub fn ready_at(&self, tat: i64, units: u64) -> Option<i64> {
-        let needed = i64::try_from(units.max(1)).ok()?;
+        let needed = i64::try_from(units).ok()?;
         if needed > self.burst {
             return None;
         }
         Some(tat.saturating_sub((self.burst - needed).saturating_mul(self.interval)))
     }
 
-    /// When the units there next rise above what they are at `now`; `None` when the bucket is
-    /// full.
+    /// When the units there next rise above what they are at `now` (from a debt, when one is
+    /// there again); `None` when the bucket is full.
     pub fn next_rise(&self, tat: i64, now: i64) -> Option<i64> {
         let backlog = tat.saturating_sub(now);
         if backlog <= 0 {
             return None;
+        }
+        if self.available(tat, now) <= 0 {
+            // What is there shows as 0 until the debt is paid and one unit is back.
+            return self.ready_at(tat, 1).map(|at| at.max(now + 1));
         }
         Some(now + (backlog - 1) % self.interval + 1)
     }
@@ -259,6 +263,10 @@ mod tests {
         assert!(!gcra.fits(0, NOW, 21));
         assert_eq!(gcra.ready_at(0, 21), None);
         assert_eq!(gcra.ready_at(0, 20), Some(0));
+        // An empty bucket fits a charge of 0.
+        let empty = gcra.charged(0, NOW, 20);
+        assert!(gcra.fits(empty, NOW, 0));
+        assert!(!gcra.has_any(empty, NOW));
     }
 
     #[test]
@@ -267,10 +275,15 @@ mod tests {
         let gcra = rate(1_000, Window::Second, 2_000);
         let tat = gcra.charged(0, NOW, 5_000);
         assert_eq!(gcra.available(tat, NOW), -3_000);
+        assert!(!gcra.has_any(tat, NOW));
+        // Something is there once the debt and one unit are paid: 3.001 s later, which is also
+        // when what shows (0 during a debt) next rises.
+        assert_eq!(gcra.ready_at(tat, 1), Some(NOW + 3_001_000));
+        assert_eq!(gcra.next_rise(tat, NOW), Some(NOW + 3_001_000));
+        assert!(gcra.has_any(tat, NOW + 3_001_000));
+        // A charge of 0 fits once the debt is paid, not before.
         assert!(!gcra.fits(tat, NOW, 0));
-        // Something is there once the debt and one unit are paid: 3.001 s later.
-        assert_eq!(gcra.ready_at(tat, 0), Some(NOW + 3_001_000));
-        assert!(gcra.fits(tat, NOW + 3_001_000, 0));
+        assert_eq!(gcra.ready_at(tat, 0), Some(NOW + 3_000_000));
     }
 
     #[test]

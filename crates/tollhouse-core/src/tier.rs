@@ -206,7 +206,7 @@ impl LimitState {
             return Some(now);
         }
         let len = usize::from(self.len);
-        let mut order = [0usize, 1, 2, 3];
+        let mut order: [usize; MAX_TIERS] = std::array::from_fn(|tier| tier);
         order[..len].sort_by_key(|&tier| self.tiers[tier].end);
         let mut future = *self;
         let mut caps = [0u64; MAX_TIERS];

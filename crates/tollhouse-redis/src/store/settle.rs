@@ -97,6 +97,12 @@ impl Inner {
                     }
                     Dimension::Points if correction.cost_delta < 0 => {
                         match receipt.parts().iter().find(|part| part.limit == index) {
+                            // A rate gives back at most what the admission took from it.
+                            Some(part) if limit.is_rate() => (
+                                "r",
+                                correction.cost_delta.unsigned_abs().min(part.split[0]),
+                                Some(part),
+                            ),
                             Some(part) => ("r", correction.cost_delta.unsigned_abs(), Some(part)),
                             None => continue,
                         }
