@@ -43,6 +43,8 @@ pub struct Rate {
     amount: u64,
     per: Window,
     burst: u64,
+    /// The emission interval in µs, worked out once: a division is the dearest step of a decision.
+    interval: i64,
 }
 
 impl Rate {
@@ -65,7 +67,7 @@ impl Rate {
                 ));
             }
         }
-        let rate = Self { amount, per, burst };
+        let rate = Self::of(amount, per, burst);
         if rate.gcra().fill_us() > MAX_FILL_US {
             return Err(PolicyError::invalid(
                 "burst",
@@ -93,23 +95,29 @@ impl Rate {
         self.burst
     }
 
+    /// The rate, its interval worked out.
+    fn of(amount: u64, per: Window, burst: u64) -> Self {
+        let per_us = i64::try_from(per.nominal_secs())
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000);
+        let interval = ceil_div(per_us, i64::try_from(amount).unwrap_or(i64::MAX).max(1)).max(1);
+        Self {
+            amount,
+            per,
+            burst,
+            interval,
+        }
+    }
+
     /// The same rate with `amount` and `burst` replaced (for sandbox and overrides; both at least 1).
     pub(crate) fn with(self, amount: u64, burst: u64) -> Self {
-        Self {
-            amount: amount.max(1),
-            per: self.per,
-            burst: burst.max(1),
-        }
+        Self::of(amount.max(1), self.per, burst.max(1))
     }
 
     /// Its arithmetic.
     pub fn gcra(&self) -> Gcra {
-        let per_us = i64::try_from(self.per.nominal_secs())
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1_000_000);
-        let amount = i64::try_from(self.amount).unwrap_or(i64::MAX);
         Gcra {
-            interval: ceil_div(per_us, amount).max(1),
+            interval: self.interval,
             burst: i64::try_from(self.burst).unwrap_or(i64::MAX),
         }
     }
@@ -145,7 +153,11 @@ impl Gcra {
 
     /// The units there at `now` for state `tat`: below zero while a debt is paid off.
     pub fn available(&self, tat: i64, now: i64) -> i64 {
-        let backlog = tat.saturating_sub(now).max(0);
+        let backlog = tat.saturating_sub(now);
+        if backlog <= 0 {
+            // Full: no division.
+            return self.burst;
+        }
         self.burst - ceil_div(backlog, self.interval)
     }
 
