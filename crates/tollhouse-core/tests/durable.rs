@@ -227,3 +227,49 @@ fn file_bytes(database: &std::path::Path) -> u64 {
     let pages = pragma("page_count") - pragma("freelist_count");
     u64::try_from(pages * pragma("page_size")).expect("positive")
 }
+
+#[tokio::test]
+async fn a_restart_keeps_a_rate_until_its_bucket_is_full() {
+    let dir = state_dir("rate");
+    let policy = Policy::from_toml_str(
+        r#"
+[[plans.smooth.limits]]
+name = "rate"
+dimension = "requests"
+rate = { amount = 1, per = "second", burst = 10 }
+
+[[orgs]]
+id = "acme"
+plan = "smooth"
+"#,
+        "durable-rate.toml".as_ref(),
+    )
+    .expect("a valid policy");
+    let org = acme(&policy);
+    let clock = ManualClock::new(Timestamp::from_secs(T0));
+    {
+        let store = open(&dir, &clock);
+        for _ in 0..10 {
+            let decision = store
+                .admit(&org, Charge::default(), Timestamp::from_secs(T0))
+                .await;
+            assert!(decision.expect("memory").is_admitted());
+        }
+        store.close().expect("a graceful stop writes everything");
+    }
+    // Three seconds later, three units are back: not ten (a fresh bucket), not none.
+    let later = Timestamp::from_secs(T0 + 3);
+    let store = open(&dir, &ManualClock::new(later));
+    let statuses = store.peek(&org, later).await.expect("memory");
+    assert_eq!(statuses[0].remaining, 3);
+    assert_eq!(statuses[0].full_at, Some(Timestamp::from_secs(T0 + 10)));
+    store.close().expect("close");
+    drop(store);
+    // Once full, nothing of it need be kept.
+    let full = Timestamp::from_secs(T0 + 60);
+    let store = open(&dir, &ManualClock::new(full));
+    assert_eq!(
+        store.peek(&org, full).await.expect("memory")[0].remaining,
+        10
+    );
+}
