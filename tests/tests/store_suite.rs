@@ -2207,6 +2207,11 @@ rate = { amount = 1, per = "minute", burst = 20 }
             .millis_since(ahead);
         assert!((55_000..=60_000).contains(&wait), "{wait} ms");
         assert_eq!(refused.verdict.statuses(&org)[0].remaining, 0);
+        // An operator's reset fills the bucket, on every instance.
+        first.reset(&org, Some("smooth")).await.expect("reset");
+        let after = admit(&second, &org, 1, SystemClock.now()).await;
+        assert!(after.is_admitted());
+        assert_eq!(after.verdict.statuses(&org)[0].remaining, 19);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
