@@ -28,7 +28,7 @@ SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 until redis-cli -p "$PORT" ping >/dev/null 2>&1; do sleep 0.05; done
 
-SHA=$(redis-cli -p "$PORT" SCRIPT LOAD "$(cat crates/tollhouse-redis/src/admit.lua)")
+SHA=$(redis-cli -p "$PORT" SCRIPT LOAD "$(cat crates/tollhouse-redis/src/gcra.lua crates/tollhouse-redis/src/admit.lua)")
 
 # The instant and the windows RedisStore computes for it (UTC zone).
 NOW=1773144030000           # 2026-03-10T12:00:30Z

@@ -1,4 +1,4 @@
--- tollhouse: admit one request, atomically (one round trip).
+-- tollhouse: admit one request, atomically (one round trip). Runs after gcra.lua.
 --
 -- Checks concurrency (a sorted set of leases scored by their expiry in Redis server time), then
 -- every tier of every limit, and charges all of them or none, exactly as tollhouse_core's
@@ -41,25 +41,6 @@ local server_ms = math.floor(server_us / 1000)
 local deadline = tonumber(ARGV[7])
 if deadline > 0 and server_ms > deadline then
   return { 3, 0, server_us }
-end
-
--- The deepest debt a rate holds, and the longest it takes to fill: 2^50 µs.
-local MAX_FILL_US = 1125899906842624
-
--- a / b rounded up, exactly, for integers 0 <= a < 2^53 and b >= 1 (a double's quotient alone
--- may round across an integer).
-local function ceil_div(a, b)
-  local q = math.floor(a / b)
-  while q * b > a do
-    q = q - 1
-  end
-  while (q + 1) * b <= a do
-    q = q + 1
-  end
-  if q * b < a then
-    q = q + 1
-  end
-  return q
 end
 
 local used = {}
@@ -135,12 +116,8 @@ for _ = 1, limit_count do
   pos = pos + 3
   if n == 0 then
     if left > 0 then
-      local cost = math.min(left * tonumber(ARGV[pos]), MAX_FILL_US)
-      local tat = math.min(math.max(used[key], server_us) + cost, server_us + MAX_FILL_US)
-      -- Written as integers: a number handed to Redis as is would be cut to 14 digits.
-      local ttl = ceil_div(tat - server_us, 1000) + 1
-      redis.call('SET', KEYS[key], string.format('%.0f', tat), 'PX', string.format('%.0f', ttl))
-      redis.call('ZADD', KEYS[2], string.format('%.0f', now + ttl), KEYS[key])
+      local tat = gcra_charged(used[key], server_us, left, tonumber(ARGV[pos]))
+      gcra_store(KEYS[key], KEYS[2], tat, server_us, now)
     end
     pos = pos + 2
     key = key + 1

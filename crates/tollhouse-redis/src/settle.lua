@@ -45,23 +45,8 @@ local pos = 4
 local key = 9
 local pruned = false
 
--- A rate's arithmetic (tollhouse_core's `Gcra`), on Redis's clock, read only when a rate is
--- corrected.
-local MAX_FILL_US = 1125899906842624
+-- Redis's clock, read only when a rate is corrected.
 local server_us = nil
-local function ceil_div(a, b)
-  local q = math.floor(a / b)
-  while q * b > a do
-    q = q - 1
-  end
-  while (q + 1) * b <= a do
-    q = q + 1
-  end
-  if q * b < a then
-    q = q + 1
-  end
-  return q
-end
 local function correct_rate(kind, units, interval, rate_key)
   if server_us == nil then
     local time = redis.call('TIME')
@@ -69,20 +54,10 @@ local function correct_rate(kind, units, interval, rate_key)
   end
   local tat = tonumber(redis.call('GET', rate_key)) or 0
   if kind == 'c' then
-    local cost = math.min(units * interval, MAX_FILL_US)
-    tat = math.min(math.max(tat, server_us) + cost, server_us + MAX_FILL_US)
+    gcra_store(rate_key, KEYS[1], gcra_charged(tat, server_us, units, interval), server_us, now)
   elseif tat > server_us then
-    tat = math.max(tat - math.min(units * interval, MAX_FILL_US), server_us)
-  else
-    return
+    gcra_store(rate_key, KEYS[1], gcra_refunded(tat, server_us, units, interval), server_us, now)
   end
-  if tat <= server_us then
-    redis.call('DEL', rate_key)
-    return
-  end
-  local ttl = ceil_div(tat - server_us, 1000) + 1
-  redis.call('SET', rate_key, string.format('%.0f', tat), 'PX', string.format('%.0f', ttl))
-  redis.call('ZADD', KEYS[1], string.format('%.0f', now + ttl), rate_key)
 end
 
 for _ = 1, tonumber(ARGV[3]) do

@@ -122,8 +122,8 @@ struct Scripts {
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    admit: Script::new(include_str!("admit.lua")),
-    settle: Script::new(include_str!("settle.lua")),
+    admit: Script::new(concat!(include_str!("gcra.lua"), include_str!("admit.lua"))),
+    settle: Script::new(concat!(include_str!("gcra.lua"), include_str!("settle.lua"))),
     usage: Script::new(include_str!("usage.lua")),
     renew: Script::new(include_str!("renew.lua")),
     reset: Script::new(include_str!("reset.lua")),
