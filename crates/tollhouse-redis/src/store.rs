@@ -123,7 +123,10 @@ struct Scripts {
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     admit: Script::new(concat!(include_str!("gcra.lua"), include_str!("admit.lua"))),
-    settle: Script::new(concat!(include_str!("gcra.lua"), include_str!("settle.lua"))),
+    settle: Script::new(concat!(
+        include_str!("gcra.lua"),
+        include_str!("settle.lua")
+    )),
     usage: Script::new(include_str!("usage.lua")),
     renew: Script::new(include_str!("renew.lua")),
     reset: Script::new(include_str!("reset.lua")),
@@ -297,6 +300,16 @@ impl Inner {
         OrgKeys::new(&self.prefix, org)
     }
 
+    /// The slot whose node holds `key` and the rest of its org's keys (0 on a single server): the
+    /// node whose clock the server clock offsets are kept for.
+    fn slot_of(&self, key: &str) -> u16 {
+        if self.conn.is_cluster() {
+            crate::keys::cluster_slot(key.as_bytes())
+        } else {
+            0
+        }
+    }
+
     /// When a counter of `window` whose window ends at `end` may go: after the key margin (so an
     /// instance whose clock is behind still finds it), but never later than one more window (at
     /// least a second), so that a `second` tier keeps two counters an org, not sixty.
@@ -419,11 +432,7 @@ impl Inner {
         let layout = Layout::new(org, &keys, now);
         let leases = keys.leases();
         // The node that runs the script is the owner of the org's slot: its clock sets the deadline.
-        let slot = if self.conn.is_cluster() {
-            crate::keys::cluster_slot(leases.as_bytes())
-        } else {
-            0
-        };
+        let slot = self.slot_of(&leases);
         // Every admitted request holds a lease while in flight: the lease set is the org's
         // in-flight count (what the usage shows), and its limit when the plan has one.
         let pending = PendingLease::register(self, &leases);
@@ -520,7 +529,8 @@ impl Inner {
         if org.limits().is_empty() {
             return Ok(Vec::new());
         }
-        let mut layout = Layout::new(org, &self.keys(org.id()), now);
+        let keys = self.keys(org.id());
+        let mut layout = Layout::new(org, &keys, now);
         let mut cmd = redis::cmd("MGET");
         cmd.arg(&layout.keys);
         let mut conn = self.conn.clone();
@@ -529,14 +539,9 @@ impl Inner {
             return Err(protocol("a reply with the wrong number of counts"));
         }
         // A rate's state is on Redis's clock: read it with the offset the last admission saw.
-        let slot = if self.conn.is_cluster() {
-            crate::keys::cluster_slot(self.keys(org.id()).leases().as_bytes())
-        } else {
-            0
-        };
         let server_us = self
             .server_clock
-            .now_on(slot, now.as_millis())
+            .now_on(self.slot_of(&keys.leases()), now.as_millis())
             .saturating_mul(1000);
         let counts = reply.iter().map(int).collect::<Result<Vec<_>, _>>()?;
         layout.fill(counts, server_us, now)?;
