@@ -81,8 +81,7 @@ impl TestCluster {
     /// Waits until every live node says `cluster_state:ok` and every primary's replica is in
     /// sync (`state=online`).
     pub fn wait_until_ok(&self) -> io::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
+        poll("the cluster did not reach cluster_state:ok", || {
             let all_ok = self.nodes.iter().all(|node| {
                 cli(self.flavor, node.port(), &["cluster", "info"])
                     .is_ok_and(|info| info.contains("cluster_state:ok"))
@@ -90,17 +89,8 @@ impl TestCluster {
                 cli(self.flavor, *port, &["info", "replication"])
                     .is_ok_and(|info| info.contains("slave0:") && info.contains("state=online"))
             });
-            if all_ok {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the cluster did not reach cluster_state:ok",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            all_ok.then_some(())
+        })
     }
 
     /// Seed URLs of every node.
@@ -170,22 +160,17 @@ impl TestCluster {
     /// Waits until a node other than `old` owns `slot` and the cluster says `cluster_state:ok`
     /// again (after a failover); the new owner's port.
     pub fn wait_for_new_owner(&self, slot: u16, old: u16) -> io::Result<u16> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(owner) = self.owner_of(slot).filter(|owner| *owner != old)
-                && cli(self.flavor, owner, &["cluster", "info"])
-                    .is_ok_and(|info| info.contains("cluster_state:ok"))
-            {
-                return Ok(owner);
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no node took slot {slot} over from the one on port {old}"),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll(
+            &format!("no node took slot {slot} over from the one on port {old}"),
+            || {
+                self.owner_of(slot)
+                    .filter(|owner| *owner != old)
+                    .filter(|owner| {
+                        cli(self.flavor, *owner, &["cluster", "info"])
+                            .is_ok_and(|info| info.contains("cluster_state:ok"))
+                    })
+            },
+        )
     }
 
     /// Moves the first `slots` slots of the primary on `from` to the primary on `to` with
@@ -214,6 +199,21 @@ impl TestCluster {
     /// The node on `port`, to stop or restart it.
     pub fn node(&mut self, port: u16) -> Option<&mut RedisServer> {
         self.nodes.iter_mut().find(|node| node.port() == port)
+    }
+}
+
+/// What `ready` gives once it gives something, asked every 50 ms for [`READY_TIMEOUT`] at most
+/// (the state of other processes, which nothing notifies); a timeout saying `what` after that.
+fn poll<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> io::Result<T> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(value) = ready() {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, what.to_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
