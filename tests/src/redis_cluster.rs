@@ -173,6 +173,19 @@ impl TestCluster {
         )
     }
 
+    /// Waits until the replica on `replica` has seen its primary's link go down: from then on it
+    /// has applied everything its primary sent, and holds what a failover will promote.
+    pub fn wait_until_cut_off(&self, replica: u16) -> io::Result<()> {
+        poll(
+            &format!("the replica on port {replica} still sees its primary"),
+            || {
+                cli(self.flavor, replica, &["info", "replication"])
+                    .is_ok_and(|info| info.contains("master_link_status:down"))
+                    .then_some(())
+            },
+        )
+    }
+
     /// Moves the first `slots` slots of the primary on `from` to the primary on `to` with
     /// `redis-cli --cluster reshard`, keys and all.
     pub fn reshard(&self, from: u16, to: u16, slots: u16) -> io::Result<()> {
