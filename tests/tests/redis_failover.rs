@@ -237,7 +237,9 @@ async fn a_killed_primary_over_admits_at_most_what_it_had_not_replicated() {
     let lag = usize::try_from(replicated)
         .ok()
         .and_then(|first_missed| by_dead_primary.get(first_missed))
-        .map_or(Duration::ZERO, |at| killed_at.saturating_duration_since(*at));
+        .map_or(Duration::ZERO, |at| {
+            killed_at.saturating_duration_since(*at)
+        });
     let over = tally.admitted.saturating_sub(CAPACITY);
     eprintln!(
         "failover: {} admitted for a capacity of {CAPACITY} ({over} over; the replica missed \
