@@ -325,6 +325,51 @@ async fn a_rate_admits_its_burst_then_one_per_interval<S: Store>(store: &S) {
     assert_eq!(full[0].reset, tomorrow);
 }
 
+/// A plan of one rate (a unit back a minute, so none comes back during the case) and a daily
+/// quota, with the rate's burst given.
+fn rate_plan(burst: u64, daily: u64) -> String {
+    format!(
+        r#"
+[[plans.p.limits]]
+name = "smooth"
+dimension = "requests"
+rate = {{ amount = 1, per = "minute", burst = {burst} }}
+
+[[plans.p.limits]]
+name = "daily"
+dimension = "requests"
+zone = "UTC"
+tiers = [{{ window = "day", capacity = {daily} }}]
+"#
+    )
+}
+
+/// On the clock every store shares (a rate on Redis counts on Redis's own, which follows it).
+async fn a_reload_that_changes_a_rate_starts_it_fresh<S: Store>(store: &S) {
+    let now = SystemClock.now();
+    let org = acme(&rate_plan(5, 100), "");
+    for _ in 0..5 {
+        assert!(admit(store, &org, 1, now).await.is_admitted());
+    }
+    assert!(!admit(store, &org, 1, now).await.is_admitted());
+    // A reload that changes only the daily quota keeps the drained bucket.
+    let quota_changed = acme(&rate_plan(5, 200), "");
+    let refused = admit(store, &quota_changed, 1, SystemClock.now()).await;
+    assert_eq!(rejection(&refused).0, RejectReason::Limit(0));
+    assert_eq!(
+        remaining(&refused.verdict.statuses(&quota_changed)),
+        vec![0, 195]
+    );
+    // A reload that changes the rate starts it fresh; the daily quota keeps its count.
+    let rate_changed = acme(&rate_plan(6, 200), "");
+    let fresh = admit(store, &rate_changed, 1, SystemClock.now()).await;
+    assert!(fresh.is_admitted(), "{fresh:?}");
+    assert_eq!(
+        remaining(&fresh.verdict.statuses(&rate_changed)),
+        vec![5, 194]
+    );
+}
+
 async fn a_rate_charges_points_and_refuses_more_than_its_burst<S: Store>(store: &S) {
     let org = acme(
         r#"
@@ -1310,6 +1355,7 @@ impl Drop for TempDir {
 
 suite!(
     admits_until_capacity,
+    a_reload_that_changes_a_rate_starts_it_fresh,
     second_tiers_spill_into_minutes_weeks_and_years,
     all_or_nothing_across_limits,
     spill_over_minute_hour_day,

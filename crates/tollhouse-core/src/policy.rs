@@ -683,16 +683,20 @@ fn resolve_rate(
     adjustment: Option<(usize, &crate::org::Override)>,
     divide: &impl Fn(u64) -> u64,
 ) -> Result<ResolvedLimit, PolicyError> {
-    let base = rate.with(divide(rate.amount()), divide(rate.burst()));
+    // Divided for a sandbox, the rate is checked again: a burst may then take too long to fill.
+    let base = rate
+        .with(divide(rate.amount()), divide(rate.burst()))
+        .map_err(|e| e.within("environment"))?;
     let (adjusted, until) = match adjustment {
         Some((index, adjustment)) => {
+            let place = format!("overrides[{index}]");
             let [amount, burst] = adjustment
                 .apply_to_rate(rate.amount(), rate.burst())
-                .map_err(|e| e.within(&format!("overrides[{index}]")))?;
-            (
-                rate.with(divide(amount), divide(burst)),
-                adjustment.expires(),
-            )
+                .map_err(|e| e.within(&place))?;
+            let adjusted = rate
+                .with(divide(amount), divide(burst))
+                .map_err(|e| e.within(&place))?;
+            (adjusted, adjustment.expires())
         }
         None => (base, None),
     };

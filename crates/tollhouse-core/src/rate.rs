@@ -68,6 +68,29 @@ impl Rate {
             }
         }
         let rate = Self::of(amount, per, burst);
+        let per_us = rate.per_us();
+        // A unit comes back every whole microsecond: a finer interval would be rounded up and the
+        // rate run slower than declared. Refused past a thousandth of a difference.
+        if rate
+            .interval
+            .saturating_mul(i64::try_from(amount).unwrap_or(i64::MAX))
+            > per_us.saturating_add(per_us / 1000)
+        {
+            let exact = per_us / rate.interval;
+            return Err(PolicyError::invalid(
+                "amount",
+                format!(
+                    "{amount} per {per} gives a unit back every {:.3} µs, finer than the \
+                     microsecond tollhouse counts in; it would run at {exact} per {per}",
+                    per_us as f64 / amount as f64
+                ),
+                format!(
+                    "give the amount per a longer window (per = \"{}\"), or use an amount whose \
+                     units come back a whole number of microseconds apart, such as {exact}",
+                    Window::Minute
+                ),
+            ));
+        }
         if rate.gcra().fill_us() > MAX_FILL_US {
             return Err(PolicyError::invalid(
                 "burst",
@@ -95,11 +118,14 @@ impl Rate {
         self.burst
     }
 
+    /// The nominal length of `per` in microseconds.
+    fn per_us(&self) -> i64 {
+        per_us(self.per)
+    }
+
     /// The rate, its interval worked out.
     fn of(amount: u64, per: Window, burst: u64) -> Self {
-        let per_us = i64::try_from(per.nominal_secs())
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1_000_000);
+        let per_us = per_us(per);
         let interval = ceil_div(per_us, i64::try_from(amount).unwrap_or(i64::MAX).max(1)).max(1);
         Self {
             amount,
@@ -109,9 +135,11 @@ impl Rate {
         }
     }
 
-    /// The same rate with `amount` and `burst` replaced (for sandbox and overrides; both at least 1).
-    pub(crate) fn with(self, amount: u64, burst: u64) -> Self {
-        Self::of(amount.max(1), self.per, burst.max(1))
+    /// The same rate with `amount` and `burst` replaced (for sandbox and overrides; both at least
+    /// 1), checked as [`Rate::new`] checks a rate: a bucket that takes too long to fill, or an
+    /// amount too fine to count, is refused.
+    pub(crate) fn with(self, amount: u64, burst: u64) -> Result<Self, PolicyError> {
+        Self::new(amount.max(1), self.per, Some(burst.max(1)))
     }
 
     /// Its arithmetic.
@@ -122,12 +150,19 @@ impl Rate {
         }
     }
 
-    /// The seconds an empty bucket takes to fill, rounded up: the `w` of the headers.
+    /// The seconds an empty bucket takes to fill as declared, ⌈burst · per / amount⌉, rounded up:
+    /// the `w` of the headers.
     pub fn fill_secs(&self) -> u64 {
-        u64::try_from(self.gcra().fill_us())
-            .unwrap_or(0)
-            .div_ceil(1_000_000)
+        let seconds = u128::from(self.burst) * u128::from(self.per.nominal_secs());
+        u64::try_from(seconds.div_ceil(u128::from(self.amount.max(1)))).unwrap_or(u64::MAX)
     }
+}
+
+/// The nominal length of `per` in microseconds.
+fn per_us(per: Window) -> i64 {
+    i64::try_from(per.nominal_secs())
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1_000_000)
 }
 
 /// `a / b` rounded up, for `a >= 0` and `b >= 1`.
@@ -322,5 +357,36 @@ mod tests {
                 .fill_secs(),
             3
         );
+    }
+
+    #[test]
+    fn w_is_the_declared_fill_time_rounded_up() {
+        let w = |amount, per, burst| {
+            Rate::new(amount, per, burst)
+                .expect("a valid rate")
+                .fill_secs()
+        };
+        // ⌈B·per/A⌉, not the sum of rounded-up intervals (3 × 333,334 µs is a hair over 1 s).
+        assert_eq!(w(3, Window::Second, None), 1);
+        assert_eq!(w(7, Window::Minute, None), 60);
+        let ten_seconds = "10 seconds".parse().expect("a window");
+        assert_eq!(w(3, ten_seconds, None), 10);
+        assert_eq!(w(2, Window::Second, Some(5)), 3);
+    }
+
+    #[test]
+    fn an_amount_finer_than_a_microsecond_apart_is_refused() {
+        // 600,000 a second would be a unit every 1.667 µs: rounded up to 2, it would run at
+        // 500,000 a second.
+        let error = Rate::new(600_000, Window::Second, None).expect_err("too fine");
+        let text = error.to_string();
+        assert!(text.contains("500000 per second"), "{text}");
+        assert_eq!(error.place(), Some("amount"));
+        // Whole microseconds apart, or within a thousandth: accepted.
+        assert!(Rate::new(1_000_000, Window::Second, None).is_ok());
+        assert!(Rate::new(500_000, Window::Second, None).is_ok());
+        assert!(Rate::new(999_999, Window::Hour, None).is_ok());
+        assert!(Rate::new(999_999, Window::Minute, None).is_err());
+        assert!(Rate::new(600_000, Window::Minute, None).is_ok());
     }
 }

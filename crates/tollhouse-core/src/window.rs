@@ -14,7 +14,8 @@
 //! - An hour (and a minute) is a local clock hour. When the clock is set back, the repeated hour is a
 //!   window of its own, so no hour lasts longer than 60 minutes; when it jumps forward, the hour that
 //!   straddles the jump is cut short. (Where a clock is set back by less than an hour, as on Lord
-//!   Howe Island, only the repeated minutes start again, and that clock hour lasts longer.)
+//!   Howe Island by 30 minutes, the repeated minutes are a window of their own: that clock hour is
+//!   cut into 60 minutes and the repeated 30.)
 //! - Seconds, `"N seconds"` and `"N minutes"` windows are cut on the local clock like minutes (a
 //!   repeated hour repeats them). An `"N hours"` window is N local clock hours from its start, like a
 //!   day: one that holds a DST change is as much longer or shorter as the change.
@@ -815,8 +816,9 @@ mod continuity {
                     next.start, bounds.end,
                     "{zone} {window}: windows must be contiguous at {at:?}"
                 );
-                // Lord Howe sets its clock back by 30 minutes: that clock hour lasts 90 minutes.
-                if window.repeats() && zone != "Australia/Lord_Howe" {
+                // A window that a set-back repeats is never longer than its nominal length (Lord
+                // Howe's 30-minute set-back included: the repeated minutes start a window).
+                if window.repeats() {
                     assert!(
                         bounds.len() <= Duration::from_secs(window.nominal_secs()),
                         "{zone} {window} {bounds:?}"

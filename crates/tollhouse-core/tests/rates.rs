@@ -68,6 +68,34 @@ fn sandbox_and_overrides_scale_a_rate() {
     assert!(error.to_string().contains("is a rate"), "{error}");
 }
 
+/// Loads `text`; the error it is refused with, as start-up prints it.
+fn refused(text: &str) -> String {
+    Policy::from_toml_str(text, "rates.toml".as_ref())
+        .expect_err("refused")
+        .to_string()
+}
+
+#[test]
+fn a_sandbox_or_an_override_that_makes_a_rate_unbounded_is_refused_at_load() {
+    // 3 a year with a burst of 100 fills in 33 years; halved for a sandbox (1 a year, burst 50) it
+    // would take 50, past the 35 years whose debt tollhouse counts exactly.
+    let slow = "[server]\nsandbox_divisor = 2\n[[plans.p.limits]]\nname = \"slow\"\n\
+                dimension = \"requests\"\nrate = { amount = 3, per = \"year\", burst = 100 }\n";
+    let production = format!("{slow}[[orgs]]\nid = \"a\"\nplan = \"p\"\n");
+    assert!(Policy::from_toml_str(&production, "rates.toml".as_ref()).is_ok());
+    let sandbox = format!("{production}environment = \"sandbox\"\n");
+    let error = refused(&sandbox);
+    assert!(error.contains("environment"), "{error}");
+    assert!(error.contains("a burst of 50 at 1 per year"), "{error}");
+    // A capacity override of a monthly rate: 1,000 units at one a month.
+    let monthly = "[[plans.p.limits]]\nname = \"monthly\"\ndimension = \"requests\"\n\
+                   rate = { amount = 1, per = \"month\" }\n[[orgs]]\nid = \"b\"\nplan = \"p\"\n\
+                   overrides = [{ limit = \"monthly\", capacity = 1000 }]\n";
+    let error = refused(monthly);
+    assert!(error.contains("overrides[0]"), "{error}");
+    assert!(error.contains("35 years"), "{error}");
+}
+
 fn admit(ledger: &mut Ledger, org: &ResolvedOrg, at: Timestamp) -> bool {
     matches!(
         ledger.admit(org, Charge::default(), at),

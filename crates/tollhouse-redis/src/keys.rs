@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! {prefix}{org}:l:<limit>:<window>:<start ms>   a tier's counter in the window starting then
-//! {prefix}{org}:l:<limit>:rate                 a rate's state (its theoretical arrival time)
+//! {prefix}{org}:l:<limit>:rate:<A>/<per>/<B>   a rate's state (its theoretical arrival time)
 //! {prefix}{org}:w                              index of the org's live counters (for reset)
 //! {prefix}{org}:c                              leases of requests in flight
 //! {prefix}{org}:u:log                          the last N calls, newest first
@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use chrono::NaiveDate;
-use tollhouse_core::{OrgId, Timestamp, Window};
+use tollhouse_core::{OrgId, Rate, Timestamp, Window};
 
 /// Escapes `%`, `:`, `{` and `}` as `%25`, `%3A`, `%7B` and `%7D`.
 pub(crate) fn escape(name: &str) -> Cow<'_, str> {
@@ -96,11 +96,19 @@ impl OrgKeys {
         }
     }
 
-    /// The state of a rate limit (its theoretical arrival time, µs on Redis's clock). Under the
-    /// limit's counters, so that a reset finds it.
-    pub(crate) fn rate(&self, limit: &str) -> String {
+    /// The state of a rate limit (its theoretical arrival time, µs on Redis's clock), named by the
+    /// rate the org's policy declares (`rate:10/second/20`): a reload that changes the rate starts
+    /// it fresh, as the memory store's ledger does. Under the limit's counters, so that a reset
+    /// finds it.
+    pub(crate) fn rate(&self, limit: &str, rate: Rate) -> String {
         let mut key = self.counters_of(Some(limit));
-        key.push_str("rate");
+        let _ = write!(
+            key,
+            "rate:{}/{}/{}",
+            rate.amount(),
+            rate.per().item_str(),
+            rate.burst()
+        );
         key
     }
 

@@ -237,8 +237,8 @@ impl Layout {
         for limit in org.limits() {
             let mut state = LimitState::fresh(limit.tiers().len());
             layout.rates.push(limit.is_rate());
-            if limit.is_rate() {
-                layout.keys.push(keys.rate(limit.name()));
+            if let Some(rate) = limit.declared_rate() {
+                layout.keys.push(keys.rate(limit.name(), rate));
                 layout.states.push(state);
                 continue;
             }

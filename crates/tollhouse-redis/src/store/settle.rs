@@ -112,8 +112,8 @@ impl Inner {
                 job.n_corrections += 1;
                 job.corrections.push(kind.to_owned());
                 job.corrections.push(amount.to_string());
-                if let Some(rate) = limit.rate(at) {
-                    job.push_rate(keys.rate(limit.name()), rate.gcra().interval);
+                if let (Some(rate), Some(declared)) = (limit.rate(at), limit.declared_rate()) {
+                    job.push_rate(keys.rate(limit.name(), declared), rate.gcra().interval);
                     continue;
                 }
                 job.corrections.push(limit.tiers().len().to_string());
