@@ -21,7 +21,7 @@ use tollhouse_core::{
     CallRecord, Charge, Clock, Correction, Decision, LimitStatus, Outcome, Policy, RejectReason,
     ResolvedOrg, Settlement, Store, SystemClock, Timestamp, Verdict,
 };
-use tollhouse_redis::RedisStore;
+use tollhouse_redis::{Grants, RedisStore};
 use tollhouse_tests::redis_server::{TestRedis, own_redis_server, redis_for, unique_prefix};
 
 // ------------------------------------------------------------------------------------------------
@@ -186,6 +186,18 @@ async fn redis_store_at(url: &str, test: &str) -> RedisStore {
         // Generous: debug builds of many tests share two cores. The failure tests use 50 ms.
         .timeout(Duration::from_secs(2))
         .connect(url)
+        .await
+        .expect("connect to the test server")
+}
+
+/// A store with quota grants for every org from its first request: each case must see what the
+/// memory store gives, with most admissions decided from grants.
+async fn granting_store(redis: &TestRedis, test: &str) -> RedisStore {
+    RedisStore::builder()
+        .prefix(unique_prefix(test))
+        .timeout(Duration::from_secs(2))
+        .grants(Grants::new().hot_rps(0))
+        .connect(redis.url())
         .await
         .expect("connect to the test server")
 }
@@ -1214,6 +1226,25 @@ macro_rules! suite {
             async fn differential_random_ops() {
                 let Some(redis) = super::redis_for("differential_random_ops") else { return };
                 let store = super::redis_store(&redis, "differential_random_ops").await;
+                super::differential(&tollhouse_core::MemoryStore::new(), &store).await;
+            }
+        }
+
+        /// Every case on a [`RedisStore`] with quota grants for every org.
+        mod grants {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(redis) = super::redis_for(stringify!($case)) else { return };
+                    let store = super::granting_store(&redis, stringify!($case)).await;
+                    super::$case(&store).await;
+                }
+            )*
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn differential_random_ops() {
+                let Some(redis) = super::redis_for("differential_random_ops") else { return };
+                let store = super::granting_store(&redis, "differential_random_ops").await;
                 super::differential(&tollhouse_core::MemoryStore::new(), &store).await;
             }
         }

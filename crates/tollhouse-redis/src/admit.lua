@@ -1,4 +1,4 @@
--- tollhouse: admit one request, atomically (one round trip). Runs after gcra.lua.
+-- tollhouse: admit one request, atomically (one round trip). Runs after gcra.lua and grants.lua.
 --
 -- Checks concurrency (a sorted set of leases scored by their expiry in Redis server time), then
 -- every tier of every limit, and charges all of them or none, exactly as tollhouse_core's
@@ -9,6 +9,8 @@
 -- KEYS[1]   the org's lease set (sorted set: lease id -> expiry, Redis server ms)
 -- KEYS[2]   the org's window index (sorted set: counter key -> when it may go, instance ms)
 -- KEYS[3..] one counter per tier of every limit, in plan order, named by the window's start
+-- then, with a grant part (ARGV[9] > 0): the org's grants (hash), when they lapse (sorted set),
+--           and the counters of the grant given back
 --
 -- ARGV[1]   now (instance clock, ms)
 -- ARGV[2]   margin (ms): index entries whose counter could go this long ago are dropped (0)
@@ -19,6 +21,8 @@
 -- ARGV[6]   number of limits
 -- ARGV[7]   deadline (Redis server ms; 0: none): the instance stops waiting for the reply then,
 --           so a script that runs later (Redis was stalled) charges nothing
+-- ARGV[8]   number of counters (the keys from KEYS[3] that are counters)
+-- ARGV[9]   where the grant part starts in ARGV (0: none); limits start at ARGV[10]
 -- then per limit: latency (1 or 0), amount to charge, number of tiers n,
 --                 then n times: capacity, when the counter may go (instance ms: the window's end
 --                 plus a margin no longer than the window);
@@ -26,10 +30,19 @@
 --                 holds its theoretical arrival time (µs on Redis's clock; see tollhouse_core's
 --                 `Gcra`, whose integer arithmetic this repeats)
 --
--- Returns {status, in flight, server µs, used...}: status 1 admitted, 0 rejected by a limit, 2
--- rejected for concurrency, 3 too late (past the deadline; nothing else follows); the live leases
--- after this request when the plan limits concurrency (-1 when it does not); Redis's clock when
--- the script ran, in microseconds; then what each key (KEYS[3..]) held before this request.
+-- The grant part (an instance's quota grant: see grants.lua): the grant to give back first (its
+-- id, 0 for none, the number k of its counters, then the unused units of each), then the grant to
+-- take once the request is admitted (its id, 0 for none; how long it lives, ms; the share of the
+-- room it may take, 1/d, split among the instances holding grants; then per limit, the units
+-- wanted and the fewest worth taking). Every limit of a granted plan has tiers; a grant takes from
+-- each limit's first tier only, after the request's own charge, and is all or nothing.
+--
+-- Returns {status, in flight, server µs, used..., granted...}: status 1 admitted, 0 rejected by a
+-- limit, 2 rejected for concurrency, 3 too late (past the deadline; nothing else follows, and
+-- nothing was given back); the live leases after this request when the plan limits concurrency
+-- (-1 when it does not); Redis's clock when the script ran, in microseconds; what each counter held
+-- before this request (after the grant given back); then, when a grant was taken, the units it
+-- took of each limit.
 
 if redis.replicate_commands then
   redis.replicate_commands()
@@ -43,19 +56,33 @@ if deadline > 0 and server_ms > deadline then
   return { 3, 0, server_us }
 end
 
+local counters = tonumber(ARGV[8])
+local grant_at = tonumber(ARGV[9])
+local grants, lapses = KEYS[counters + 3], KEYS[counters + 4]
+if grant_at > 0 and ARGV[grant_at] ~= '0' then
+  grant_give_back(grants, lapses, ARGV[grant_at], counters + 5, grant_at + 2,
+    tonumber(ARGV[grant_at + 1]))
+end
+
 local used = {}
-if #KEYS >= 3 then
-  local values = redis.call('MGET', unpack(KEYS, 3))
+if counters > 0 then
+  local values = redis.call('MGET', unpack(KEYS, 3, counters + 2))
   for i = 1, #values do
     used[i + 2] = tonumber(values[i]) or 0
   end
 end
 
 local in_flight = 0
+local granted = nil
 local function reply(status)
   local out = { status, in_flight, server_us }
-  for i = 3, #KEYS do
+  for i = 3, counters + 2 do
     out[#out + 1] = used[i]
+  end
+  if granted then
+    for i = 1, #granted do
+      out[#out + 1] = granted[i]
+    end
   end
   return out
 end
@@ -74,7 +101,7 @@ end
 
 -- First pass: does every limit hold its charge? No tables: the arguments are read in place.
 local limit_count = tonumber(ARGV[6])
-local pos = 8
+local pos = 10
 local key = 3
 for _ = 1, limit_count do
   local latency = ARGV[pos] == '1'
@@ -108,7 +135,21 @@ end
 local now = tonumber(ARGV[1])
 local margin = tonumber(ARGV[2])
 local pruned = false
-pos = 8
+local function new_counter(counter, ends)
+  local ttl = math.max(math.max(tonumber(ends) - now, 0) + margin, 1)
+  redis.call('PEXPIRE', counter, ttl)
+  redis.call('ZADD', KEYS[2], ends, counter)
+  if not pruned then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - margin)
+    pruned = true
+  end
+  if redis.call('PTTL', KEYS[2]) < ttl then
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+end
+-- Each limit's first tier: its key, capacity, when it may go, and what it holds after the charge.
+local firsts = {}
+pos = 10
 key = 3
 for _ = 1, limit_count do
   local left = tonumber(ARGV[pos + 1])
@@ -123,32 +164,64 @@ for _ = 1, limit_count do
     key = key + 1
   end
   for t = 1, n do
+    local after = used[key]
     if left > 0 then
       local take = left
       if t < n then
         take = math.min(left, math.max(tonumber(ARGV[pos]) - used[key], 0))
       end
       if take > 0 then
-        local after = redis.call('INCRBY', KEYS[key], take)
+        after = redis.call('INCRBY', KEYS[key], take)
         if after == take then
-          local ends = ARGV[pos + 1]
-          local ttl = math.max(math.max(tonumber(ends) - now, 0) + margin, 1)
-          redis.call('PEXPIRE', KEYS[key], ttl)
-          redis.call('ZADD', KEYS[2], ends, KEYS[key])
-          if not pruned then
-            redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - margin)
-            pruned = true
-          end
-          if redis.call('PTTL', KEYS[2]) < ttl then
-            redis.call('PEXPIRE', KEYS[2], ttl)
-          end
+          new_counter(KEYS[key], ARGV[pos + 1])
         end
         left = left - take
       end
     end
+    if t == 1 then
+      firsts[#firsts + 1] = { key = KEYS[key], capacity = tonumber(ARGV[pos]), ends = ARGV[pos + 1],
+        after = after }
+    end
     pos = pos + 2
     key = key + 1
   end
+end
+
+-- A grant: 1/d of what each limit's first tier has left, shared by the instances holding grants,
+-- at most what is wanted; none if any limit's share is below the fewest worth taking.
+local function take_grant(at)
+  local id = ARGV[at]
+  if id == '0' or #firsts ~= limit_count then
+    return nil
+  end
+  local life = tonumber(ARGV[at + 1])
+  local holders = grant_live(grants, lapses, server_ms) + 1
+  local divisor = tonumber(ARGV[at + 2]) * holders
+  local sizes = {}
+  for l = 1, limit_count do
+    local want = tonumber(ARGV[at + 1 + 2 * l])
+    local room = firsts[l].capacity - firsts[l].after
+    local size = math.min(want, math.floor(math.max(room, 0) / divisor))
+    if size < tonumber(ARGV[at + 2 + 2 * l]) then
+      return nil
+    end
+    sizes[l] = size
+  end
+  local charged = {}
+  for l = 1, limit_count do
+    local first = firsts[l]
+    if sizes[l] > 0 then
+      if redis.call('INCRBY', first.key, sizes[l]) == sizes[l] then
+        new_counter(first.key, first.ends)
+      end
+      charged[#charged + 1] = sizes[l] .. ' ' .. #first.key .. ' ' .. first.key
+    end
+  end
+  redis.call('HSET', grants, id, table.concat(charged, ' '))
+  redis.call('ZADD', lapses, server_ms + life, id)
+  redis.call('PEXPIRE', grants, life * 2)
+  redis.call('PEXPIRE', lapses, life * 2)
+  return sizes
 end
 
 local ttl = tonumber(ARGV[5])
@@ -158,4 +231,7 @@ if in_flight >= 0 then
   in_flight = in_flight + 1
 end
 
+if grant_at > 0 then
+  granted = take_grant(grant_at + 2 + tonumber(ARGV[grant_at + 1]))
+end
 return reply(1)

@@ -5,6 +5,8 @@
 //! {prefix}{org}:l:<limit>:rate:<A>/<per>/<B>   a rate's state (its theoretical arrival time)
 //! {prefix}{org}:w                              index of the org's live counters (for reset)
 //! {prefix}{org}:c                              leases of requests in flight
+//! {prefix}{org}:g / :gx                        quota grants held, and when each lapses
+//! {prefix}{org}:f                              requests in flight admitted from grants, per instance
 //! {prefix}{org}:u:log                          the last N calls, newest first
 //! {prefix}{org}:u:today                        the org's current local date
 //! {prefix}{org}:u:d:<date>                     billable (b) and admitted (a) calls of a date
@@ -80,6 +82,21 @@ impl OrgKeys {
     /// The sorted set of the org's counters, scored by their window's end.
     pub(crate) fn index(&self) -> String {
         self.with(":w")
+    }
+
+    /// The quota grants instances hold: grant id -> what it charged to which counter.
+    pub(crate) fn grants(&self) -> String {
+        self.with(":g")
+    }
+
+    /// When each quota grant lapses (sorted set: grant id -> Redis server ms).
+    pub(crate) fn grant_lapses(&self) -> String {
+        self.with(":gx")
+    }
+
+    /// Requests in flight that instances admitted from their grants: instance -> count.
+    pub(crate) fn granted_in_flight(&self) -> String {
+        self.with(":f")
     }
 
     /// The start shared by the counters of one limit (with `:` at the end), or of all of them.

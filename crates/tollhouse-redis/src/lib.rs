@@ -150,7 +150,9 @@ mod store;
 pub use error::ConnectError;
 pub use health::{FailingFast, Health, LOG_EVERY, PROBE_INTERVAL, TRIP_AFTER};
 pub use keys::cluster_slot;
-pub use store::{FLUSH_AT, FLUSH_EVERY, REDIS_BYTES_PER_ORG, RedisStore, RedisStoreBuilder};
+pub use store::{
+    FLUSH_AT, FLUSH_EVERY, Grants, REDIS_BYTES_PER_ORG, RedisStore, RedisStoreBuilder,
+};
 
 /// Not part of the API: the call-log codec, reachable only so that the fuzz targets in `fuzz/` can
 /// call it. It may change or disappear in any release.

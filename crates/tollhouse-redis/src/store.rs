@@ -45,6 +45,7 @@ use crate::keys::OrgKeys;
 
 mod batch;
 mod builder;
+mod grants;
 mod late;
 mod lease;
 mod reply;
@@ -54,6 +55,7 @@ mod waiting;
 
 pub use batch::{FLUSH_AT, FLUSH_EVERY};
 pub use builder::RedisStoreBuilder;
+pub use grants::Grants;
 use late::{AdmissionReply, Late, ServerClock, Unanswered, wall_ms};
 use lease::PendingLease;
 use reply::{array, int, protocol, text};
@@ -102,7 +104,7 @@ impl Drop for Tasks {
             handle.abort();
         }
         if let Some(inner) = self.inner.upgrade()
-            && !inner.batcher.is_empty()
+            && (!inner.batcher.is_empty() || inner.grants.is_some())
         {
             let runtime = inner.runtime.clone();
             runtime.spawn(async move { inner.flush().await });
@@ -119,17 +121,29 @@ struct Scripts {
     usage: Script,
     renew: Script,
     reset: Script,
+    give_back: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    admit: Script::new(concat!(include_str!("gcra.lua"), include_str!("admit.lua"))),
+    admit: Script::new(concat!(
+        include_str!("gcra.lua"),
+        include_str!("grants.lua"),
+        include_str!("admit.lua")
+    )),
     settle: Script::new(concat!(
         include_str!("gcra.lua"),
         include_str!("settle.lua")
     )),
     usage: Script::new(include_str!("usage.lua")),
     renew: Script::new(include_str!("renew.lua")),
-    reset: Script::new(include_str!("reset.lua")),
+    reset: Script::new(concat!(
+        include_str!("grants.lua"),
+        include_str!("reset.lua")
+    )),
+    give_back: Script::new(concat!(
+        include_str!("grants.lua"),
+        include_str!("give_back.lua")
+    )),
 });
 
 /// The most Redis memory (as `MEMORY USAGE` counts it) one org's keys take with the default call
@@ -156,6 +170,8 @@ struct Inner {
     server_clock: ServerClock,
     /// Settlements, records and releases waiting to be written.
     batcher: batch::Batcher,
+    /// Quota grants, when they are on.
+    grants: Option<grants::Book>,
     runtime: Handle,
 }
 
@@ -210,8 +226,8 @@ impl RedisStore {
         self.inner.renew_all().await
     }
 
-    /// Writes every settlement, call record and lease release queued now, and waits until Redis
-    /// has them: call it when the process stops (after the server has finished its requests), so
+    /// Writes every settlement, call record and lease release queued now, gives every quota grant
+    /// back, and waits until Redis has them: call it when the process stops (after the server has finished its requests), so
     /// that the last [`FLUSH_EVERY`](crate::FLUSH_EVERY) of work is not lost.
     pub async fn flush(&self) {
         self.inner.flush().await;
@@ -281,6 +297,26 @@ impl Layout {
             }
         }
         Ok(())
+    }
+}
+
+impl Layout {
+    /// Takes `units` off the count of counter `key` (what a grant of this instance holds unspent).
+    fn give(&mut self, key: &str, units: i64) {
+        let Some(position) = self.keys.iter().position(|k| k == key) else {
+            return;
+        };
+        let mut first = 0;
+        for (state, rate) in self.states.iter_mut().zip(&self.rates) {
+            let len = if *rate { 1 } else { state.tiers().len() };
+            if position < first + len {
+                if !*rate && let Some(tier) = state.tiers_mut().get_mut(position - first) {
+                    tier.used = tier.used.saturating_sub(units);
+                }
+                return;
+            }
+            first += len;
+        }
     }
 }
 
@@ -384,6 +420,7 @@ impl Inner {
             &scripts.usage,
             &scripts.renew,
             &scripts.reset,
+            &scripts.give_back,
         ] {
             script.load_async(&mut conn).await?;
         }
@@ -396,6 +433,14 @@ impl Inner {
         charge: Charge,
         now: Timestamp,
     ) -> Result<Decision, StoreError> {
+        // A hot org's grant admits without Redis, even while Redis fails.
+        if let Some(decision) = self
+            .grants
+            .as_ref()
+            .and_then(|book| book.admit(org, charge, now))
+        {
+            return Ok(decision);
+        }
         // Redis failed moments ago: fail at once, but for the occasional probe.
         self.health.gate()?;
         let started = tokio::time::Instant::now();
@@ -436,12 +481,19 @@ impl Inner {
         // Every admitted request holds a lease while in flight: the lease set is the org's
         // in-flight count (what the usage shows), and its limit when the plan has one.
         let pending = PendingLease::register(self, &leases);
+        let mut grant = self.grant_call(org, charge, now);
         let mut invocation = SCRIPTS.admit.prepare_invoke();
         invocation.key(&leases).key(keys.index());
         for key in &layout.keys {
             invocation.key(key);
         }
         let sent = wall_ms();
+        // The grant part follows the limits' arguments: 3 per limit, then 2 per rate or tier.
+        let limit_args: usize = org
+            .limits()
+            .iter()
+            .map(|limit| 3 + 2 * limit.tiers().len().max(usize::from(limit.is_rate())))
+            .sum();
         invocation
             .arg(now.as_millis())
             // Index entries are scored by when their counter may go: drop those past it.
@@ -450,7 +502,9 @@ impl Inner {
             .arg(pending.member())
             .arg(self.lease_ttl_ms)
             .arg(org.limits().len())
-            .arg(self.server_clock.deadline(slot, sent, budget));
+            .arg(self.server_clock.deadline(slot, sent, budget))
+            .arg(layout.keys.len())
+            .arg(grant.as_ref().map_or(0, |_| 10 + limit_args));
         for (limit, state) in org.limits().iter().zip(&layout.states) {
             let latency = limit.dimension() == Dimension::LatencyMs;
             invocation
@@ -468,14 +522,19 @@ impl Inner {
                     .arg(self.keep_until(resolved.window(), slot.end).as_millis());
             }
         }
+        if let Some(grant) = &grant {
+            grant.push(&mut invocation, self);
+        }
         let mut conn = self.conn.clone();
         let call = Box::pin(async move { invocation.invoke_async::<Value>(&mut conn).await });
+        let asked = grant.as_ref().and_then(|grant| grant.asked(&layout));
         let late = Late {
             inner: Arc::clone(self),
             org: Arc::clone(org),
             layout,
             charge,
             now,
+            asked,
         };
         // Given up (the timeout) or dropped (the request went away), the call goes on in the
         // background and what the script charged, if it ran, is given back.
@@ -488,11 +547,15 @@ impl Inner {
             server_ms,
             server_us,
             used,
+            granted,
         } = AdmissionReply::parse(reply, layout.keys.len())?;
         self.server_clock.observe(slot, server_ms, received);
         if status == AdmissionReply::TOO_LATE {
             pending.forget();
             return Ok(None);
+        }
+        if let Some(grant) = grant.as_mut() {
+            grant.ran();
         }
         layout.fill(used, server_us, now)?;
         let verdict = if status == AdmissionReply::CONCURRENCY {
@@ -506,6 +569,11 @@ impl Inner {
             }
             verdict
         };
+        if let Some(grant) = grant.as_mut()
+            && verdict.is_admitted()
+        {
+            grant.install(&layout, &layout.states, &granted, now);
+        }
         // Counted only when the plan limits concurrency (-1 otherwise).
         let in_flight = u32::try_from(in_flight).ok();
         let permit = if verdict.is_admitted() {
@@ -545,11 +613,22 @@ impl Inner {
             .saturating_mul(1000);
         let counts = reply.iter().map(int).collect::<Result<Vec<_>, _>>()?;
         layout.fill(counts, server_us, now)?;
+        // What this instance's grant holds unspent is still the org's to use.
+        if let Some(book) = &self.grants {
+            for (key, left) in book.unspent(org.id()) {
+                layout.give(&key, left);
+            }
+        }
         Ok(Snapshot::new(&layout.states, now).statuses(org))
     }
 
     async fn reset(&self, org: &ResolvedOrg, limit: Option<&str>) -> Result<(), StoreError> {
         let keys = self.keys(org.id());
+        // This instance's grant goes back first; other instances' grants stay counted.
+        if let Some(grant) = self.grants.as_ref().and_then(|book| book.take(org.id())) {
+            self.return_grant(org.id(), grant.id(), &grant.unspent())
+                .await?;
+        }
         let index = keys.index();
         let start = keys.counters_of(limit);
         let mut conn = self.conn.clone();
@@ -557,7 +636,7 @@ impl Inner {
         range.arg(&index).arg(0).arg(-1);
         let counters = array(self.run(range.query_async::<Value>(&mut conn)).await?)?;
         let mut invocation = SCRIPTS.reset.prepare_invoke();
-        invocation.key(&index);
+        invocation.key(&index).key(keys.grants());
         let mut any = false;
         for counter in &counters {
             let counter = text(counter)?;
@@ -607,6 +686,17 @@ impl Store for RedisStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let job = self.inner.record_job(org, call);
         self.inner.enqueue(job)
+    }
+
+    /// Admits from the org's quota grant, when [grants](RedisStoreBuilder::grants) are on and it
+    /// holds the charge; `None` otherwise.
+    fn try_admit(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+    ) -> Option<Result<Decision, StoreError>> {
+        self.inner.grants.as_ref()?.admit(org, charge, now).map(Ok)
     }
 
     /// Queues the settlement for its org's next batch, written within

@@ -8,12 +8,14 @@
 -- KEYS[6]   repeated requests of the asked date (sorted set: entry hash -> count)
 -- KEYS[7]   what each repeated request is (hash: entry hash -> "first last method \n path")
 -- KEYS[8]   the call log
--- KEYS[9..] the day hashes of the billing days, oldest first
+-- KEYS[9]   requests in flight admitted from quota grants (hash: instance -> "count until-ms")
+-- KEYS[10..] the day hashes of the billing days, oldest first
 --
 -- ARGV[1]   the asked date (days since 0001-01-01)
 -- ARGV[2]   calls of the log to read (0: none)
 -- ARGV[3]   repeated requests to read at most (0: no report)
 -- ARGV[4]   the count from which a request is reported as repeated
+-- ARGV[5]   the reading instance's field in KEYS[9] (it adds its own count, which is fresher)
 --
 -- Returns {in flight, current (1/0), admitted, {billable...}, {endpoint calls}, {endpoint points},
 --          {entry, count, info, ...}, {calls}}; the report parts are empty unless the asked date is
@@ -24,9 +26,16 @@
 local time = redis.call('TIME')
 local server_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local in_flight = redis.call('ZCOUNT', KEYS[1], '(' .. server_ms, '+inf')
+local granted = redis.call('HGETALL', KEYS[9])
+for i = 1, #granted, 2 do
+  local count, till = string.match(granted[i + 1], '^(%d+) (%d+)$')
+  if granted[i] ~= ARGV[5] and count and tonumber(till) > server_ms then
+    in_flight = in_flight + tonumber(count)
+  end
+end
 
 local billable = {}
-for i = 9, #KEYS do
+for i = 10, #KEYS do
   billable[#billable + 1] = tonumber(redis.call('HGET', KEYS[i], 'b')) or 0
 end
 

@@ -135,7 +135,12 @@ impl Batcher {
 impl Inner {
     /// Writes everything queued now: every org's batch and releases, all at once.
     pub(super) async fn flush(&self) {
-        futures_util::future::join(self.write_batches(), self.give_back_released()).await;
+        futures_util::future::join3(
+            self.write_batches(),
+            self.give_back_released(),
+            self.sweep_grants(true),
+        )
+        .await;
     }
 
     /// Writes every org's batch, all at once.

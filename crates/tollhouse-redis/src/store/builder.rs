@@ -31,6 +31,7 @@ pub struct RedisStoreBuilder {
     key_margin: Duration,
     connect_timeout: Duration,
     record_interval: Duration,
+    grants: Option<super::Grants>,
     /// A private CA's certificate (PEM) that signs the server's, for `rediss://`.
     ca: Option<Vec<u8>>,
 }
@@ -45,6 +46,7 @@ impl Default for RedisStoreBuilder {
             key_margin: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
             record_interval: Duration::from_millis(250),
+            grants: None,
             ca: None,
         }
     }
@@ -103,6 +105,25 @@ impl RedisStoreBuilder {
     /// together.
     pub fn record_interval(mut self, record_interval: Duration) -> Self {
         self.record_interval = record_interval;
+        self
+    }
+
+    /// Turns quota grants on: a hot org's requests are admitted from slices of its quota charged to
+    /// Redis in advance, in memory, exactly (see [`Grants`](super::Grants)). Off by default.
+    ///
+    /// ```no_run
+    /// use tollhouse_redis::{Grants, RedisStore};
+    ///
+    /// # async fn connect() -> Result<RedisStore, tollhouse_redis::ConnectError> {
+    /// let store = RedisStore::builder()
+    ///     .grants(Grants::new().hot_rps(20))
+    ///     .connect("redis://127.0.0.1:6379/")
+    ///     .await?;
+    /// # Ok(store)
+    /// # }
+    /// ```
+    pub fn grants(mut self, grants: super::Grants) -> Self {
+        self.grants = Some(grants);
         self
     }
 
@@ -320,6 +341,7 @@ impl RedisStoreBuilder {
             health: HealthState::new(),
             server_clock: ServerClock::new(if conn_is_cluster { 16_384 } else { 1 }),
             batcher: super::batch::Batcher::new(self.record_interval),
+            grants: self.grants.clone().map(super::grants::Book::new),
             runtime: runtime.clone(),
         });
         let every = self.lease_ttl / 3;
@@ -331,6 +353,14 @@ impl RedisStoreBuilder {
             runtime.spawn(write_behind(me.clone())).abort_handle(),
             runtime.spawn(give_back_freed(me.clone())).abort_handle(),
         ];
+        let mut handles = handles;
+        if let Some(grants) = &self.grants {
+            handles.push(
+                runtime
+                    .spawn(super::grants::sweep_grants(me.clone(), grants.period_of()))
+                    .abort_handle(),
+            );
+        }
         Ok(RedisStore {
             inner,
             _tasks: Arc::new(Tasks { handles, inner: me }),

@@ -114,6 +114,8 @@ pub(super) struct AdmissionReply {
     pub(super) server_us: i64,
     /// What each counter held before the script (none when it came too late).
     pub(super) used: Vec<i64>,
+    /// What a quota grant took of each limit, when one was taken (see [`super::grants`]).
+    pub(super) granted: Vec<i64>,
 }
 
 impl AdmissionReply {
@@ -131,18 +133,20 @@ impl AdmissionReply {
             return Err(protocol("an admission reply without its status"));
         };
         let status = int(status)?;
-        let used = used.iter().map(int).collect::<Result<Vec<_>, _>>()?;
-        if status != Self::TOO_LATE && used.len() != counters {
+        let mut used = used.iter().map(int).collect::<Result<Vec<_>, _>>()?;
+        if status != Self::TOO_LATE && used.len() < counters {
             return Err(protocol(
                 "an admission reply with the wrong number of counts",
             ));
         }
+        let granted = used.split_off(counters.min(used.len()));
         Ok(Self {
             status,
             in_flight: int(in_flight)?,
             server_ms: int(server_us)?.div_euclid(1000),
             server_us: int(server_us)?,
             used,
+            granted,
         })
     }
 }
@@ -155,6 +159,8 @@ pub(super) struct Late {
     pub(super) layout: Layout,
     pub(super) charge: Charge,
     pub(super) now: Timestamp,
+    /// The id and first-tier counters of a quota grant the admission asked for.
+    pub(super) asked: Option<(String, Vec<String>)>,
 }
 
 /// An admission script sent to Redis whose reply has not been read.
@@ -214,6 +220,14 @@ impl Late {
             );
             return;
         };
+        let reply = match AdmissionReply::parse(reply, self.layout.keys.len()) {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::warn!(%error, "tollhouse: a late admission's reply could not be read");
+                return;
+            }
+        };
+        self.give_grant_back(&reply).await;
         let job = match self.refund(reply) {
             Ok(Some(job)) => job,
             Ok(None) => return,
@@ -240,10 +254,28 @@ impl Late {
         }
     }
 
+    /// Gives back, whole, the quota grant a reply nobody read took.
+    async fn give_grant_back(&self, reply: &AdmissionReply) {
+        let Some((id, keys)) = &self.asked else {
+            return;
+        };
+        if reply.status != AdmissionReply::ADMITTED || reply.granted.len() != keys.len() {
+            return;
+        }
+        let unspent: Vec<(String, i64)> = keys.iter().cloned().zip(reply.granted.clone()).collect();
+        if let Err(error) = self.inner.return_grant(self.org.id(), id, &unspent).await {
+            tracing::warn!(
+                %error,
+                org = self.org.id().as_str(),
+                "tollhouse: giving back the quota grant of a late admission failed; its units stay \
+                 charged until their windows end"
+            );
+        }
+    }
+
     /// The settle job that gives back what the admission answered by `reply` took from each tier,
     /// or `None` if it took nothing (it was rejected).
-    fn refund(&mut self, reply: Value) -> Result<Option<Job>, StoreError> {
-        let reply = AdmissionReply::parse(reply, self.layout.keys.len())?;
+    fn refund(&mut self, reply: AdmissionReply) -> Result<Option<Job>, StoreError> {
         if reply.status != AdmissionReply::ADMITTED {
             return Ok(None);
         }

@@ -71,7 +71,12 @@ impl ReleasePermit for Inner {
 
 impl Inner {
     pub(super) fn member(&self, lease: u64) -> String {
-        format!("{:016x}:{lease}", self.instance)
+        format!("{}:{lease}", self.instance_name())
+    }
+
+    /// This instance's name in the keys it writes: lease members, grant ids, in-flight fields.
+    pub(super) fn instance_name(&self) -> String {
+        format!("{:016x}", self.instance)
     }
 
     /// Renews every lease this instance holds: one script per org with leases, all sent at once

@@ -46,7 +46,8 @@ impl Inner {
             .key(keys.endpoint_points(date))
             .key(keys.repeated(date))
             .key(keys.repeated_info(date))
-            .key(keys.log());
+            .key(keys.log())
+            .key(keys.granted_in_flight());
         for day in &dates {
             invocation.key(keys.day(*day));
         }
@@ -54,7 +55,8 @@ impl Inner {
             .arg(day_number(date))
             .arg(log_count)
             .arg(report_rows)
-            .arg(REPEAT_THRESHOLD);
+            .arg(REPEAT_THRESHOLD)
+            .arg(self.instance_name());
         let mut conn = self.conn.clone();
         let reply = array(
             self.run(invocation.invoke_async::<Value>(&mut conn))
@@ -110,9 +112,16 @@ impl Inner {
             endpoints,
             repeated,
         };
+        // Requests this instance admitted from its grants, counted here.
+        let granted = self
+            .grants
+            .as_ref()
+            .map_or(0, |book| book.in_flight(org.id()));
         Ok(OrgUsage {
             usage,
-            in_flight: u32::try_from(int(&in_flight)?).unwrap_or(u32::MAX),
+            in_flight: u32::try_from(int(&in_flight)?)
+                .unwrap_or(u32::MAX)
+                .saturating_add(granted),
         })
     }
 }

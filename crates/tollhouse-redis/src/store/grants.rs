@@ -1,0 +1,678 @@
+//! Quota grants: a hot org's admissions decided in this process, exactly.
+//!
+//! A grant is a charge made in advance. When an org is hot on this instance (it sent at least
+//! [`Grants::hot_rps`] requests in the last second), the admission script that decides one of its
+//! requests also charges a slice of what each limit's first tier has left, and records the slice
+//! under a grant id. The instance then admits the org's next requests from the slice in memory,
+//! with the ledger's own arithmetic ([`decide`]), until the slice is spent, a window or an
+//! override ends, the policy changes, or the grant's life is over; then the next request goes to
+//! Redis again, and its script first gives back what the grant did not use. Since every unit an
+//! instance spends was charged to Redis's counters before, all instances together never admit more
+//! than the capacity.
+//!
+//! - **Sizes**: a grant takes at most half of what a limit's first tier has left, shared among the
+//!   instances that hold grants for the org, and at most the demand of [`Grants::period`]; when
+//!   that is fewer than two requests' worth, none is taken and every request goes to Redis, as
+//!   without grants. What other instances hold unspent is refused to a request that reaches Redis:
+//!   near a limit the org may be refused a little early, never admitted beyond it.
+//! - **Give-back**: once, guarded by the grant's id (a give-back sent twice refunds once), never
+//!   below zero, never into a window that has ended. A grant unused for a period is given back by a
+//!   background task; [`RedisStore::flush`](crate::RedisStore::flush) gives every grant back.
+//! - **A crash** strands what the instance held: those units stay charged until their windows end
+//!   (a grant is at most one period of the org's demand). Its id lapses after its life, so the
+//!   other instances' shares grow back.
+//! - **Which orgs**: plans whose limits are all request or point tiers, without a concurrency limit
+//!   (a smooth rate, a `latency_ms` limit and concurrency stay one round trip per request).
+//! - **Requests in flight** admitted from grants are counted here and published to Redis every
+//!   period, for the usage of other instances.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::Value;
+use tollhouse_core::ledger::decide;
+use tollhouse_core::org_map::OrgMap;
+use tollhouse_core::tier::{LimitState, MAX_TIERS};
+use tollhouse_core::{
+    Charge, Decision, Dimension, OrgId, Permit, ReleasePermit, ResolvedOrg, Snapshot, StoreError,
+    Timestamp, Verdict,
+};
+
+use super::late::wall_ms;
+use super::{Inner, Layout, SCRIPTS, millis};
+
+/// The share of a first tier's room one grant may take, shared by the instances holding grants:
+/// 1/2.
+const SHARE_DIVISOR: u64 = 2;
+/// How long after a grant's life on this instance Redis still counts it as held: room for the two
+/// clocks to differ.
+const LAPSE_MARGIN: Duration = Duration::from_secs(5);
+/// The most requests one grant covers, whatever the demand.
+const MOST_REQUESTS: u64 = 100_000;
+
+/// Quota grants, off unless [`RedisStoreBuilder::grants`](crate::RedisStoreBuilder::grants) turns
+/// them on; see [the module documentation](self).
+#[derive(Clone, Debug)]
+pub struct Grants {
+    hot_rps: u32,
+    period: Duration,
+    life: Duration,
+    least: u64,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Self {
+            hot_rps: 10,
+            period: Duration::from_secs(1),
+            life: Duration::from_secs(10),
+            least: 2,
+        }
+    }
+}
+
+impl Grants {
+    /// The defaults: orgs that send 10 requests a second to this instance are granted one second
+    /// of their demand at a time, for 10 seconds at most.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The requests a second (on this instance) from which an org is granted quota; 0 grants every
+    /// org from its first request.
+    #[must_use]
+    pub fn hot_rps(mut self, rps: u32) -> Self {
+        self.hot_rps = rps;
+        self
+    }
+
+    /// How much of an org's demand one grant covers (1 s by default); a grant unused this long is
+    /// given back.
+    #[must_use]
+    pub fn period(mut self, period: Duration) -> Self {
+        self.period = period.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The longest a grant is spent before it goes back (10 s by default).
+    #[must_use]
+    pub fn life(mut self, life: Duration) -> Self {
+        self.life = life.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The interval of the background task that gives back unused grants.
+    pub(super) fn period_of(&self) -> Duration {
+        self.period
+    }
+}
+
+/// Whether `org`'s plan can be granted: every limit request or point tiers, no concurrency limit.
+fn grantable(org: &ResolvedOrg) -> bool {
+    org.concurrency().is_none()
+        && !org.limits().is_empty()
+        && org
+            .limits()
+            .iter()
+            .all(|limit| !limit.is_rate() && limit.dimension() != Dimension::LatencyMs)
+}
+
+/// Requests an org sent this instance, per second of the admissions' clock.
+#[derive(Debug, Default)]
+struct Demand {
+    second: i64,
+    this: u32,
+    last: u32,
+}
+
+impl Demand {
+    fn count(&mut self, now: Timestamp) {
+        let second = now.as_millis().div_euclid(1000);
+        if second != self.second {
+            self.last = if second == self.second + 1 {
+                self.this
+            } else {
+                0
+            };
+            self.second = second;
+            self.this = 0;
+        }
+        self.this = self.this.saturating_add(1);
+    }
+
+    fn per_second(&self) -> u32 {
+        self.last.max(self.this)
+    }
+}
+
+/// Requests in flight that this instance admitted from its grants for one org.
+#[derive(Debug, Default)]
+pub(super) struct Flight(AtomicU32);
+
+impl ReleasePermit for Flight {
+    fn release(&self, _lease: u64) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One org's grant state on this instance.
+#[derive(Debug, Default)]
+struct Slot {
+    demand: Demand,
+    grant: Option<Grant>,
+    /// A grant has been asked for and its reply is not in yet.
+    asking: bool,
+    /// Admitted from since the background task last looked.
+    touched: bool,
+    flight: Arc<Flight>,
+    /// What `flight` was when last published.
+    published: u32,
+}
+
+/// A slice of an org's room charged in advance, spent here.
+#[derive(Debug)]
+pub(super) struct Grant {
+    id: String,
+    org: Arc<ResolvedOrg>,
+    /// Spent from only from `from` (every window open) until `until`.
+    from: Timestamp,
+    until: Timestamp,
+    /// What decides: each limit's first tier holds what is left of the grant, the others nothing.
+    parts: Vec<LimitState>,
+    /// What the headers show: the counts Redis returned, with what is left of the grant taken off.
+    shown: Vec<LimitState>,
+    /// Each limit's first-tier count after the grant was charged.
+    charged: Vec<i64>,
+    /// Each limit's capacities when granted.
+    caps: Vec<[u64; MAX_TIERS]>,
+    /// Each limit's first-tier counter.
+    keys: Vec<String>,
+}
+
+impl Grant {
+    /// The grant's id in the org's grants hash.
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// What is left of limit `index`'s slice.
+    fn left(&self, index: usize) -> i64 {
+        let used = self.parts[index]
+            .tiers()
+            .first()
+            .map_or(0, |tier| tier.used);
+        i64::try_from(self.caps[index][0])
+            .unwrap_or(i64::MAX)
+            .saturating_sub(used)
+            .max(0)
+    }
+
+    /// Each first-tier counter with what is left of its slice.
+    pub(super) fn unspent(&self) -> Vec<(String, i64)> {
+        (0..self.keys.len())
+            .map(|index| (self.keys[index].clone(), self.left(index)))
+            .collect()
+    }
+
+    /// Admits from the grant if it holds the whole charge and still applies to `org` at `now`;
+    /// `None` if the request must go to Redis.
+    fn admit(&mut self, org: &Arc<ResolvedOrg>, charge: Charge, now: Timestamp) -> Option<Verdict> {
+        if !Arc::ptr_eq(&self.org, org) || now < self.from || now >= self.until {
+            return None;
+        }
+        let unchanged = org
+            .limits()
+            .iter()
+            .zip(&self.caps)
+            .all(|(limit, caps)| limit.capacities(now) == *caps);
+        if !unchanged {
+            return None;
+        }
+        let Verdict::Admitted { receipt, .. } = decide(org, &mut self.parts, charge, now) else {
+            return None;
+        };
+        for index in 0..self.shown.len() {
+            let shown = self.charged[index].saturating_sub(self.left(index));
+            self.shown[index].set_used(0, shown);
+        }
+        Some(Verdict::Admitted {
+            snapshot: Snapshot::new(&self.shown, now),
+            receipt,
+        })
+    }
+}
+
+/// The grants of one store.
+#[derive(Debug)]
+pub(super) struct Book {
+    config: Grants,
+    slots: OrgMap<Mutex<Slot>>,
+    next: AtomicU64,
+    /// Whether any grant was taken since the store started (nothing to look at otherwise).
+    used: AtomicBool,
+}
+
+impl Book {
+    pub(super) fn new(config: Grants) -> Self {
+        Self {
+            config,
+            slots: OrgMap::new(),
+            next: AtomicU64::new(1),
+            used: AtomicBool::new(false),
+        }
+    }
+
+    /// Admits `charge` from `org`'s grant, if it holds it; `None` if the request must go to Redis.
+    pub(super) fn admit(
+        &self,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+    ) -> Option<Decision> {
+        let slots = self.slots.pin();
+        let mut slot = slots.get(org.id())?.lock();
+        let verdict = slot.grant.as_mut()?.admit(org, charge, now)?;
+        slot.demand.count(now);
+        slot.touched = true;
+        slot.flight.0.fetch_add(1, Ordering::AcqRel);
+        let owner: Arc<dyn ReleasePermit> = Arc::clone(&slot.flight) as Arc<dyn ReleasePermit>;
+        Some(Decision {
+            verdict,
+            permit: Some(Permit::new(owner, 0)),
+            in_flight: None,
+        })
+    }
+
+    /// Requests of `org` in flight that this instance admitted from grants.
+    pub(super) fn in_flight(&self, org: &OrgId) -> u32 {
+        let slots = self.slots.pin();
+        slots
+            .get(org)
+            .map_or(0, |slot| slot.lock().flight.0.load(Ordering::Acquire))
+    }
+
+    /// What `org`'s grant holds unspent now, by first-tier counter.
+    pub(super) fn unspent(&self, org: &OrgId) -> Vec<(String, i64)> {
+        let slots = self.slots.pin();
+        slots
+            .get(org)
+            .and_then(|slot| slot.lock().grant.as_ref().map(Grant::unspent))
+            .unwrap_or_default()
+    }
+
+    /// Takes `org`'s grant out (to give it back).
+    pub(super) fn take(&self, org: &OrgId) -> Option<Grant> {
+        let slots = self.slots.pin();
+        slots.get(org).and_then(|slot| slot.lock().grant.take())
+    }
+
+    /// The grants not spent from since the last look, and every grant if `all`, taken out; the
+    /// in-flight counts that changed since they were last published.
+    fn sweep(&self, all: bool) -> Sweep {
+        let mut idle = Vec::new();
+        let mut flights = Vec::new();
+        self.slots.pin().for_each(|org, slot| {
+            let mut slot = slot.lock();
+            if (all || !slot.touched)
+                && let Some(grant) = slot.grant.take()
+            {
+                idle.push((org.clone(), grant));
+            }
+            slot.touched = false;
+            let flight = slot.flight.0.load(Ordering::Acquire);
+            if flight != slot.published {
+                slot.published = flight;
+                flights.push((org.clone(), flight));
+            }
+        });
+        Sweep { idle, flights }
+    }
+}
+
+/// What a look at the book found to send.
+struct Sweep {
+    /// Grants to give back.
+    idle: Vec<(OrgId, Grant)>,
+    /// In-flight counts to publish.
+    flights: Vec<(OrgId, u32)>,
+}
+
+/// What one admission sent to Redis does about grants: the grant it gives back first (taken out
+/// of the book, so nobody spends it meanwhile) and the one it asks for. Dropped before the script
+/// is known to have run, it gives the first back in the background (a give-back is idempotent);
+/// it always lets the next admission ask again.
+pub(super) struct GrantCall {
+    inner: Arc<Inner>,
+    org: Arc<ResolvedOrg>,
+    back: Option<Grant>,
+    ask: Option<Ask>,
+    ran: bool,
+}
+
+/// A grant asked for.
+struct Ask {
+    id: String,
+    /// Per limit: the units wanted and the fewest worth taking.
+    sizes: Vec<(u64, u64)>,
+}
+
+impl GrantCall {
+    /// The keys and arguments of the script's grant part (see admit.lua), after the counters and
+    /// the limits.
+    pub(super) fn push(&self, invocation: &mut redis::ScriptInvocation<'_>, inner: &Inner) {
+        let keys = inner.keys(self.org.id());
+        invocation.key(keys.grants()).key(keys.grant_lapses());
+        match &self.back {
+            Some(grant) => {
+                let unspent = grant.unspent();
+                for (key, _) in &unspent {
+                    invocation.key(key);
+                }
+                invocation.arg(&grant.id).arg(unspent.len());
+                for (_, left) in unspent {
+                    invocation.arg(left);
+                }
+            }
+            None => {
+                invocation.arg(0).arg(0);
+            }
+        }
+        match &self.ask {
+            Some(ask) => {
+                let life = inner
+                    .grants
+                    .as_ref()
+                    .map_or(Duration::ZERO, |book| book.config.life)
+                    + LAPSE_MARGIN;
+                invocation.arg(&ask.id).arg(millis(life)).arg(SHARE_DIVISOR);
+                for (want, least) in &ask.sizes {
+                    invocation.arg(want).arg(least);
+                }
+            }
+            None => {
+                invocation.arg(0);
+            }
+        }
+    }
+
+    /// The script ran (it gave the old grant back, if any).
+    pub(super) fn ran(&mut self) {
+        self.ran = true;
+        self.back = None;
+    }
+
+    /// The id and first-tier counters of the grant asked for, for a reply read by nobody.
+    pub(super) fn asked(&self, layout: &Layout) -> Option<(String, Vec<String>)> {
+        let ask = self.ask.as_ref()?;
+        Some((ask.id.clone(), first_keys(&self.org, layout)))
+    }
+
+    /// The admission was admitted and `granted` holds what the script granted (nothing, or a
+    /// size per limit): the grant goes into the book. `states` are the limits after the
+    /// request's own charge.
+    pub(super) fn install(
+        &mut self,
+        layout: &Layout,
+        states: &[LimitState],
+        granted: &[i64],
+        now: Timestamp,
+    ) {
+        let (Some(ask), Some(book)) = (self.ask.as_ref(), self.inner.grants.as_ref()) else {
+            return;
+        };
+        if granted.len() != states.len() {
+            return;
+        }
+        let org = &self.org;
+        let mut grant = Grant {
+            id: ask.id.clone(),
+            org: Arc::clone(org),
+            from: Timestamp::from_millis(i64::MIN),
+            until: Timestamp::from_millis(now.as_millis().saturating_add(millis(book.config.life))),
+            parts: states.to_vec(),
+            shown: states.to_vec(),
+            charged: Vec::with_capacity(states.len()),
+            caps: org
+                .limits()
+                .iter()
+                .map(|limit| limit.capacities(now))
+                .collect(),
+            keys: first_keys(org, layout),
+        };
+        for (index, size) in granted.iter().enumerate() {
+            let caps = grant.caps[index];
+            let parts = &mut grant.parts[index];
+            for (tier, cap) in caps.iter().enumerate().take(parts.tiers().len()) {
+                let cap = i64::try_from(*cap).unwrap_or(i64::MAX);
+                parts.set_used(tier, if tier == 0 { cap - size } else { cap });
+            }
+            let charged = states[index].tiers().first().map_or(0, |tier| tier.used) + size;
+            grant.shown[index].set_used(0, charged);
+            grant.charged.push(charged);
+            for tier in states[index].tiers() {
+                grant.from = grant.from.max(tier.start);
+                grant.until = grant.until.min(tier.end);
+            }
+        }
+        book.used.store(true, Ordering::Relaxed);
+        let slots = book.slots.pin();
+        let slot = slots.get_or_insert_with(org.id(), Mutex::default);
+        let previous = slot.lock().grant.replace(grant);
+        if let Some(previous) = previous {
+            self.inner.give_back_later(org.id(), previous);
+        }
+    }
+}
+
+impl Drop for GrantCall {
+    fn drop(&mut self) {
+        if let Some(grant) = self.back.take()
+            && !self.ran
+        {
+            self.inner.give_back_later(self.org.id(), grant);
+        }
+        if self.ask.is_some()
+            && let Some(book) = self.inner.grants.as_ref()
+        {
+            let slots = book.slots.pin();
+            if let Some(slot) = slots.get(self.org.id()) {
+                slot.lock().asking = false;
+            }
+        }
+    }
+}
+
+/// Each limit's first-tier counter in `layout` (every limit of a granted plan has tiers).
+fn first_keys(org: &ResolvedOrg, layout: &Layout) -> Vec<String> {
+    let mut keys = Vec::with_capacity(org.limits().len());
+    let mut first = 0;
+    for limit in org.limits() {
+        keys.push(layout.keys.get(first).cloned().unwrap_or_default());
+        first += limit.tiers().len();
+    }
+    keys
+}
+
+impl Inner {
+    /// What the admission of `charge` for `org` does about grants, if anything: `None` when grants
+    /// are off, the plan cannot be granted, or there is neither a grant to give back nor one to
+    /// ask for.
+    pub(super) fn grant_call(
+        self: &Arc<Self>,
+        org: &Arc<ResolvedOrg>,
+        charge: Charge,
+        now: Timestamp,
+    ) -> Option<GrantCall> {
+        let book = self.grants.as_ref()?;
+        if !grantable(org) {
+            return None;
+        }
+        let slots = book.slots.pin();
+        let mut slot = slots.get_or_insert_with(org.id(), Mutex::default).lock();
+        slot.demand.count(now);
+        let back = slot.grant.take();
+        let hot = slot.demand.per_second() >= book.config.hot_rps;
+        let ask = if hot && !slot.asking {
+            slot.asking = true;
+            let per_second = u64::from(slot.demand.per_second());
+            let period_ms = u64::try_from(book.config.period.as_millis()).unwrap_or(u64::MAX);
+            let requests = (per_second.saturating_mul(period_ms) / 1000)
+                .clamp(book.config.least, MOST_REQUESTS);
+            let sizes = org
+                .limits()
+                .iter()
+                .map(|limit| {
+                    let unit = charge.amount(limit.dimension()).max(1);
+                    (
+                        requests.saturating_mul(unit),
+                        book.config.least.saturating_mul(unit),
+                    )
+                })
+                .collect();
+            let id = format!(
+                "{}:{}",
+                self.instance_name(),
+                book.next.fetch_add(1, Ordering::Relaxed)
+            );
+            Some(Ask { id, sizes })
+        } else {
+            None
+        };
+        drop(slot);
+        if back.is_none() && ask.is_none() {
+            return None;
+        }
+        Some(GrantCall {
+            inner: Arc::clone(self),
+            org: Arc::clone(org),
+            back,
+            ask,
+            ran: false,
+        })
+    }
+
+    /// Gives `grant` back in the background.
+    pub(super) fn give_back_later(self: &Arc<Self>, org: &OrgId, grant: Grant) {
+        let inner = Arc::clone(self);
+        let org = org.clone();
+        self.runtime.spawn(async move {
+            let unspent = grant.unspent();
+            if let Err(error) = inner.return_grant(&org, &grant.id, &unspent).await {
+                tracing::warn!(
+                    %error,
+                    org = org.as_str(),
+                    "tollhouse: giving a quota grant back failed; its units stay charged until \
+                     their windows end"
+                );
+            }
+        });
+    }
+
+    /// Gives back grant `id` of `org`: the units left of each counter.
+    pub(super) async fn return_grant(
+        &self,
+        org: &OrgId,
+        id: &str,
+        unspent: &[(String, i64)],
+    ) -> Result<(), StoreError> {
+        let keys = self.keys(org);
+        let mut invocation = SCRIPTS.give_back.prepare_invoke();
+        invocation.key(keys.grants()).key(keys.grant_lapses());
+        for (key, _) in unspent {
+            invocation.key(key);
+        }
+        invocation.arg(id);
+        for (_, left) in unspent {
+            invocation.arg(left);
+        }
+        let mut conn = self.conn.clone();
+        self.run(invocation.invoke_async::<Value>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    /// Gives back the grants not spent from since the last call (every grant if `all`), and
+    /// publishes the in-flight counts of granted requests that changed; all at once.
+    pub(super) async fn sweep_grants(&self, all: bool) {
+        let Some(book) = self.grants.as_ref() else {
+            return;
+        };
+        if !book.used.load(Ordering::Relaxed) {
+            return;
+        }
+        let Sweep { idle, flights } = book.sweep(all);
+        let give_backs = idle.iter().map(|(org, grant)| async move {
+            let unspent = grant.unspent();
+            if let Err(error) = self.return_grant(org, &grant.id, &unspent).await {
+                tracing::warn!(
+                    %error,
+                    org = org.as_str(),
+                    "tollhouse: giving a quota grant back failed; its units stay charged until \
+                     their windows end"
+                );
+            }
+        });
+        let lapse = millis(book.config.period.saturating_mul(3));
+        let publications = flights.iter().map(|(org, count)| async move {
+            let keys = self.keys(org);
+            let slot = self.slot_of(&keys.leases());
+            let until = self
+                .server_clock
+                .now_on(slot, wall_ms())
+                .saturating_add(lapse);
+            let mut pipe = redis::pipe();
+            let field = self.instance_name();
+            if *count == 0 {
+                pipe.hdel(keys.granted_in_flight(), field).ignore();
+            } else {
+                pipe.hset(keys.granted_in_flight(), field, format!("{count} {until}"))
+                    .ignore()
+                    .pexpire(keys.granted_in_flight(), lapse)
+                    .ignore();
+            }
+            let mut conn = self.conn.clone();
+            let _ = self.run(pipe.query_async::<()>(&mut conn)).await;
+        });
+        futures_util::future::join(
+            futures_util::future::join_all(give_backs),
+            futures_util::future::join_all(publications),
+        )
+        .await;
+    }
+}
+
+/// Gives back unused grants and publishes in-flight counts every period until the store is
+/// dropped.
+pub(super) async fn sweep_grants(inner: std::sync::Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.sweep_grants(false).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demand_is_the_busier_of_this_second_and_the_last() {
+        let mut demand = Demand::default();
+        let at = |ms| Timestamp::from_millis(ms);
+        for ms in [1_000, 1_100, 1_900] {
+            demand.count(at(ms));
+        }
+        assert_eq!(demand.per_second(), 3);
+        demand.count(at(2_000));
+        assert_eq!(demand.per_second(), 3);
+        demand.count(at(5_000));
+        assert_eq!(demand.per_second(), 1);
+    }
+}

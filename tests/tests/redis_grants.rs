@@ -1,0 +1,403 @@
+//! Quota grants on a real Redis: a hot org is admitted mostly without a round trip, every unit an
+//! instance spends was charged to Redis first (so instances together admit exactly the capacity),
+//! what a grant did not use goes back, and what is in flight still shows in the usage.
+//!
+//! The store suite also runs every case on a granting store (`store_suite::grants`): the same
+//! answers as the memory store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tollhouse_core::{Charge, Policy, ResolvedOrg, Store, SystemClock, Timestamp};
+use tollhouse_core::{Clock, RejectReason, Verdict};
+use tollhouse_redis::{Grants, RedisStore};
+use tollhouse_tests::redis_server::{
+    RedisServer, command_calls, connection, own_redis_server, unique_prefix,
+};
+
+fn org(plan: &str) -> Arc<ResolvedOrg> {
+    org_as("acme", plan)
+}
+
+fn org_as(id: &str, plan: &str) -> Arc<ResolvedOrg> {
+    let text = format!("[plans.p]\n{plan}\n[[orgs]]\nid = \"{id}\"\nplan = \"p\"\n");
+    let policy = Policy::from_toml_str(&text, "grants.toml".as_ref()).expect("a valid policy");
+    Arc::clone(policy.org(id).expect("defined"))
+}
+
+const MINUTE_AND_DAY: &str = r#"
+[[plans.p.limits]]
+name = "per_minute"
+dimension = "requests"
+zone = "UTC"
+tiers = [{ window = "minute", capacity = 1000 }]
+
+[[plans.p.limits]]
+name = "points"
+dimension = "points"
+zone = "UTC"
+tiers = [{ window = "day", capacity = 100000 }]
+"#;
+
+async fn granting(server: &RedisServer, prefix: &str, grants: Grants) -> RedisStore {
+    RedisStore::builder()
+        .prefix(prefix)
+        .timeout(Duration::from_secs(2))
+        .grants(grants)
+        .connect(&server.url())
+        .await
+        .expect("connect")
+}
+
+/// Ten seconds into a minute: the cases that must stay in one window do.
+fn in_a_minute() -> Timestamp {
+    let now = SystemClock.now().as_millis();
+    Timestamp::from_millis(now - now.rem_euclid(60_000) + 10_000)
+}
+
+fn remaining(statuses: &[tollhouse_core::LimitStatus]) -> Vec<u64> {
+    statuses.iter().map(|status| status.remaining).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_org_is_admitted_from_grants_and_redis_counts_exactly() {
+    let Some(server) = own_redis_server("a_hot_org_is_admitted_from_grants") else {
+        return;
+    };
+    let store = granting(&server, &unique_prefix("hot"), Grants::new().hot_rps(0)).await;
+    let org = org(MINUTE_AND_DAY);
+    let now = in_a_minute();
+    let mut info = connection(&server.url()).await;
+    let before = command_calls(&mut info, "evalsha").await;
+    for n in 1..=300_u64 {
+        let decision = store
+            .admit(&org, Charge::points(2), now)
+            .await
+            .expect("answers");
+        let Verdict::Admitted { snapshot, .. } = &decision.verdict else {
+            panic!("admission {n} refused: {decision:?}");
+        };
+        // Honest headers: what the org may still use, its grant's unspent units included.
+        let statuses = snapshot.statuses(&org);
+        assert_eq!(remaining(&statuses), vec![1000 - n, 100_000 - 2 * n]);
+    }
+    let scripts = command_calls(&mut info, "evalsha").await - before;
+    // Grants double with the demand: about log2(300) refills, not 300 round trips.
+    assert!(scripts <= 20, "{scripts} scripts for 300 admissions");
+    // Exact: the grant's unspent units count as the org's own.
+    let statuses = store.peek(&org, now).await.expect("peek");
+    assert_eq!(remaining(&statuses), vec![700, 99_400]);
+    // Given back, Redis holds exactly what was admitted.
+    store.flush().await;
+    let other = granting(&server, store.prefix(), Grants::new()).await;
+    let statuses = other.peek(&org, now).await.expect("peek");
+    assert_eq!(remaining(&statuses), vec![700, 99_400]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_with_grants_admit_exactly_the_capacity() {
+    let Some(server) = own_redis_server("three_instances_with_grants") else {
+        return;
+    };
+    let prefix = unique_prefix("three");
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(granting(&server, &prefix, Grants::new().hot_rps(0)).await);
+    }
+    let org = org(r#"
+[[plans.p.limits]]
+name = "per_minute"
+dimension = "requests"
+zone = "UTC"
+tiers = [{ window = "minute", capacity = 600 }]
+
+[[plans.p.limits]]
+name = "points"
+dimension = "points"
+zone = "UTC"
+tiers = [{ window = "minute", capacity = 5000 }]
+"#);
+    let now = in_a_minute();
+    // Four tasks an instance, each until 30 refusals in a row; costs of 1 to 3 points.
+    let tasks = (0..12_u64).map(|task| {
+        let store = stores[usize::try_from(task % 3).expect("small")].clone();
+        let org = Arc::clone(&org);
+        async move {
+            let (mut requests, mut points, mut refused_in_a_row) = (0_u64, 0_u64, 0);
+            let mut n = task;
+            while refused_in_a_row < 30 {
+                n = n.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let cost = 1 + (n >> 33) % 3;
+                let decision = store
+                    .admit(&org, Charge::points(cost), now)
+                    .await
+                    .expect("answers");
+                if decision.is_admitted() {
+                    requests += 1;
+                    points += cost;
+                    refused_in_a_row = 0;
+                } else {
+                    refused_in_a_row += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            (requests, points)
+        }
+    });
+    let counts = join_all(tasks.map(tokio::spawn)).await;
+    let (requests, points) = counts
+        .into_iter()
+        .map(|joined| joined.expect("a task"))
+        .fold((0, 0), |(r, p), (tr, tp)| (r + tr, p + tp));
+    // Never more than capacity, and the whole of it: every instance went on until Redis refused
+    // it (its own grant given back first).
+    assert_eq!(requests, 600, "{points} points");
+    for store in &stores {
+        store.flush().await;
+    }
+    // Every unit an instance spent was charged to Redis, and every unit it did not went back.
+    let statuses = stores[0].peek(&org, now).await.expect("peek");
+    assert_eq!(remaining(&statuses), vec![0, 5000 - points]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_ends_gives_its_grant_back() {
+    let Some(server) = own_redis_server("a_window_that_ends") else {
+        return;
+    };
+    let store = granting(&server, &unique_prefix("roll"), Grants::new().hot_rps(0)).await;
+    let org = org(MINUTE_AND_DAY);
+    let now = in_a_minute();
+    for _ in 0..50 {
+        assert!(
+            store
+                .admit(&org, Charge::points(1), now)
+                .await
+                .expect("answers")
+                .is_admitted()
+        );
+    }
+    // The next minute: the grant's minute part ended, and what it did not use went back with the
+    // request that found it so.
+    let next = Timestamp::from_millis(now.as_millis() + 60_000);
+    assert!(
+        store
+            .admit(&org, Charge::points(1), next)
+            .await
+            .expect("answers")
+            .is_admitted()
+    );
+    let other = granting(&server, store.prefix(), Grants::new()).await;
+    let minute = other.peek(&org, now).await.expect("peek");
+    assert_eq!(
+        minute[0].remaining, 950,
+        "the old minute holds what it admitted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_admits_while_redis_is_paused() {
+    let Some(server) = own_redis_server("a_grant_admits_while_redis_is_paused") else {
+        return;
+    };
+    let store = RedisStore::builder()
+        .prefix(unique_prefix("paused"))
+        .timeout(Duration::from_millis(100))
+        .grants(Grants::new().hot_rps(0))
+        .connect(&server.url())
+        .await
+        .expect("connect");
+    let org = org(MINUTE_AND_DAY);
+    let now = in_a_minute();
+    // Demand grows the grant: after 64 admissions in one second it covers 64 more.
+    for _ in 0..64 {
+        assert!(
+            store
+                .admit(&org, Charge::points(1), now)
+                .await
+                .expect("answers")
+                .is_admitted()
+        );
+    }
+    // What the grant holds now: what Redis counted beyond the admissions. A request that found the
+    // grant spent takes a new one.
+    let reader = granting(&server, store.prefix(), Grants::new()).await;
+    let unspent = |statuses: Vec<tollhouse_core::LimitStatus>, admitted: u64| {
+        1000 - statuses[0].remaining - admitted
+    };
+    let mut admitted = 64;
+    let mut left = unspent(reader.peek(&org, now).await.expect("peek"), admitted);
+    if left == 0 {
+        assert!(
+            store
+                .admit(&org, Charge::points(1), now)
+                .await
+                .expect("answers")
+                .is_admitted()
+        );
+        admitted += 1;
+        left = unspent(reader.peek(&org, now).await.expect("peek"), admitted);
+    }
+    assert!(left > 0);
+    let mut admin = connection(&server.url()).await;
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2_000)
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT PAUSE");
+    // Redis answers nothing for two seconds, and the store's timeout is 100 ms: admissions
+    // that needed Redis would fail. Exactly what the grant holds is admitted without it.
+    for n in 0..left {
+        let decision = store
+            .try_admit(&org, Charge::points(1), now)
+            .unwrap_or_else(|| panic!("admission {n} of {left} needed Redis"))
+            .expect("answers");
+        assert!(decision.is_admitted());
+    }
+    assert!(store.try_admit(&org, Charge::points(1), now).is_none());
+    // The pause ends by itself; the server goes with the test.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_from_grants_show_in_the_usage_of_every_instance() {
+    let Some(server) = own_redis_server("requests_in_flight_from_grants") else {
+        return;
+    };
+    let prefix = unique_prefix("flight");
+    let grants = Grants::new().hot_rps(0).period(Duration::from_millis(50));
+    let first = granting(&server, &prefix, grants.clone()).await;
+    let second = granting(&server, &prefix, grants).await;
+    let org = org(MINUTE_AND_DAY);
+    let now = in_a_minute();
+    // The first goes to Redis (a lease), the next two come from the grant.
+    let mut permits = Vec::new();
+    for _ in 0..3 {
+        let decision = first
+            .admit(&org, Charge::points(1), now)
+            .await
+            .expect("answers");
+        permits.push(decision.permit.expect("a permit"));
+    }
+    assert_eq!(first.usage(&org, now, 1).await.expect("usage").in_flight, 3);
+    // The other instance sees them once they are published (every period).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = second.usage(&org, now, 1).await.expect("usage").in_flight;
+        if seen == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "seen {seen}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(permits);
+    // The granted two at once; the lease's release reaches Redis a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while first.usage(&org, now, 1).await.expect("usage").in_flight != 0 {
+        assert!(std::time::Instant::now() < deadline, "still in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_that_cannot_be_granted_stay_one_round_trip() {
+    let Some(server) = own_redis_server("plans_that_cannot_be_granted") else {
+        return;
+    };
+    let store = granting(
+        &server,
+        &unique_prefix("ungranted"),
+        Grants::new().hot_rps(0),
+    )
+    .await;
+    let org = org(&format!("concurrency = 100\n{MINUTE_AND_DAY}"));
+    let now = in_a_minute();
+    let mut info = connection(&server.url()).await;
+    let before = command_calls(&mut info, "evalsha").await;
+    for _ in 0..20 {
+        let decision = store
+            .admit(&org, Charge::points(1), now)
+            .await
+            .expect("answers");
+        assert!(decision.is_admitted());
+        assert!(store.try_admit(&org, Charge::points(1), now).is_none());
+    }
+    assert_eq!(command_calls(&mut info, "evalsha").await - before, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_the_limit_admissions_are_exact_and_refusals_say_when() {
+    let Some(server) = own_redis_server("near_the_limit") else {
+        return;
+    };
+    let store = granting(&server, &unique_prefix("near"), Grants::new().hot_rps(0)).await;
+    let tight = org_as(
+        "tight",
+        "[[plans.p.limits]]\nname = \"per_minute\"\ndimension = \"requests\"\nzone = \"UTC\"\n\
+         tiers = [{ window = \"minute\", capacity = 10 }]\n",
+    );
+    let now = in_a_minute();
+    for _ in 0..10 {
+        let decision = store
+            .admit(&tight, Charge::default(), now)
+            .await
+            .expect("answers");
+        assert!(decision.is_admitted());
+    }
+    let refused = store
+        .admit(&tight, Charge::default(), now)
+        .await
+        .expect("answers");
+    let Verdict::Rejected {
+        reason, retry_at, ..
+    } = refused.verdict
+    else {
+        panic!("admitted past capacity");
+    };
+    assert_eq!(reason, RejectReason::Limit(0));
+    // The next minute, as the memory store says.
+    let next_minute = now.as_millis() - now.as_millis().rem_euclid(60_000) + 60_000;
+    assert_eq!(retry_at, Some(Timestamp::from_millis(next_minute)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_taken_for_a_request_that_went_away_is_given_back() {
+    let Some(server) = own_redis_server("a_grant_taken_for_a_request_that_went_away") else {
+        return;
+    };
+    let store = granting(&server, &unique_prefix("gone"), Grants::new().hot_rps(0)).await;
+    let observer = granting(&server, store.prefix(), Grants::new()).await;
+    let org = org(MINUTE_AND_DAY);
+    let now = in_a_minute();
+    let mut admin = connection(&server.url()).await;
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(500)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT PAUSE");
+    // The request goes away while its admission waits; the script runs once the pause ends,
+    // admits, and takes a grant, and nobody reads its reply.
+    let gone = tokio::time::timeout(
+        Duration::from_millis(50),
+        store.admit(&org, Charge::points(3), now),
+    )
+    .await;
+    assert!(gone.is_err(), "the admission waits for the paused Redis");
+    // Both the request's charge and the grant go back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let statuses = observer.peek(&org, now).await.expect("peek");
+        let scripts = command_calls(&mut admin, "evalsha").await;
+        if remaining(&statuses) == vec![1000, 100_000] && scripts >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still charged: {statuses:?}, {scripts} scripts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
