@@ -3,6 +3,10 @@
 # one run: the demo's shipped policy, `wrk -t2 -c32` on `GET /v1/items` for one org and for 1,000
 # orgs (a key each, round robin), Redis's CPU time (INFO cpu) and INFO commandstats.
 #
+# Two policies: the `build` plan as shipped (its concurrency limit raised to 100,000, so that 32
+# connections are not refused: every request still takes a lease in Redis), and the same plan
+# without a concurrency limit, where quota grants (`--grants`) admit a hot org's requests in memory.
+#
 #   crates/tollhouse-redis/benches/redis_work.sh            # 10 s per run
 #   DURATION=20 crates/tollhouse-redis/benches/redis_work.sh
 set -euo pipefail
@@ -30,7 +34,9 @@ orgs = "".join(
 )
 open(sys.argv[1], "w").write(text + orgs)
 PY
-sed -i 's/^concurrency = 3/concurrency = 100000/' "$WORK/policy.toml"
+sed -e 's/^concurrency = 3$//' -e 's/^concurrency_wait_ms = 0$//' "$WORK/policy.toml" > "$WORK/policy-nc.toml"
+sed -i 's/^concurrency = 3$/concurrency = 100000/' "$WORK/policy.toml"
+grep -q '^concurrency = 100000$' "$WORK/policy.toml" || { echo "the build plan's concurrency line moved" >&2; exit 1; }
 
 # wrk sends each request with one of N keys, in turn.
 cat > "$WORK/keys.lua" <<'LUA'
@@ -45,9 +51,12 @@ LUA
 
 start_demo() {
   local port=$(free_port)
-  "$DEMO" --config "$WORK/policy.toml" --listen "127.0.0.1:$port" "$@" >"$WORK/demo.out" 2>"$WORK/demo.err" &
+  "$DEMO" --config "$WORK/$POLICY" --listen "127.0.0.1:$port" "$@" >"$WORK/demo.out" 2>"$WORK/demo.err" &
   DEMO_PID=$!
-  until grep -q listening "$WORK/demo.out" 2>/dev/null; do sleep 0.05; done
+  until grep -q listening "$WORK/demo.out" 2>/dev/null; do
+    kill -0 "$DEMO_PID" 2>/dev/null || { cat "$WORK/demo.err" >&2; exit 1; }
+    sleep 0.05
+  done
   DEMO_PORT=$port
 }
 
@@ -93,13 +102,25 @@ PY
   fi
 }
 
-echo "cores: $(nproc)"
-for orgs in 1 1000; do
-  unset REDIS_PORT
-  run memory "$orgs" --state none
+with_redis() { # label, orgs, demo args...: a run on a redis-server of its own
+  local label=$1 orgs=$2; shift 2
   REDIS_PORT=$(free_port)
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
   until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.05; done
-  run redis "$orgs" --redis "redis://127.0.0.1:$REDIS_PORT/"
+  run "$label" "$orgs" --redis "redis://127.0.0.1:$REDIS_PORT/" "$@"
   redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  unset REDIS_PORT
+}
+
+echo "cores: $(nproc)"
+for orgs in 1 1000; do
+  echo "build plan, concurrency limit 100,000"
+  POLICY=policy.toml
+  run memory "$orgs" --state none
+  with_redis redis "$orgs"
+  echo "build plan, no concurrency limit"
+  POLICY=policy-nc.toml
+  run memory "$orgs" --state none
+  with_redis redis "$orgs"
+  with_redis grants "$orgs" --grants
 done

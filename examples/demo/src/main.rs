@@ -72,6 +72,11 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     redis_ca: Option<PathBuf>,
 
+    /// With --redis or --redis-cluster: quota grants, so that a hot org's requests are admitted
+    /// from slices of its quota charged to Redis in advance, without a round trip each
+    #[arg(long)]
+    grants: bool,
+
     /// With --redis: how long one store call may take before `on_store_error` applies
     #[arg(long, value_name = "MS", default_value_t = 50)]
     redis_timeout_ms: u64,
@@ -110,6 +115,14 @@ async fn main() -> ExitCode {
     if args.check {
         println!("{}: ok, {}", path.display(), summary(&policy));
         return ExitCode::SUCCESS;
+    }
+
+    if args.grants && redis_target(&args).is_none() {
+        eprintln!(
+            "tollhouse-demo: refusing to start: --grants takes quota from Redis in advance; give \
+             --redis or --redis-cluster too"
+        );
+        return ExitCode::FAILURE;
     }
 
     // ---- The store: where the counts live. -------------------------------------------------
@@ -272,6 +285,9 @@ async fn redis_store(
     let mut builder = tollhouse_redis::RedisStore::builder()
         .calls_kept(policy.server().calls_kept)
         .timeout(Duration::from_millis(args.redis_timeout_ms));
+    if args.grants {
+        builder = builder.grants(tollhouse_redis::Grants::new());
+    }
     if let Some(ca) = &args.redis_ca {
         builder = builder
             .ca_file(ca)
