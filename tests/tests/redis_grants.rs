@@ -301,8 +301,8 @@ async fn requests_in_flight_from_grants_show_in_the_usage_of_every_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plans_that_cannot_be_granted_stay_one_round_trip() {
-    let Some(server) = own_redis_server("plans_that_cannot_be_granted") else {
+async fn plans_with_a_rate_stay_one_round_trip() {
+    let Some(server) = own_redis_server("plans_with_a_rate") else {
         return;
     };
     let store = granting(
@@ -311,7 +311,11 @@ async fn plans_that_cannot_be_granted_stay_one_round_trip() {
         Grants::new().hot_rps(0),
     )
     .await;
-    let org = org(&format!("concurrency = 100\n{MINUTE_AND_DAY}"));
+    // A smooth rate beside the tiers: every request is one round trip.
+    let org = org(&format!(
+        "{MINUTE_AND_DAY}\n[[plans.p.limits]]\nname = \"smooth\"\ndimension = \"requests\"\n\
+         rate = {{ amount = 1000, per = \"second\" }}\n"
+    ));
     let now = in_a_minute();
     let mut info = connection(&server.url()).await;
     let before = command_calls(&mut info, "evalsha").await;
@@ -400,4 +404,101 @@ async fn a_grant_taken_for_a_request_that_went_away_is_given_back() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_from_grants_keep_every_instance_within_the_concurrency_limit() {
+    let Some(server) = own_redis_server("slots_from_grants") else {
+        return;
+    };
+    let prefix = unique_prefix("slots");
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(granting(&server, &prefix, Grants::new().hot_rps(0)).await);
+    }
+    let org = org(&format!("concurrency = 20\n{MINUTE_AND_DAY}"));
+    let now = in_a_minute();
+    // Two tasks an instance, each holding every request it gets in until 50 refusals in a row.
+    let tasks = (0..6).map(|task| {
+        let store = stores[task % 3].clone();
+        let org = Arc::clone(&org);
+        tokio::spawn(async move {
+            let mut permits = Vec::new();
+            let mut refused_in_a_row = 0;
+            while refused_in_a_row < 50 {
+                let decision = store
+                    .admit(&org, Charge::points(1), now)
+                    .await
+                    .expect("answers");
+                if decision.is_admitted() {
+                    permits.push(decision.permit);
+                    refused_in_a_row = 0;
+                } else {
+                    refused_in_a_row += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            permits
+        })
+    });
+    let mut held = Vec::new();
+    for joined in join_all(tasks).await {
+        held.extend(joined.expect("a task"));
+    }
+    // Exactly the limit: never more, and no slot left idle in a grant at the end (an instance
+    // gives its grant back before Redis refuses it).
+    assert_eq!(held.len(), 20);
+    drop(held);
+    // Every slot goes back: nothing is left in flight.
+    for store in &stores {
+        store.flush().await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while stores[0]
+        .usage(&org, now, 1)
+        .await
+        .expect("usage")
+        .in_flight
+        != 0
+    {
+        assert!(std::time::Instant::now() < deadline, "slots still held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let statuses = stores[0].peek(&org, now).await.expect("peek");
+    assert_eq!(remaining(&statuses), vec![980, 99_980]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_with_a_concurrency_limit_is_granted_slots() {
+    let Some(server) = own_redis_server("granted_slots") else {
+        return;
+    };
+    let store = granting(
+        &server,
+        &unique_prefix("granted_slots"),
+        Grants::new().hot_rps(0),
+    )
+    .await;
+    let org = org(&format!("concurrency = 100\n{MINUTE_AND_DAY}"));
+    let now = in_a_minute();
+    let mut info = connection(&server.url()).await;
+    let before = command_calls(&mut info, "evalsha").await;
+    let mut permits = Vec::new();
+    for n in 1..=300_u32 {
+        let decision = store
+            .admit(&org, Charge::points(1), now)
+            .await
+            .expect("answers");
+        assert!(decision.is_admitted(), "admission {n}");
+        // Three held at a time.
+        permits.push(decision.permit);
+        if permits.len() > 3 {
+            permits.remove(0);
+        }
+    }
+    let scripts = command_calls(&mut info, "evalsha").await - before;
+    assert!(scripts <= 20, "{scripts} scripts for 300 admissions");
+    drop(permits);
+    let statuses = store.peek(&org, now).await.expect("peek");
+    assert_eq!(remaining(&statuses), vec![700, 99_700]);
 }

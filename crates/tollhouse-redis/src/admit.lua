@@ -34,7 +34,8 @@
 -- id, 0 for none, the number k of its counters, then the unused units of each), then the grant to
 -- take once the request is admitted (its id, 0 for none; how long it lives, ms; the share of the
 -- room it may take, 1/d, split among the instances holding grants; then per limit, the units
--- wanted and the fewest worth taking). Every limit of a granted plan has tiers; a grant takes from
+-- wanted and the fewest worth taking; then the concurrency slots wanted and the fewest worth
+-- taking, and the members the slots get: a prefix and the first of consecutive lease numbers). Every limit of a granted plan has tiers; a grant takes from
 -- each limit's first tier only, after the request's own charge, and is all or nothing.
 --
 -- Returns {status, in flight, server µs, used..., granted...}: status 1 admitted, 0 rejected by a
@@ -42,7 +43,7 @@
 -- nothing was given back); the live leases after this request when the plan limits concurrency
 -- (-1 when it does not); Redis's clock when the script ran, in microseconds; what each counter held
 -- before this request (after the grant given back); then, when a grant was taken, the units it
--- took of each limit.
+-- took of each limit and the concurrency slots it took (leases held by the instance).
 
 if redis.replicate_commands then
   redis.replicate_commands()
@@ -207,6 +208,16 @@ local function take_grant(at)
     end
     sizes[l] = size
   end
+  -- Slots of a concurrency limit: leases held by the instance, renewed with its other leases.
+  local slot_at = at + 3 + 2 * limit_count
+  local slots = 0
+  if concurrency > 0 then
+    slots = math.min(tonumber(ARGV[slot_at]),
+      math.floor(math.max(concurrency - in_flight, 0) / divisor))
+    if slots < tonumber(ARGV[slot_at + 1]) then
+      return nil
+    end
+  end
   local charged = {}
   for l = 1, limit_count do
     local first = firsts[l]
@@ -217,6 +228,12 @@ local function take_grant(at)
       charged[#charged + 1] = sizes[l] .. ' ' .. #first.key .. ' ' .. first.key
     end
   end
+  local first_lease = tonumber(ARGV[slot_at + 3])
+  for i = 0, slots - 1 do
+    redis.call('ZADD', KEYS[1], server_ms + tonumber(ARGV[5]),
+      ARGV[slot_at + 2] .. string.format('%.0f', first_lease + i))
+  end
+  sizes[limit_count + 1] = slots
   redis.call('HSET', grants, id, table.concat(charged, ' '))
   redis.call('ZADD', lapses, server_ms + life, id)
   redis.call('PEXPIRE', grants, life * 2)

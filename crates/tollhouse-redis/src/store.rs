@@ -572,7 +572,7 @@ impl Inner {
         if let Some(grant) = grant.as_mut()
             && verdict.is_admitted()
         {
-            grant.install(&layout, &layout.states, &granted, now);
+            grant.install(&layout, &layout.states, &granted, in_flight, now);
         }
         // Counted only when the plan limits concurrency (-1 otherwise).
         let in_flight = u32::try_from(in_flight).ok();

@@ -8,7 +8,9 @@
 -- KEYS[6]   repeated requests of the asked date (sorted set: entry hash -> count)
 -- KEYS[7]   what each repeated request is (hash: entry hash -> "first last method \n path")
 -- KEYS[8]   the call log
--- KEYS[9]   requests in flight admitted from quota grants (hash: instance -> "count until-ms")
+-- KEYS[9]   what each instance's quota grants add to the lease set's count to make its requests
+--           in flight (hash: instance -> "adjustment until-ms": requests admitted without a lease,
+--           less slots held idle)
 -- KEYS[10..] the day hashes of the billing days, oldest first
 --
 -- ARGV[1]   the asked date (days since 0001-01-01)
@@ -28,11 +30,13 @@ local server_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000
 local in_flight = redis.call('ZCOUNT', KEYS[1], '(' .. server_ms, '+inf')
 local granted = redis.call('HGETALL', KEYS[9])
 for i = 1, #granted, 2 do
-  local count, till = string.match(granted[i + 1], '^(%d+) (%d+)$')
+  local count, till = string.match(granted[i + 1], '^(-?%d+) (%d+)$')
   if granted[i] ~= ARGV[5] and count and tonumber(till) > server_ms then
     in_flight = in_flight + tonumber(count)
   end
 end
+
+in_flight = math.max(in_flight, 0)
 
 local billable = {}
 for i = 10, #KEYS do

@@ -1,30 +1,4 @@
-//! Quota grants: a hot org's admissions decided in this process, exactly.
-//!
-//! A grant is a charge made in advance. When an org is hot on this instance (it sent at least
-//! [`Grants::hot_rps`] requests in the last second), the admission script that decides one of its
-//! requests also charges a slice of what each limit's first tier has left, and records the slice
-//! under a grant id. The instance then admits the org's next requests from the slice in memory,
-//! with the ledger's own arithmetic ([`decide`]), until the slice is spent, a window or an
-//! override ends, the policy changes, or the grant's life is over; then the next request goes to
-//! Redis again, and its script first gives back what the grant did not use. Since every unit an
-//! instance spends was charged to Redis's counters before, all instances together never admit more
-//! than the capacity.
-//!
-//! - **Sizes**: a grant takes at most half of what a limit's first tier has left, shared among the
-//!   instances that hold grants for the org, and at most the demand of [`Grants::period`]; when
-//!   that is fewer than two requests' worth, none is taken and every request goes to Redis, as
-//!   without grants. What other instances hold unspent is refused to a request that reaches Redis:
-//!   near a limit the org may be refused a little early, never admitted beyond it.
-//! - **Give-back**: once, guarded by the grant's id (a give-back sent twice refunds once), never
-//!   below zero, never into a window that has ended. A grant unused for a period is given back by a
-//!   background task; [`RedisStore::flush`](crate::RedisStore::flush) gives every grant back.
-//! - **A crash** strands what the instance held: those units stay charged until their windows end
-//!   (a grant is at most one period of the org's demand). Its id lapses after its life, so the
-//!   other instances' shares grow back.
-//! - **Which orgs**: plans whose limits are all request or point tiers, without a concurrency limit
-//!   (a smooth rate, a `latency_ms` limit and concurrency stay one round trip per request).
-//! - **Requests in flight** admitted from grants are counted here and published to Redis every
-//!   period, for the usage of other instances.
+//! Quota grants: a hot org's admissions decided in this process, exactly (see [`Grants`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -51,9 +25,43 @@ const SHARE_DIVISOR: u64 = 2;
 const LAPSE_MARGIN: Duration = Duration::from_secs(5);
 /// The most requests one grant covers, whatever the demand.
 const MOST_REQUESTS: u64 = 100_000;
+/// The most concurrency slots one grant holds.
+pub(super) const MOST_SLOTS: u64 = 64;
 
-/// Quota grants, off unless [`RedisStoreBuilder::grants`](crate::RedisStoreBuilder::grants) turns
-/// them on; see [the module documentation](self).
+/// Quota grants: a hot org's admissions decided in this process, exactly. Off unless
+/// [`RedisStoreBuilder::grants`](crate::RedisStoreBuilder::grants) turns them on.
+///
+/// A grant is a charge made in advance. When an org is hot on this instance (it sent at least
+/// [`Grants::hot_rps`] requests in the last second), the admission script that decides one of its
+/// requests also charges a slice of what each limit's first tier has left, and records the slice
+/// under a grant id. The instance then admits the org's next requests from the slice in memory,
+/// with the ledger's own arithmetic ([`decide`]), until the slice is spent, a window or an
+/// override ends, the policy changes, or the grant's life is over; then the next request goes to
+/// Redis again, and its script first gives back what the grant did not use. Since every unit an
+/// instance spends was charged to Redis's counters before, all instances together never admit more
+/// than the capacity.
+///
+/// - **Sizes**: a grant takes at most half of what a limit's first tier has left, shared among the
+///   instances that hold grants for the org, and at most the demand of [`Grants::period`]; when
+///   that is fewer than two requests' worth, none is taken and every request goes to Redis, as
+///   without grants. What other instances hold unspent is refused to a request that reaches Redis:
+///   near a limit the org may be refused a little early, never admitted beyond it.
+/// - **Give-back**: once, guarded by the grant's id (a give-back sent twice refunds once), never
+///   below zero, never into a window that has ended. A grant unused for a period is given back by a
+///   background task; [`RedisStore::flush`](crate::RedisStore::flush) gives every grant back.
+/// - **A crash** strands what the instance held: those units stay charged until their windows end
+///   (a grant is at most one period of the org's demand). Its id lapses after its life, so the
+///   other instances' shares grow back.
+/// - **Concurrency**: for a plan with a concurrency limit, a grant also takes slots, leases in the
+///   org's lease set held by this instance (at most half the free slots, shared by the instances
+///   holding grants, at most 64; none, and no grant, when fewer than two would be
+///   free). A request admitted from the grant takes a free slot and gives it back to the grant when
+///   it ends; so the org's in-flight count in Redis never passes its limit. Slots are renewed with
+///   the instance's other leases and expire with them if it dies.
+/// - **Which orgs**: plans whose limits are all request or point tiers (a smooth rate or a
+///   `latency_ms` limit keeps every request one round trip).
+/// - **Requests in flight** admitted from grants are counted here and published to Redis every
+///   period, with the slots held idle, for the usage of other instances.
 #[derive(Clone, Debug)]
 pub struct Grants {
     hot_rps: u32,
@@ -109,10 +117,9 @@ impl Grants {
     }
 }
 
-/// Whether `org`'s plan can be granted: every limit request or point tiers, no concurrency limit.
+/// Whether `org`'s plan can be granted: every limit request or point tiers.
 fn grantable(org: &ResolvedOrg) -> bool {
-    org.concurrency().is_none()
-        && !org.limits().is_empty()
+    !org.limits().is_empty()
         && org
             .limits()
             .iter()
@@ -167,8 +174,104 @@ struct Slot {
     /// Admitted from since the background task last looked.
     touched: bool,
     flight: Arc<Flight>,
-    /// What `flight` was when last published.
-    published: u32,
+    /// What [`Slot::adjustment`] was when last published.
+    published: i64,
+}
+
+impl Slot {
+    /// What this instance adds to the count of the org's lease set to make its requests in
+    /// flight: the requests admitted from quota-only grants (they hold no lease), less the slots
+    /// its grant holds idle (leases without a request).
+    fn adjustment(&self) -> i64 {
+        let idle = self
+            .grant
+            .as_ref()
+            .and_then(|grant| grant.pool.as_ref())
+            .map_or(0, |pool| pool.idle());
+        i64::from(self.flight.0.load(Ordering::Acquire)) - idle
+    }
+
+    /// Takes the grant out, its idle slots released.
+    fn take_grant(&mut self) -> Option<Grant> {
+        let grant = self.grant.take()?;
+        if let Some(pool) = &grant.pool {
+            pool.close();
+        }
+        Some(grant)
+    }
+}
+
+/// The concurrency slots of a grant: leases of this instance's in the org's lease set, handed to
+/// the requests admitted from the grant and back.
+#[derive(Debug)]
+pub(super) struct Pool {
+    inner: std::sync::Weak<Inner>,
+    set: Arc<str>,
+    /// The idle slots' lease numbers, and whether the grant still holds them.
+    state: Mutex<(Vec<u64>, bool)>,
+    /// Slots held by the grant.
+    total: usize,
+    /// The org's other requests in flight when the grant was taken.
+    others: u32,
+}
+
+impl Pool {
+    fn idle(&self) -> i64 {
+        i64::try_from(self.state.lock().0.len()).unwrap_or(i64::MAX)
+    }
+
+    /// An idle slot for a request, if there is one.
+    fn take(&self) -> Option<u64> {
+        let mut state = self.state.lock();
+        if state.1 { state.0.pop() } else { None }
+    }
+
+    fn has_idle(&self) -> bool {
+        let state = self.state.lock();
+        state.1 && !state.0.is_empty()
+    }
+
+    /// The org's requests in flight as this instance knows them: the others' when the grant was
+    /// taken, and this grant's busy slots.
+    fn in_flight(&self) -> u32 {
+        let busy = self.total.saturating_sub(self.state.lock().0.len());
+        self.others
+            .saturating_add(u32::try_from(busy).unwrap_or(u32::MAX))
+    }
+
+    /// The grant no longer holds its slots: the idle ones are released now, the busy ones when
+    /// their requests end.
+    fn close(&self) {
+        let idle = {
+            let mut state = self.state.lock();
+            state.1 = false;
+            std::mem::take(&mut state.0)
+        };
+        if let Some(inner) = self.inner.upgrade() {
+            for lease in idle {
+                inner.release(lease);
+            }
+        }
+    }
+}
+
+impl ReleasePermit for Pool {
+    fn release(&self, lease: u64) {
+        {
+            let mut state = self.state.lock();
+            if state.1 {
+                state.0.push(lease);
+                drop(state);
+                if let Some(inner) = self.inner.upgrade() {
+                    inner.lines.slot_freed(&self.set);
+                }
+                return;
+            }
+        }
+        if let Some(inner) = self.inner.upgrade() {
+            inner.release(lease);
+        }
+    }
 }
 
 /// A slice of an org's room charged in advance, spent here.
@@ -189,6 +292,8 @@ pub(super) struct Grant {
     caps: Vec<[u64; MAX_TIERS]>,
     /// Each limit's first-tier counter.
     keys: Vec<String>,
+    /// Its concurrency slots, when the plan limits concurrency.
+    pool: Option<Arc<Pool>>,
 }
 
 impl Grant {
@@ -273,24 +378,42 @@ impl Book {
     ) -> Option<Decision> {
         let slots = self.slots.pin();
         let mut slot = slots.get(org.id())?.lock();
-        let verdict = slot.grant.as_mut()?.admit(org, charge, now)?;
+        let grant = slot.grant.as_mut()?;
+        let pool = grant.pool.clone();
+        if pool.as_ref().is_some_and(|pool| !pool.has_idle()) {
+            return None;
+        }
+        let verdict = grant.admit(org, charge, now)?;
         slot.demand.count(now);
         slot.touched = true;
-        slot.flight.0.fetch_add(1, Ordering::AcqRel);
-        let owner: Arc<dyn ReleasePermit> = Arc::clone(&slot.flight) as Arc<dyn ReleasePermit>;
+        let (permit, in_flight) = match pool {
+            Some(pool) => {
+                // Under the org's lock, an idle slot seen above is still there.
+                let lease = pool.take()?;
+                let in_flight = pool.in_flight();
+                (
+                    Permit::new(pool as Arc<dyn ReleasePermit>, lease),
+                    Some(in_flight),
+                )
+            }
+            None => {
+                slot.flight.0.fetch_add(1, Ordering::AcqRel);
+                let owner = Arc::clone(&slot.flight) as Arc<dyn ReleasePermit>;
+                (Permit::new(owner, 0), None)
+            }
+        };
         Some(Decision {
             verdict,
-            permit: Some(Permit::new(owner, 0)),
-            in_flight: None,
+            permit: Some(permit),
+            in_flight,
         })
     }
 
-    /// Requests of `org` in flight that this instance admitted from grants.
-    pub(super) fn in_flight(&self, org: &OrgId) -> u32 {
+    /// What this instance adds to the count of `org`'s lease set to make its requests in flight
+    /// (see [`Slot::adjustment`]).
+    pub(super) fn in_flight_adjustment(&self, org: &OrgId) -> i64 {
         let slots = self.slots.pin();
-        slots
-            .get(org)
-            .map_or(0, |slot| slot.lock().flight.0.load(Ordering::Acquire))
+        slots.get(org).map_or(0, |slot| slot.lock().adjustment())
     }
 
     /// What `org`'s grant holds unspent now, by first-tier counter.
@@ -305,7 +428,7 @@ impl Book {
     /// Takes `org`'s grant out (to give it back).
     pub(super) fn take(&self, org: &OrgId) -> Option<Grant> {
         let slots = self.slots.pin();
-        slots.get(org).and_then(|slot| slot.lock().grant.take())
+        slots.get(org).and_then(|slot| slot.lock().take_grant())
     }
 
     /// The grants not spent from since the last look, and every grant if `all`, taken out; the
@@ -316,15 +439,15 @@ impl Book {
         self.slots.pin().for_each(|org, slot| {
             let mut slot = slot.lock();
             if (all || !slot.touched)
-                && let Some(grant) = slot.grant.take()
+                && let Some(grant) = slot.take_grant()
             {
                 idle.push((org.clone(), grant));
             }
             slot.touched = false;
-            let flight = slot.flight.0.load(Ordering::Acquire);
-            if flight != slot.published {
-                slot.published = flight;
-                flights.push((org.clone(), flight));
+            let adjustment = slot.adjustment();
+            if adjustment != slot.published {
+                slot.published = adjustment;
+                flights.push((org.clone(), adjustment));
             }
         });
         Sweep { idle, flights }
@@ -335,8 +458,8 @@ impl Book {
 struct Sweep {
     /// Grants to give back.
     idle: Vec<(OrgId, Grant)>,
-    /// In-flight counts to publish.
-    flights: Vec<(OrgId, u32)>,
+    /// In-flight adjustments to publish.
+    flights: Vec<(OrgId, i64)>,
 }
 
 /// What one admission sent to Redis does about grants: the grant it gives back first (taken out
@@ -356,6 +479,10 @@ struct Ask {
     id: String,
     /// Per limit: the units wanted and the fewest worth taking.
     sizes: Vec<(u64, u64)>,
+    /// Concurrency slots wanted (0: the plan has no limit), and the first of the lease numbers
+    /// they would get.
+    slots: u64,
+    first_lease: u64,
 }
 
 impl GrantCall {
@@ -390,6 +517,11 @@ impl GrantCall {
                 for (want, least) in &ask.sizes {
                     invocation.arg(want).arg(least);
                 }
+                invocation
+                    .arg(ask.slots)
+                    .arg(book_least(inner).min(ask.slots))
+                    .arg(format!("{}:", inner.instance_name()))
+                    .arg(ask.first_lease);
             }
             None => {
                 invocation.arg(0);
@@ -403,10 +535,14 @@ impl GrantCall {
         self.back = None;
     }
 
-    /// The id and first-tier counters of the grant asked for, for a reply read by nobody.
-    pub(super) fn asked(&self, layout: &Layout) -> Option<(String, Vec<String>)> {
+    /// What a reply read by nobody needs to give the grant asked for back.
+    pub(super) fn asked(&self, layout: &Layout) -> Option<Asked> {
         let ask = self.ask.as_ref()?;
-        Some((ask.id.clone(), first_keys(&self.org, layout)))
+        Some(Asked {
+            id: ask.id.clone(),
+            keys: first_keys(&self.org, layout),
+            first_lease: ask.first_lease,
+        })
     }
 
     /// The admission was admitted and `granted` holds what the script granted (nothing, or a
@@ -417,9 +553,14 @@ impl GrantCall {
         layout: &Layout,
         states: &[LimitState],
         granted: &[i64],
+        in_flight: i64,
         now: Timestamp,
     ) {
         let (Some(ask), Some(book)) = (self.ask.as_ref(), self.inner.grants.as_ref()) else {
+            return;
+        };
+        // A size per limit, then the slots.
+        let Some((&slots, granted)) = granted.split_last() else {
             return;
         };
         if granted.len() != states.len() {
@@ -440,7 +581,26 @@ impl GrantCall {
                 .map(|limit| limit.capacities(now))
                 .collect(),
             keys: first_keys(org, layout),
+            pool: None,
         };
+        if ask.slots > 0 {
+            let set: Arc<str> = Arc::from(self.inner.keys(org.id()).leases());
+            let leases: Vec<u64> = (0..u64::try_from(slots).unwrap_or(0))
+                .map(|n| ask.first_lease + n)
+                .collect();
+            let mut held = self.inner.leases.lock();
+            for lease in &leases {
+                held.insert(*lease, Arc::clone(&set));
+            }
+            drop(held);
+            grant.pool = Some(Arc::new(Pool {
+                inner: Arc::downgrade(&self.inner),
+                set,
+                total: leases.len(),
+                state: Mutex::new((leases, true)),
+                others: u32::try_from(in_flight.saturating_sub(1)).unwrap_or(0),
+            }));
+        }
         for (index, size) in granted.iter().enumerate() {
             let caps = grant.caps[index];
             let parts = &mut grant.parts[index];
@@ -459,7 +619,12 @@ impl GrantCall {
         book.used.store(true, Ordering::Relaxed);
         let slots = book.slots.pin();
         let slot = slots.get_or_insert_with(org.id(), Mutex::default);
-        let previous = slot.lock().grant.replace(grant);
+        let previous = {
+            let mut slot = slot.lock();
+            let previous = slot.take_grant();
+            slot.grant = Some(grant);
+            previous
+        };
         if let Some(previous) = previous {
             self.inner.give_back_later(org.id(), previous);
         }
@@ -482,6 +647,20 @@ impl Drop for GrantCall {
             }
         }
     }
+}
+
+/// What giving back the grant of a reply read by nobody needs.
+pub(super) struct Asked {
+    pub(super) id: String,
+    /// Each limit's first-tier counter.
+    pub(super) keys: Vec<String>,
+    /// The lease number of its first concurrency slot.
+    pub(super) first_lease: u64,
+}
+
+/// The fewest units (or slots) worth a grant.
+fn book_least(inner: &Inner) -> u64 {
+    inner.grants.as_ref().map_or(0, |book| book.config.least)
 }
 
 /// Each limit's first-tier counter in `layout` (every limit of a granted plan has tiers).
@@ -512,7 +691,7 @@ impl Inner {
         let slots = book.slots.pin();
         let mut slot = slots.get_or_insert_with(org.id(), Mutex::default).lock();
         slot.demand.count(now);
-        let back = slot.grant.take();
+        let back = slot.take_grant();
         let hot = slot.demand.per_second() >= book.config.hot_rps;
         let ask = if hot && !slot.asking {
             slot.asking = true;
@@ -536,7 +715,18 @@ impl Inner {
                 self.instance_name(),
                 book.next.fetch_add(1, Ordering::Relaxed)
             );
-            Some(Ask { id, sizes })
+            let slots = if org.concurrency().is_some() {
+                MOST_SLOTS
+            } else {
+                0
+            };
+            let first_lease = self.next_lease.fetch_add(slots, Ordering::Relaxed);
+            Some(Ask {
+                id,
+                sizes,
+                slots,
+                first_lease,
+            })
         } else {
             None
         };

@@ -159,8 +159,8 @@ pub(super) struct Late {
     pub(super) layout: Layout,
     pub(super) charge: Charge,
     pub(super) now: Timestamp,
-    /// The id and first-tier counters of a quota grant the admission asked for.
-    pub(super) asked: Option<(String, Vec<String>)>,
+    /// What giving back a quota grant the admission asked for needs.
+    pub(super) asked: Option<super::grants::Asked>,
 }
 
 /// An admission script sent to Redis whose reply has not been read.
@@ -256,14 +256,27 @@ impl Late {
 
     /// Gives back, whole, the quota grant a reply nobody read took.
     async fn give_grant_back(&self, reply: &AdmissionReply) {
-        let Some((id, keys)) = &self.asked else {
+        let Some(asked) = &self.asked else {
             return;
         };
-        if reply.status != AdmissionReply::ADMITTED || reply.granted.len() != keys.len() {
+        // A size per limit, then the concurrency slots.
+        let Some((&slots, sizes)) = reply.granted.split_last() else {
+            return;
+        };
+        if reply.status != AdmissionReply::ADMITTED || sizes.len() != asked.keys.len() {
             return;
         }
-        let unspent: Vec<(String, i64)> = keys.iter().cloned().zip(reply.granted.clone()).collect();
-        if let Err(error) = self.inner.return_grant(self.org.id(), id, &unspent).await {
+        let set: Arc<str> = Arc::from(self.inner.keys(self.org.id()).leases());
+        for lease in 0..u64::try_from(slots).unwrap_or(0) {
+            let member = self.inner.member(asked.first_lease + lease);
+            self.inner.batcher.release(Arc::clone(&set), member);
+        }
+        let unspent: Vec<(String, i64)> = asked.keys.iter().cloned().zip(sizes.to_vec()).collect();
+        if let Err(error) = self
+            .inner
+            .return_grant(self.org.id(), &asked.id, &unspent)
+            .await
+        {
             tracing::warn!(
                 %error,
                 org = self.org.id().as_str(),

@@ -112,16 +112,15 @@ impl Inner {
             endpoints,
             repeated,
         };
-        // Requests this instance admitted from its grants, counted here.
-        let granted = self
+        // This instance's own part of the grants' count, fresher than what it published.
+        let adjustment = self
             .grants
             .as_ref()
-            .map_or(0, |book| book.in_flight(org.id()));
+            .map_or(0, |book| book.in_flight_adjustment(org.id()));
+        let in_flight = int(&in_flight)?.saturating_add(adjustment).max(0);
         Ok(OrgUsage {
             usage,
-            in_flight: u32::try_from(int(&in_flight)?)
-                .unwrap_or(u32::MAX)
-                .saturating_add(granted),
+            in_flight: u32::try_from(in_flight).unwrap_or(u32::MAX),
         })
     }
 }
