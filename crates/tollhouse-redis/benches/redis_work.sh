@@ -4,8 +4,9 @@
 # orgs (a key each, round robin), Redis's CPU time (INFO cpu) and INFO commandstats.
 #
 # Two policies: the `build` plan as shipped (its concurrency limit raised to 100,000, so that 32
-# connections are not refused: every request still takes a lease in Redis), and the same plan
-# without a concurrency limit, where quota grants (`--grants`) admit a hot org's requests in memory.
+# connections are not refused), and the same plan without a concurrency limit; each on the memory
+# store, on Redis, and on Redis with quota grants (`--grants`: a hot org's requests admitted in
+# memory from quota and concurrency slots taken in advance).
 #
 #   crates/tollhouse-redis/benches/redis_work.sh            # 10 s per run
 #   DURATION=20 crates/tollhouse-redis/benches/redis_work.sh
@@ -118,6 +119,7 @@ for orgs in 1 1000; do
   POLICY=policy.toml
   run memory "$orgs" --state none
   with_redis redis "$orgs"
+  with_redis grants "$orgs" --grants
   echo "build plan, no concurrency limit"
   POLICY=policy-nc.toml
   run memory "$orgs" --state none
