@@ -670,3 +670,17 @@ fn check_names_the_windows_and_rates_allowed() {
         );
     }
 }
+
+#[test]
+fn grants_without_redis_are_refused() {
+    let output = Command::new(DEMO)
+        .args(["--listen", "127.0.0.1:0", "--state", "none", "--grants"])
+        .output()
+        .expect("the demo runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--grants") && stderr.contains("--redis"),
+        "{stderr}"
+    );
+}

@@ -60,23 +60,29 @@ plan = "metered"
 keys = ["meter-key-1"]
 "#;
 
-/// Three demos on one fresh Redis. Store calls may take up to `timeout_ms` before the policy's
-/// `on_store_error = "allow"` lets a request through unmetered.
-fn three_instances(test: &str, timeout_ms: &str) -> Option<(RedisServer, Vec<Demo>)> {
+/// Three demos on one fresh Redis, with `extra` flags. Store calls may take up to `timeout_ms`
+/// before the policy's `on_store_error = "allow"` lets a request through unmetered.
+fn three_instances(
+    test: &str,
+    timeout_ms: &str,
+    extra: &[&str],
+) -> Option<(RedisServer, Vec<Demo>)> {
     let redis = own_redis_server(test)?;
     let policy = temp_policy(&format!("{test}.toml"), POLICY);
     let policy = policy.to_str().expect("a UTF-8 path").to_owned();
     let url = redis.url();
     let demos = (0..3)
         .map(|_| {
-            Demo::start(&[
+            let mut args = vec![
                 "--config",
                 &policy,
                 "--redis",
                 &url,
                 "--redis-timeout-ms",
                 timeout_ms,
-            ])
+            ];
+            args.extend_from_slice(extra);
+            Demo::start(&args)
         })
         .collect();
     Some((redis, demos))
@@ -90,9 +96,61 @@ fn this_month() -> Timestamp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_admit_exactly_the_capacity_together() {
-    let Some((_redis, demos)) = three_instances("three_instances_admit_exactly", "2000") else {
+    let Some((_redis, demos)) = three_instances("three_instances_admit_exactly", "2000", &[])
+    else {
         return;
     };
+    let Some(admitted) = admit_at_most_the_capacity(&demos).await else {
+        return;
+    };
+    assert_eq!(
+        admitted, 150,
+        "exactly the capacity, across three instances"
+    );
+    every_instance_sees_it_spent(&demos).await;
+}
+
+/// With quota grants, most of acme's requests are admitted from slices taken in advance: never
+/// more than the capacity, and all of it once every instance has been asked until it refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_with_grants_admit_exactly_the_capacity_together() {
+    let Some((_redis, demos)) =
+        three_instances("three_instances_with_grants", "2000", &["--grants"])
+    else {
+        return;
+    };
+    let Some(burst) = admit_at_most_the_capacity(&demos).await else {
+        return;
+    };
+    assert!(burst <= 150, "{burst} admitted, for a capacity of 150");
+    // Units another instance held unspent were refused to the burst (early, never beyond); asked
+    // until each refuses (each gives its grant back first), the instances admit the rest.
+    let client = reqwest::Client::new();
+    let mut admitted = burst;
+    for demo in &demos {
+        loop {
+            let response = client
+                .get(demo.url("/v1/items"))
+                .bearer_auth("acme-key-1")
+                .send()
+                .await
+                .expect("a response");
+            if response.status() != 200 {
+                break;
+            }
+            admitted += 1;
+        }
+    }
+    assert_eq!(
+        admitted, 150,
+        "the whole capacity, and no more ({burst} in the burst)"
+    );
+    every_instance_sees_it_spent(&demos).await;
+}
+
+/// 400 requests of acme at once, spread over `demos`: how many were admitted (the others refused,
+/// every answer decided by the store), or `None` if the run crossed a month's end.
+async fn admit_at_most_the_capacity(demos: &[Demo]) -> Option<usize> {
     let client = reqwest::Client::new();
     let month = this_month();
     let requests = (0..400).map(|i| {
@@ -112,7 +170,7 @@ async fn three_instances_admit_exactly_the_capacity_together() {
     let statuses = join_all(requests).await;
     if this_month() != month {
         eprintln!("SKIP: the run crossed a month boundary, so the monthly window refilled");
-        return;
+        return None;
     }
     // A store call past its timeout would let a request through unmetered (fail open) and hide in
     // the count: with a generous timeout there must be none.
@@ -120,13 +178,14 @@ async fn three_instances_admit_exactly_the_capacity_together() {
     assert_eq!(unmetered, 0, "every answer was decided by the shared store");
     let admitted = statuses.iter().filter(|(s, _)| *s == 200).count();
     let rejected = statuses.iter().filter(|(s, _)| *s == 429).count();
-    assert_eq!(
-        admitted, 150,
-        "exactly the capacity, across three instances"
-    );
-    assert_eq!(rejected, 250);
-    // Every instance sees the same, shared count.
-    for demo in &demos {
+    assert_eq!(admitted + rejected, 400, "every answer is a 200 or a 429");
+    Some(admitted)
+}
+
+/// Every instance sees the same, shared count: nothing left.
+async fn every_instance_sees_it_spent(demos: &[Demo]) {
+    let client = reqwest::Client::new();
+    for demo in demos {
         let usage = usage(&client, demo, "acme-key-1").await;
         assert_eq!(usage["limits"][0]["remaining"], 0, "{usage}");
     }
@@ -151,7 +210,7 @@ async fn in_flight(client: &reqwest::Client, demo: &Demo) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_concurrency_limit_holds_across_instances() {
-    let Some((_redis, demos)) = three_instances("concurrency_across_instances", "2000") else {
+    let Some((_redis, demos)) = three_instances("concurrency_across_instances", "2000", &[]) else {
         return;
     };
     let client = reqwest::Client::new();
@@ -200,7 +259,8 @@ async fn the_concurrency_limit_holds_across_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_stopping_and_coming_back() {
-    let Some((mut redis, demos)) = three_instances("redis_stopping_and_coming_back", "50") else {
+    let Some((mut redis, demos)) = three_instances("redis_stopping_and_coming_back", "50", &[])
+    else {
         return;
     };
     let client = reqwest::Client::builder()
@@ -260,7 +320,7 @@ async fn redis_stopping_and_coming_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_graceful_stop_sends_every_call_to_redis_first() {
-    let Some((_redis, mut demos)) = three_instances("a_graceful_stop_sends", "2000") else {
+    let Some((_redis, mut demos)) = three_instances("a_graceful_stop_sends", "2000", &[]) else {
         return;
     };
     let client = reqwest::Client::new();
