@@ -173,6 +173,8 @@ struct Slot {
     asking: bool,
     /// Admitted from since the background task last looked.
     touched: bool,
+    /// Asked about (a request of the org) since the background task last looked.
+    recent: bool,
     flight: Arc<Flight>,
     /// What [`Slot::adjustment`] was when last published.
     published: i64,
@@ -436,7 +438,8 @@ impl Book {
     fn sweep(&self, all: bool) -> Sweep {
         let mut idle = Vec::new();
         let mut flights = Vec::new();
-        self.slots.pin().for_each(|org, slot| {
+        let slots = self.slots.pin();
+        slots.for_each(|org, slot| {
             let mut slot = slot.lock();
             if (all || !slot.touched)
                 && let Some(grant) = slot.take_grant()
@@ -449,6 +452,16 @@ impl Book {
                 slot.published = adjustment;
                 flights.push((org.clone(), adjustment));
             }
+        });
+        // Orgs with nothing held, nothing in flight and no request since the last look are
+        // forgotten: the book holds only orgs that are busy now.
+        slots.retain(|slot| {
+            let mut slot = slot.lock();
+            std::mem::take(&mut slot.recent)
+                || slot.grant.is_some()
+                || slot.asking
+                || slot.published != 0
+                || slot.flight.0.load(Ordering::Acquire) != 0
         });
         Sweep { idle, flights }
     }
@@ -691,6 +704,7 @@ impl Inner {
         let slots = book.slots.pin();
         let mut slot = slots.get_or_insert_with(org.id(), Mutex::default).lock();
         slot.demand.count(now);
+        slot.recent = true;
         let back = slot.take_grant();
         let hot = slot.demand.per_second() >= book.config.hot_rps;
         let ask = if hot && !slot.asking {
@@ -851,6 +865,30 @@ pub(super) async fn sweep_grants(inner: std::sync::Weak<Inner>, every: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_book_forgets_orgs_that_went_quiet() {
+        let book = Book::new(Grants::new());
+        let acme = OrgId::new("acme");
+        book.slots
+            .pin()
+            .get_or_insert_with(&acme, Mutex::default)
+            .lock()
+            .recent = true;
+        // A request since the last look: kept once.
+        book.sweep(false);
+        assert_eq!(book.slots.len(), 1);
+        // Quiet for a period, nothing held, nothing in flight: gone.
+        book.sweep(false);
+        assert_eq!(book.slots.len(), 0);
+        // A request in flight from a grant keeps its org.
+        let slot = Mutex::new(Slot::default());
+        slot.lock().flight.0.store(1, Ordering::Release);
+        book.slots.pin().insert(&acme, slot);
+        book.sweep(false);
+        book.sweep(false);
+        assert_eq!(book.slots.len(), 1);
+    }
 
     #[test]
     fn demand_is_the_busier_of_this_second_and_the_last() {
