@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use tollhouse_core::{
     CallRecord, Charge, Clock, Policy, ResolvedOrg, Store, SystemClock, UsageView,
 };
-use tollhouse_redis::{ConnectError, RedisStore, cluster_slot};
+use tollhouse_redis::{ConnectError, Grants, RedisStore, cluster_slot};
 use tollhouse_tests::redis_cluster::cluster_for;
 use tollhouse_tests::redis_server::{RedisServer, connection, own_redis_server, unique_prefix};
 use tollhouse_tests::redis_tls::tls_redis_for;
@@ -248,6 +248,45 @@ async fn an_acl_user_with_only_the_documented_rights_runs_everything() {
     store.reset(&org, None).await.expect("resets");
     assert_eq!(store.peek(&org, now).await.expect("peeks")[0].remaining, 5);
     assert!(store.health().healthy, "{:?}", store.health());
+
+    // Quota grants: taken (quota and concurrency slots), spent, published, given back.
+    let granting = RedisStore::builder()
+        .prefix("tollhouse:acl-grants:")
+        .timeout(Duration::from_secs(2))
+        .grants(Grants::new().hot_rps(0))
+        .connect(&url)
+        .await
+        .expect("connect");
+    let big = Policy::from_toml_str(
+        &text
+            .replace("capacity = 5", "capacity = 100")
+            .replace("concurrency = 3", "concurrency = 50"),
+        "acl.toml".as_ref(),
+    )
+    .expect("a valid policy");
+    let big = Arc::clone(big.org("acme").expect("acme"));
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let decision = granting
+            .admit(&big, Charge::default(), now)
+            .await
+            .expect("admitted, not NOPERM");
+        assert!(decision.is_admitted());
+        held.push(decision.permit);
+    }
+    granting.renew_leases().await.expect("renewals");
+    assert_eq!(
+        granting.usage(&big, now, 1).await.expect("usage").in_flight,
+        10
+    );
+    drop(held);
+    granting.flush().await;
+    granting.reset(&big, None).await.expect("resets");
+    assert_eq!(
+        granting.peek(&big, now).await.expect("peeks")[0].remaining,
+        100
+    );
+    assert!(granting.health().healthy, "{:?}", granting.health());
 
     // Keys outside the prefix the ACL allows are refused by Redis, and the error says so.
     let outside = RedisStore::builder()

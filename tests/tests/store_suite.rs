@@ -1264,6 +1264,11 @@ macro_rules! suite {
                 )*
                 let store = super::cluster_store(&cluster, "differential_random_ops").await;
                 super::differential(&tollhouse_core::MemoryStore::new(), &store).await;
+                // And with quota grants for every org.
+                $(
+                    let store = super::granting_cluster_store(&cluster, stringify!($case)).await;
+                    super::$case(&store).await;
+                )*
             }
         }
 
@@ -1357,6 +1362,20 @@ async fn cluster_store(
     RedisStore::builder()
         .prefix(unique_prefix(test))
         .timeout(Duration::from_secs(2))
+        .cluster(cluster.urls())
+        .await
+        .expect("connect to the test cluster")
+}
+
+/// A store on `cluster` with quota grants for every org.
+async fn granting_cluster_store(
+    cluster: &tollhouse_tests::redis_cluster::TestCluster,
+    test: &str,
+) -> RedisStore {
+    RedisStore::builder()
+        .prefix(unique_prefix(test))
+        .timeout(Duration::from_secs(2))
+        .grants(Grants::new().hot_rps(0))
         .cluster(cluster.urls())
         .await
         .expect("connect to the test cluster")
