@@ -27,6 +27,8 @@ const LAPSE_MARGIN: Duration = Duration::from_secs(5);
 const MOST_REQUESTS: u64 = 100_000;
 /// The most concurrency slots one grant holds.
 pub(super) const MOST_SLOTS: u64 = 64;
+/// The concurrency slots an org's first grant asks for.
+const FIRST_SLOTS: u64 = 4;
 
 /// Quota grants: a hot org's admissions decided in this process, exactly. Off unless
 /// [`RedisStoreBuilder::grants`](crate::RedisStoreBuilder::grants) turns them on.
@@ -53,9 +55,9 @@ pub(super) const MOST_SLOTS: u64 = 64;
 ///   (a grant is at most one period of the org's demand). Its id lapses after its life, so the
 ///   other instances' shares grow back.
 /// - **Concurrency**: for a plan with a concurrency limit, a grant also takes slots, leases in the
-///   org's lease set held by this instance (at most half the free slots, shared by the instances
-///   holding grants, at most 64; none, and no grant, when fewer than two would be
-///   free). A request admitted from the grant takes a free slot and gives it back to the grant when
+///   org's lease set held by this instance (4 at first, twice as many when a grant's ran out, half
+///   when most stayed idle, at most 64; at most half the free slots, shared by the instances
+///   holding grants; none, and no grant, when fewer than two would be free). A request admitted from the grant takes a free slot and gives it back to the grant when
 ///   it ends; so the org's in-flight count in Redis never passes its limit. Slots are renewed with
 ///   the instance's other leases and expire with them if it dies.
 /// - **Which orgs**: plans whose limits are all request or point tiers (a smooth rate or a
@@ -175,6 +177,9 @@ struct Slot {
     touched: bool,
     /// Asked about (a request of the org) since the background task last looked.
     recent: bool,
+    /// Concurrency slots the next grant asks for: doubled when a grant's ran out, halved when
+    /// most of a grant's stayed idle.
+    slots_wanted: u64,
     flight: Arc<Flight>,
     /// What [`Slot::adjustment`] was when last published.
     published: i64,
@@ -193,10 +198,12 @@ impl Slot {
         i64::from(self.flight.0.load(Ordering::Acquire)) - idle
     }
 
-    /// Takes the grant out, its idle slots released.
+    /// Takes the grant out, its idle slots released (and what they say of the org's concurrency
+    /// kept for the next grant's size).
     fn take_grant(&mut self) -> Option<Grant> {
         let grant = self.grant.take()?;
         if let Some(pool) = &grant.pool {
+            self.slots_wanted = pool.next_size(self.slots_wanted);
             pool.close();
         }
         Some(grant)
@@ -226,6 +233,22 @@ impl Pool {
     fn take(&self) -> Option<u64> {
         let mut state = self.state.lock();
         if state.1 { state.0.pop() } else { None }
+    }
+
+    /// How many slots the next grant should ask for, after this one's held `total`: twice as
+    /// many if none was idle when it went back, half if most were, else as many.
+    fn next_size(&self, wanted: u64) -> u64 {
+        let total = u64::try_from(self.total).unwrap_or(u64::MAX);
+        let idle = u64::try_from(self.state.lock().0.len()).unwrap_or(0);
+        let wanted = wanted.max(total);
+        if idle == 0 {
+            wanted.saturating_mul(2)
+        } else if idle * 4 > total * 3 {
+            wanted / 2
+        } else {
+            wanted
+        }
+        .clamp(FIRST_SLOTS, MOST_SLOTS)
     }
 
     fn has_idle(&self) -> bool {
@@ -730,7 +753,7 @@ impl Inner {
                 book.next.fetch_add(1, Ordering::Relaxed)
             );
             let slots = if org.concurrency().is_some() {
-                MOST_SLOTS
+                slot.slots_wanted.clamp(FIRST_SLOTS, MOST_SLOTS)
             } else {
                 0
             };
@@ -888,6 +911,25 @@ mod tests {
         book.sweep(false);
         book.sweep(false);
         assert_eq!(book.slots.len(), 1);
+    }
+
+    #[test]
+    fn slots_follow_the_org_s_concurrency() {
+        let pool = |total: usize, idle: usize| Pool {
+            inner: std::sync::Weak::new(),
+            set: Arc::from("set"),
+            state: Mutex::new(((0..idle as u64).collect(), true)),
+            total,
+            others: 0,
+        };
+        // None idle when it went back: twice as many next time, up to 64.
+        assert_eq!(pool(4, 0).next_size(0), 8);
+        assert_eq!(pool(64, 0).next_size(64), MOST_SLOTS);
+        // Most idle: half, down to 4.
+        assert_eq!(pool(16, 14).next_size(16), 8);
+        assert_eq!(pool(4, 4).next_size(4), FIRST_SLOTS);
+        // Some busy, some idle: as many.
+        assert_eq!(pool(16, 8).next_size(16), 16);
     }
 
     #[test]
