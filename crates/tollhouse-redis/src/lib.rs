@@ -12,10 +12,14 @@
 //!   Rust from the counts the script read, with tollhouse-core's own arithmetic
 //!   ([`tollhouse_core::ledger::decide`]), so statuses and retry times are computed once, the same
 //!   way for every store.
-//! - **Settling never blocks a response**: [`Store::settle`](tollhouse_core::Store::settle) and
-//!   [`Store::record`](tollhouse_core::Store::record) start their one round trip (`src/settle.lua`:
-//!   latency debit, cost correction, call log, billable count, report counters) in a background
-//!   task at once; the returned future only reports how it went, and dropping it loses nothing.
+//! - **Settling never blocks a response**: settlements and call records (`src/settle.lua`: latency
+//!   debit, cost correction, call log, billable count, report counters) are merged per org and
+//!   written in the background, settlements within [`FLUSH_EVERY`], records within the
+//!   [record interval](RedisStoreBuilder::record_interval); [`RedisStore::flush`] writes them all.
+//! - **Quota grants** ([`RedisStoreBuilder::grants`], off by default): a hot org's requests are
+//!   admitted in memory from slices of its quota (and concurrency slots) charged to Redis in
+//!   advance, so most of them need no round trip, and all instances together still admit no more
+//!   than the capacity. See [`Grants`].
 //!
 //! # Example
 //!
