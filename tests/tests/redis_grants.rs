@@ -502,3 +502,110 @@ async fn a_plan_with_a_concurrency_limit_is_granted_slots() {
     let statuses = store.peek(&org, now).await.expect("peek");
     assert_eq!(remaining(&statuses), vec![700, 99_700]);
 }
+
+/// Points a minute, spilling into a day that corrections have put in debt.
+const MINUTE_INTO_DAY: &str = r#"
+[[plans.p.limits]]
+name = "points"
+dimension = "points"
+zone = "UTC"
+tiers = [{ window = "minute", capacity = 100 }, { window = "day", capacity = 1000 }]
+"#;
+
+/// What `store` admits of `org` one point at a time at `at`, until it refuses.
+async fn admitted_until_refused(
+    store: &dyn tollhouse_core::DynStore,
+    org: &Arc<ResolvedOrg>,
+    at: Timestamp,
+) -> u64 {
+    let mut admitted = 0;
+    while store
+        .admit(org, Charge::points(1), at)
+        .await
+        .expect("answers")
+        .is_admitted()
+    {
+        admitted += 1;
+        assert!(admitted <= 2_000, "no end");
+    }
+    admitted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debt_on_the_last_tier_bounds_grants_as_it_bounds_the_memory_store() {
+    let Some(server) = own_redis_server("a_debt_on_the_last_tier") else {
+        return;
+    };
+    let granting = granting(&server, &unique_prefix("debt"), Grants::new().hot_rps(0)).await;
+    let memory = tollhouse_core::MemoryStore::new();
+    let org = org(MINUTE_INTO_DAY);
+    let now = in_a_minute();
+    let next = Timestamp::from_millis(now.as_millis() + 60_000);
+    let mut answers = Vec::new();
+    for store in [&granting as &dyn tollhouse_core::DynStore, &memory] {
+        // 10 points, then the handler reports 1,180 more: the minute fills (90), the day takes
+        // 1,090, 90 beyond its capacity (only the last tier may go into debt).
+        let decision = store
+            .admit(&org, Charge::points(10), now)
+            .await
+            .expect("answers");
+        let Verdict::Admitted { receipt, .. } = decision.verdict else {
+            panic!("refused");
+        };
+        costs_more(store, &org, receipt, 1_180, now).await;
+        // The next minute holds 100, less the day's debt of 90.
+        answers.push(admitted_until_refused(store, &org, next).await);
+    }
+    assert_eq!(answers, vec![10, 10], "granting store, memory store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_found_higher_ends_the_grant_before_it_is_charged() {
+    let Some(server) = own_redis_server("a_cost_found_higher") else {
+        return;
+    };
+    let granting = granting(&server, &unique_prefix("higher"), Grants::new().hot_rps(0)).await;
+    let memory = tollhouse_core::MemoryStore::new();
+    let org = org(MINUTE_INTO_DAY);
+    let now = in_a_minute();
+    let mut answers = Vec::new();
+    for store in [&granting as &dyn tollhouse_core::DynStore, &memory] {
+        // 20 points, the granting store holding a grant of the minute by then.
+        let mut last = None;
+        for _ in 0..20 {
+            let decision = store
+                .admit(&org, Charge::points(1), now)
+                .await
+                .expect("answers");
+            let Verdict::Admitted { receipt, .. } = decision.verdict else {
+                panic!("refused");
+            };
+            last = Some(receipt);
+        }
+        // The last call cost 1,200 more: the minute's 80 and 1,120 of the day, 120 beyond it.
+        costs_more(store, &org, last.expect("admitted"), 1_200, now).await;
+        answers.push(admitted_until_refused(store, &org, now).await);
+    }
+    // Nothing more this minute: the grant went back before the charge, as if there had been none.
+    assert_eq!(answers, vec![0, 0], "granting store, memory store");
+}
+
+/// Settles the call of `receipt` at `at`, its cost found `more` points higher.
+async fn costs_more(
+    store: &dyn tollhouse_core::DynStore,
+    org: &Arc<ResolvedOrg>,
+    receipt: tollhouse_core::Receipt,
+    more: i64,
+    at: Timestamp,
+) {
+    let settlement = tollhouse_core::Settlement {
+        receipt,
+        correction: tollhouse_core::Correction {
+            latency_ms: 0,
+            cost_delta: more,
+        },
+        call: None,
+        at,
+    };
+    store.settle(org, settlement).await.expect("settles");
+}

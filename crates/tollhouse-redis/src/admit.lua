@@ -104,7 +104,9 @@ end
 local limit_count = tonumber(ARGV[6])
 local pos = 10
 local key = 3
-for _ = 1, limit_count do
+-- What each limit holds beyond the charge, all its tiers together (a last tier in debt included).
+local spare = {}
+for l = 1, limit_count do
   local latency = ARGV[pos] == '1'
   local amount = tonumber(ARGV[pos + 1])
   local n = tonumber(ARGV[pos + 2])
@@ -129,6 +131,7 @@ for _ = 1, limit_count do
   if (latency and available <= 0) or (not latency and available < amount) then
     return reply(0)
   end
+  spare[l] = available - amount
 end
 
 -- Second pass: charge, shortest window first. A counter created here gets its time to live (until
@@ -201,7 +204,8 @@ local function take_grant(at)
   local sizes = {}
   for l = 1, limit_count do
     local want = tonumber(ARGV[at + 1 + 2 * l])
-    local room = firsts[l].capacity - firsts[l].after
+    -- The first tier's room, but never more than the limit holds in all (a debt counts).
+    local room = math.min(firsts[l].capacity - firsts[l].after, spare[l])
     local size = math.min(want, math.floor(math.max(room, 0) / divisor))
     if size < tonumber(ARGV[at + 2 + 2 * l]) then
       return nil
@@ -236,8 +240,12 @@ local function take_grant(at)
   sizes[limit_count + 1] = slots
   redis.call('HSET', grants, id, table.concat(charged, ' '))
   redis.call('ZADD', lapses, server_ms + life, id)
-  redis.call('PEXPIRE', grants, life * 2)
-  redis.call('PEXPIRE', lapses, life * 2)
+  -- Only ever later: instances may give their grants different lives.
+  for _, held in ipairs({ grants, lapses }) do
+    if redis.call('PTTL', held) < life * 2 then
+      redis.call('PEXPIRE', held, life * 2)
+    end
+  end
   return sizes
 end
 

@@ -541,38 +541,34 @@ impl Inner {
         let (reply, late) = Unanswered::new(call, late).reply(budget).await?;
         let received = wall_ms();
         let mut layout = late.layout;
-        let AdmissionReply {
-            status,
-            in_flight,
-            server_ms,
-            server_us,
-            used,
-            granted,
-        } = AdmissionReply::parse(reply, layout.keys.len())?;
-        self.server_clock.observe(slot, server_ms, received);
-        if status == AdmissionReply::TOO_LATE {
+        let mut reply = AdmissionReply::parse(reply, layout.keys.len())?;
+        self.server_clock.observe(slot, reply.server_ms, received);
+        if reply.status == AdmissionReply::TOO_LATE {
             pending.forget();
+            // Nothing ran, the old grant's give-back neither: it goes back before the retry.
+            if let Some(grant) = grant.as_mut() {
+                grant.give_back_now().await;
+            }
             return Ok(None);
         }
         if let Some(grant) = grant.as_mut() {
             grant.ran();
         }
-        layout.fill(used, server_us, now)?;
-        let verdict = if status == AdmissionReply::CONCURRENCY {
-            Verdict::concurrency(org, &layout.states, charge, now)
-        } else {
-            let verdict = decide(org, &mut layout.states, charge, now);
-            if verdict.is_admitted() != (status == AdmissionReply::ADMITTED) {
-                let error = protocol("the admission script and the ledger disagree");
-                self.health.failure(&error);
+        let verdict = match self.verdict_of(org, &mut layout, &mut reply, charge, now) {
+            Ok(verdict) => verdict,
+            Err(error) => {
+                // A grant the script took is not spent: it goes back.
+                if let Some(grant) = &grant {
+                    grant.abandon(&layout, &reply.granted);
+                }
                 return Err(error);
             }
-            verdict
         };
+        let in_flight = reply.in_flight;
         if let Some(grant) = grant.as_mut()
             && verdict.is_admitted()
         {
-            grant.install(&layout, &layout.states, &granted, in_flight, now);
+            grant.install(&layout, &layout.states, &reply.granted, in_flight, now);
         }
         // Counted only when the plan limits concurrency (-1 otherwise).
         let in_flight = u32::try_from(in_flight).ok();
@@ -587,6 +583,29 @@ impl Inner {
             permit,
             in_flight,
         }))
+    }
+
+    /// The verdict of an admission that ran, rebuilt with the ledger's arithmetic from the counts
+    /// the script read (its own verdict must agree).
+    fn verdict_of(
+        &self,
+        org: &ResolvedOrg,
+        layout: &mut Layout,
+        reply: &mut AdmissionReply,
+        charge: Charge,
+        now: Timestamp,
+    ) -> Result<Verdict, StoreError> {
+        layout.fill(std::mem::take(&mut reply.used), reply.server_us, now)?;
+        if reply.status == AdmissionReply::CONCURRENCY {
+            return Ok(Verdict::concurrency(org, &layout.states, charge, now));
+        }
+        let verdict = decide(org, &mut layout.states, charge, now);
+        if verdict.is_admitted() != (reply.status == AdmissionReply::ADMITTED) {
+            let error = protocol("the admission script and the ledger disagree");
+            self.health.failure(&error);
+            return Err(error);
+        }
+        Ok(verdict)
     }
 
     async fn peek(
@@ -672,8 +691,25 @@ impl Store for RedisStore {
         org: &Arc<ResolvedOrg>,
         settlement: Settlement,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let ended = self.inner.grant_ended_by(org, &settlement);
         let job = self.inner.settle_job(org, settlement);
-        self.inner.enqueue(job)
+        // Queued at once, or, when a grant must go back first, by a task of its own: dropping
+        // the returned future never loses the settlement.
+        match ended {
+            None => futures_util::future::Either::Left(self.inner.enqueue(job)),
+            Some(grant) => {
+                let inner = Arc::clone(&self.inner);
+                let org = org.id().clone();
+                let task = self.inner.runtime.spawn(async move {
+                    inner.give_back_now(&org, grant).await;
+                    inner.enqueue(job).await
+                });
+                futures_util::future::Either::Right(async move {
+                    task.await
+                        .unwrap_or_else(|_| Err(protocol("a settlement's task ended early")))
+                })
+            }
+        }
     }
 
     /// Queues the record like [`settle`](Store::settle). The layer uses
@@ -703,8 +739,20 @@ impl Store for RedisStore {
     /// [`FLUSH_EVERY`](crate::FLUSH_EVERY); a batch that fails is counted in
     /// `tollhouse_store_errors_total` and logged.
     fn try_settle(&self, org: &Arc<ResolvedOrg>, settlement: Settlement) -> Option<Settlement> {
+        let ended = self.inner.grant_ended_by(org, &settlement);
         let job = self.inner.settle_job(org, settlement);
-        self.inner.enqueue_detached(job);
+        match ended {
+            None => self.inner.enqueue_detached(job),
+            // The grant goes back first: the charge then falls where it would without it.
+            Some(grant) => {
+                let inner = Arc::clone(&self.inner);
+                let org = org.id().clone();
+                self.inner.runtime.spawn(async move {
+                    inner.give_back_now(&org, grant).await;
+                    inner.enqueue_detached(job);
+                });
+            }
+        }
         None
     }
 

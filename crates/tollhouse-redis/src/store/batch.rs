@@ -135,12 +135,9 @@ impl Batcher {
 impl Inner {
     /// Writes everything queued now: every org's batch and releases, all at once.
     pub(super) async fn flush(&self) {
-        futures_util::future::join3(
-            self.write_batches(),
-            self.give_back_released(),
-            self.sweep_grants(true),
-        )
-        .await;
+        // Grants first: giving them back queues the releases of their idle slots.
+        self.sweep_grants(true).await;
+        futures_util::future::join(self.write_batches(), self.give_back_released()).await;
     }
 
     /// Writes every org's batch, all at once.

@@ -10,8 +10,8 @@ use tollhouse_core::ledger::decide;
 use tollhouse_core::org_map::OrgMap;
 use tollhouse_core::tier::{LimitState, MAX_TIERS};
 use tollhouse_core::{
-    Charge, Decision, Dimension, OrgId, Permit, ReleasePermit, ResolvedOrg, Snapshot, StoreError,
-    Timestamp, Verdict,
+    Charge, Decision, Dimension, OrgId, Permit, ReleasePermit, ResolvedOrg, Settlement, Snapshot,
+    StoreError, Timestamp, Verdict,
 };
 
 use super::late::wall_ms;
@@ -470,8 +470,10 @@ impl Book {
                 idle.push((org.clone(), grant));
             }
             slot.touched = false;
+            // Published when it changed, and again every period while not zero: each publication
+            // lapses after three periods.
             let adjustment = slot.adjustment();
-            if adjustment != slot.published {
+            if adjustment != slot.published || adjustment != 0 {
                 slot.published = adjustment;
                 flights.push((org.clone(), adjustment));
             }
@@ -571,6 +573,24 @@ impl GrantCall {
         self.back = None;
     }
 
+    /// The script did not run (its deadline had passed): gives the old grant back now, so that
+    /// the admission sent again sees the org's counts without it.
+    pub(super) async fn give_back_now(&mut self) {
+        if let Some(grant) = self.back.take() {
+            self.inner.give_back_now(self.org.id(), grant).await;
+        }
+    }
+
+    /// The script took a grant (`granted`: a size per limit, then the slots) that will not be
+    /// installed (the reply could not be used): it goes back in the background.
+    pub(super) fn abandon(&self, layout: &Layout, granted: &[i64]) {
+        let Some(asked) = self.asked(layout) else {
+            return;
+        };
+        self.inner
+            .give_back_asked(self.org.id(), asked, granted.to_vec());
+    }
+
     /// What a reply read by nobody needs to give the grant asked for back.
     pub(super) fn asked(&self, layout: &Layout) -> Option<Asked> {
         let ask = self.ask.as_ref()?;
@@ -634,7 +654,8 @@ impl GrantCall {
                 set,
                 total: leases.len(),
                 state: Mutex::new((leases, true)),
-                others: u32::try_from(in_flight.saturating_sub(1)).unwrap_or(0),
+                // The request that took the grant among them: it holds a lease of its own.
+                others: u32::try_from(in_flight).unwrap_or(0),
             }));
         }
         for (index, size) in granted.iter().enumerate() {
@@ -659,6 +680,8 @@ impl GrantCall {
             let mut slot = slot.lock();
             let previous = slot.take_grant();
             slot.grant = Some(grant);
+            // Not idle: the sweeper gives back grants unused for a whole period.
+            slot.touched = true;
             previous
         };
         if let Some(previous) = previous {
@@ -778,6 +801,60 @@ impl Inner {
             ask,
             ran: false,
         })
+    }
+
+    /// Gives back in the background the grant `asked` that a script took (`granted`: a size per
+    /// limit, then the slots) and nobody will spend.
+    pub(super) fn give_back_asked(self: &Arc<Self>, org: &OrgId, asked: Asked, granted: Vec<i64>) {
+        let Some((&slots, sizes)) = granted.split_last() else {
+            return;
+        };
+        if sizes.len() != asked.keys.len() {
+            return;
+        }
+        let set: Arc<str> = Arc::from(self.keys(org).leases());
+        for lease in 0..u64::try_from(slots).unwrap_or(0) {
+            self.batcher
+                .release(Arc::clone(&set), self.member(asked.first_lease + lease));
+        }
+        let unspent: Vec<(String, i64)> = asked.keys.into_iter().zip(sizes.to_vec()).collect();
+        let inner = Arc::clone(self);
+        let org = org.clone();
+        self.runtime.spawn(async move {
+            if let Err(error) = inner.return_grant(&org, &asked.id, &unspent).await {
+                tracing::warn!(
+                    %error,
+                    org = org.as_str(),
+                    "tollhouse: giving back an unused quota grant failed; its units stay charged \
+                     until their windows end"
+                );
+            }
+        });
+    }
+
+    /// The org's grant, taken out, when `settlement` charges a cost found higher after the
+    /// response: that charge may leave a debt, which the grant's units were taken before. The
+    /// grant must go back before the charge is written, so that the charge falls where it would
+    /// without the grant, and the org's next request sees the debt as the memory store would.
+    pub(super) fn grant_ended_by(
+        &self,
+        org: &ResolvedOrg,
+        settlement: &Settlement,
+    ) -> Option<Grant> {
+        // Latency is debited only to `latency_ms` limits, which are never granted.
+        if settlement.correction.cost_delta <= 0 {
+            return None;
+        }
+        self.grants.as_ref()?.take(org.id())
+    }
+
+    /// Gives `grant` back now; if that fails, again in the background (a give-back is
+    /// idempotent).
+    pub(super) async fn give_back_now(self: &Arc<Self>, org: &OrgId, grant: Grant) {
+        let unspent = grant.unspent();
+        if self.return_grant(org, &grant.id, &unspent).await.is_err() {
+            self.give_back_later(org, grant);
+        }
     }
 
     /// Gives `grant` back in the background.

@@ -227,7 +227,7 @@ impl Late {
                 return;
             }
         };
-        self.give_grant_back(&reply).await;
+        self.give_grant_back(&reply);
         let job = match self.refund(reply) {
             Ok(Some(job)) => job,
             Ok(None) => return,
@@ -255,34 +255,13 @@ impl Late {
     }
 
     /// Gives back, whole, the quota grant a reply nobody read took.
-    async fn give_grant_back(&self, reply: &AdmissionReply) {
-        let Some(asked) = &self.asked else {
-            return;
-        };
-        // A size per limit, then the concurrency slots.
-        let Some((&slots, sizes)) = reply.granted.split_last() else {
-            return;
-        };
-        if reply.status != AdmissionReply::ADMITTED || sizes.len() != asked.keys.len() {
+    fn give_grant_back(&mut self, reply: &AdmissionReply) {
+        if reply.status != AdmissionReply::ADMITTED {
             return;
         }
-        let set: Arc<str> = Arc::from(self.inner.keys(self.org.id()).leases());
-        for lease in 0..u64::try_from(slots).unwrap_or(0) {
-            let member = self.inner.member(asked.first_lease + lease);
-            self.inner.batcher.release(Arc::clone(&set), member);
-        }
-        let unspent: Vec<(String, i64)> = asked.keys.iter().cloned().zip(sizes.to_vec()).collect();
-        if let Err(error) = self
-            .inner
-            .return_grant(self.org.id(), &asked.id, &unspent)
-            .await
-        {
-            tracing::warn!(
-                %error,
-                org = self.org.id().as_str(),
-                "tollhouse: giving back the quota grant of a late admission failed; its units stay \
-                 charged until their windows end"
-            );
+        if let Some(asked) = self.asked.take() {
+            self.inner
+                .give_back_asked(self.org.id(), asked, reply.granted.clone());
         }
     }
 
