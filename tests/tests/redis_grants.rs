@@ -26,19 +26,29 @@ fn org_as(id: &str, plan: &str) -> Arc<ResolvedOrg> {
     Arc::clone(policy.org(id).expect("defined"))
 }
 
-const MINUTE_AND_DAY: &str = r#"
+/// A plan of `requests` a minute and `points` per `points_window`.
+fn requests_and_points(requests: u64, points_window: &str, points: u64) -> String {
+    format!(
+        r#"
 [[plans.p.limits]]
 name = "per_minute"
 dimension = "requests"
 zone = "UTC"
-tiers = [{ window = "minute", capacity = 1000 }]
+tiers = [{{ window = "minute", capacity = {requests} }}]
 
 [[plans.p.limits]]
 name = "points"
 dimension = "points"
 zone = "UTC"
-tiers = [{ window = "day", capacity = 100000 }]
-"#;
+tiers = [{{ window = "{points_window}", capacity = {points} }}]
+"#
+    )
+}
+
+/// 1,000 requests a minute and 100,000 points a day.
+fn minute_and_day() -> String {
+    requests_and_points(1000, "day", 100_000)
+}
 
 async fn granting(server: &RedisServer, prefix: &str, grants: Grants) -> RedisStore {
     RedisStore::builder()
@@ -66,7 +76,7 @@ async fn a_hot_org_is_admitted_from_grants_and_redis_counts_exactly() {
         return;
     };
     let store = granting(&server, &unique_prefix("hot"), Grants::new().hot_rps(0)).await;
-    let org = org(MINUTE_AND_DAY);
+    let org = org(&minute_and_day());
     let now = in_a_minute();
     let mut info = connection(&server.url()).await;
     let before = command_calls(&mut info, "evalsha").await;
@@ -105,19 +115,7 @@ async fn three_instances_with_grants_admit_exactly_the_capacity() {
     for _ in 0..3 {
         stores.push(granting(&server, &prefix, Grants::new().hot_rps(0)).await);
     }
-    let org = org(r#"
-[[plans.p.limits]]
-name = "per_minute"
-dimension = "requests"
-zone = "UTC"
-tiers = [{ window = "minute", capacity = 600 }]
-
-[[plans.p.limits]]
-name = "points"
-dimension = "points"
-zone = "UTC"
-tiers = [{ window = "minute", capacity = 5000 }]
-"#);
+    let org = org(&requests_and_points(600, "minute", 5000));
     let now = in_a_minute();
     // Four tasks an instance, each until 30 refusals in a row; costs of 1 to 3 points.
     let tasks = (0..12_u64).map(|task| {
@@ -167,7 +165,7 @@ async fn a_window_that_ends_gives_its_grant_back() {
         return;
     };
     let store = granting(&server, &unique_prefix("roll"), Grants::new().hot_rps(0)).await;
-    let org = org(MINUTE_AND_DAY);
+    let org = org(&minute_and_day());
     let now = in_a_minute();
     for _ in 0..50 {
         assert!(
@@ -208,7 +206,7 @@ async fn a_grant_admits_while_redis_is_paused() {
         .connect(&server.url())
         .await
         .expect("connect");
-    let org = org(MINUTE_AND_DAY);
+    let org = org(&minute_and_day());
     let now = in_a_minute();
     // Demand grows the grant: after 64 admissions in one second it covers 64 more.
     for _ in 0..64 {
@@ -269,7 +267,7 @@ async fn requests_in_flight_from_grants_show_in_the_usage_of_every_instance() {
     let grants = Grants::new().hot_rps(0).period(Duration::from_millis(50));
     let first = granting(&server, &prefix, grants.clone()).await;
     let second = granting(&server, &prefix, grants).await;
-    let org = org(MINUTE_AND_DAY);
+    let org = org(&minute_and_day());
     let now = in_a_minute();
     // The first goes to Redis (a lease), the next two come from the grant.
     let mut permits = Vec::new();
@@ -313,8 +311,9 @@ async fn plans_with_a_rate_stay_one_round_trip() {
     .await;
     // A smooth rate beside the tiers: every request is one round trip.
     let org = org(&format!(
-        "{MINUTE_AND_DAY}\n[[plans.p.limits]]\nname = \"smooth\"\ndimension = \"requests\"\n\
-         rate = {{ amount = 1000, per = \"second\" }}\n"
+        "{}\n[[plans.p.limits]]\nname = \"smooth\"\ndimension = \"requests\"\n\
+         rate = {{ amount = 1000, per = \"second\" }}\n",
+        minute_and_day()
     ));
     let now = in_a_minute();
     let mut info = connection(&server.url()).await;
@@ -372,7 +371,7 @@ async fn a_grant_taken_for_a_request_that_went_away_is_given_back() {
     };
     let store = granting(&server, &unique_prefix("gone"), Grants::new().hot_rps(0)).await;
     let observer = granting(&server, store.prefix(), Grants::new()).await;
-    let org = org(MINUTE_AND_DAY);
+    let org = org(&minute_and_day());
     let now = in_a_minute();
     let mut admin = connection(&server.url()).await;
     let () = redis::cmd("CLIENT")
@@ -416,7 +415,7 @@ async fn slots_from_grants_keep_every_instance_within_the_concurrency_limit() {
     for _ in 0..3 {
         stores.push(granting(&server, &prefix, Grants::new().hot_rps(0)).await);
     }
-    let org = org(&format!("concurrency = 20\n{MINUTE_AND_DAY}"));
+    let org = org(&format!("concurrency = 20\n{}", minute_and_day()));
     let now = in_a_minute();
     // Two tasks an instance, each holding every request it gets in until 50 refusals in a row.
     let tasks = (0..6).map(|task| {
@@ -479,7 +478,7 @@ async fn a_plan_with_a_concurrency_limit_is_granted_slots() {
         Grants::new().hot_rps(0),
     )
     .await;
-    let org = org(&format!("concurrency = 100\n{MINUTE_AND_DAY}"));
+    let org = org(&format!("concurrency = 100\n{}", minute_and_day()));
     let now = in_a_minute();
     let mut info = connection(&server.url()).await;
     let before = command_calls(&mut info, "evalsha").await;

@@ -179,24 +179,31 @@ async fn redis_store(redis: &TestRedis, test: &str) -> RedisStore {
     redis_store_at(redis.url(), test).await
 }
 
-/// A store on the server at `url`, with `test`'s own key prefix.
-async fn redis_store_at(url: &str, test: &str) -> RedisStore {
+/// The settings of a suite store: `test`'s own key prefix, a generous timeout (debug builds of
+/// many tests share two cores; the failure tests use 50 ms).
+fn suite_builder(test: &str) -> tollhouse_redis::RedisStoreBuilder {
     RedisStore::builder()
         .prefix(unique_prefix(test))
-        // Generous: debug builds of many tests share two cores. The failure tests use 50 ms.
         .timeout(Duration::from_secs(2))
+}
+
+/// The same with quota grants for every org from its first request: each case must see what the
+/// memory store gives, with most admissions decided from grants.
+fn granting_builder(test: &str) -> tollhouse_redis::RedisStoreBuilder {
+    suite_builder(test).grants(Grants::new().hot_rps(0))
+}
+
+/// A store on the server at `url`, with `test`'s own key prefix.
+async fn redis_store_at(url: &str, test: &str) -> RedisStore {
+    suite_builder(test)
         .connect(url)
         .await
         .expect("connect to the test server")
 }
 
-/// A store with quota grants for every org from its first request: each case must see what the
-/// memory store gives, with most admissions decided from grants.
+/// A granting store on the test server.
 async fn granting_store(redis: &TestRedis, test: &str) -> RedisStore {
-    RedisStore::builder()
-        .prefix(unique_prefix(test))
-        .timeout(Duration::from_secs(2))
-        .grants(Grants::new().hot_rps(0))
+    granting_builder(test)
         .connect(redis.url())
         .await
         .expect("connect to the test server")
@@ -1359,9 +1366,7 @@ async fn cluster_store(
     cluster: &tollhouse_tests::redis_cluster::TestCluster,
     test: &str,
 ) -> RedisStore {
-    RedisStore::builder()
-        .prefix(unique_prefix(test))
-        .timeout(Duration::from_secs(2))
+    suite_builder(test)
         .cluster(cluster.urls())
         .await
         .expect("connect to the test cluster")
@@ -1372,10 +1377,7 @@ async fn granting_cluster_store(
     cluster: &tollhouse_tests::redis_cluster::TestCluster,
     test: &str,
 ) -> RedisStore {
-    RedisStore::builder()
-        .prefix(unique_prefix(test))
-        .timeout(Duration::from_secs(2))
-        .grants(Grants::new().hot_rps(0))
+    granting_builder(test)
         .cluster(cluster.urls())
         .await
         .expect("connect to the test cluster")

@@ -298,9 +298,7 @@ impl Layout {
         }
         Ok(())
     }
-}
 
-impl Layout {
     /// Takes `units` off the count of counter `key` (what a grant of this instance holds unspent).
     fn give(&mut self, key: &str, units: i64) {
         let Some(position) = self.keys.iter().position(|k| k == key) else {
@@ -317,6 +315,25 @@ impl Layout {
             }
             first += len;
         }
+    }
+}
+
+/// Runs `step` on `inner` every `period` (the first time one period from now) until the store is
+/// dropped; a step that takes longer delays the next.
+async fn every<Step, Done>(inner: Weak<Inner>, period: Duration, mut step: Step)
+where
+    Step: FnMut(Arc<Inner>) -> Done,
+    Done: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        step(inner).await;
     }
 }
 
@@ -488,11 +505,12 @@ impl Inner {
             invocation.key(key);
         }
         let sent = wall_ms();
-        // The grant part follows the limits' arguments: 3 per limit, then 2 per rate or tier.
+        // The grant part follows the limits' arguments: 3 per limit, then 2 per tier (a rate has
+        // one: its interval and burst).
         let limit_args: usize = org
             .limits()
             .iter()
-            .map(|limit| 3 + 2 * limit.tiers().len().max(usize::from(limit.is_rate())))
+            .map(|limit| 3 + 2 * limit.tiers().len())
             .sum();
         invocation
             .arg(now.as_millis())
@@ -523,7 +541,7 @@ impl Inner {
             }
         }
         if let Some(grant) = &grant {
-            grant.push(&mut invocation, self);
+            grant.push(&mut invocation);
         }
         let mut conn = self.conn.clone();
         let call = Box::pin(async move { invocation.invoke_async::<Value>(&mut conn).await });
@@ -698,12 +716,7 @@ impl Store for RedisStore {
         match ended {
             None => futures_util::future::Either::Left(self.inner.enqueue(job)),
             Some(grant) => {
-                let inner = Arc::clone(&self.inner);
-                let org = org.id().clone();
-                let task = self.inner.runtime.spawn(async move {
-                    inner.give_back_now(&org, grant).await;
-                    inner.enqueue(job).await
-                });
+                let task = self.inner.settle_after_give_back(org.id(), grant, job);
                 futures_util::future::Either::Right(async move {
                     task.await
                         .unwrap_or_else(|_| Err(protocol("a settlement's task ended early")))
@@ -743,15 +756,7 @@ impl Store for RedisStore {
         let job = self.inner.settle_job(org, settlement);
         match ended {
             None => self.inner.enqueue_detached(job),
-            // The grant goes back first: the charge then falls where it would without it.
-            Some(grant) => {
-                let inner = Arc::clone(&self.inner);
-                let org = org.id().clone();
-                self.inner.runtime.spawn(async move {
-                    inner.give_back_now(&org, grant).await;
-                    inner.enqueue_detached(job);
-                });
-            }
+            Some(grant) => drop(self.inner.settle_after_give_back(org.id(), grant, job)),
         }
         None
     }

@@ -1,7 +1,7 @@
 //! Quota grants: a hot org's admissions decided in this process, exactly (see [`Grants`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -229,10 +229,25 @@ impl Pool {
         i64::try_from(self.state.lock().0.len()).unwrap_or(i64::MAX)
     }
 
-    /// An idle slot for a request, if there is one.
-    fn take(&self) -> Option<u64> {
+    /// An idle slot for a request, if there is one, and the org's requests in flight with it as
+    /// this instance knows them: the others' when the grant was taken, and this grant's busy slots.
+    fn take(&self) -> Option<(u64, u32)> {
         let mut state = self.state.lock();
-        if state.1 { state.0.pop() } else { None }
+        if !state.1 {
+            return None;
+        }
+        let lease = state.0.pop()?;
+        let busy = self.total.saturating_sub(state.0.len());
+        Some((
+            lease,
+            self.others
+                .saturating_add(u32::try_from(busy).unwrap_or(u32::MAX)),
+        ))
+    }
+
+    /// A slot taken for a request the grant did not admit after all.
+    fn put_back(&self, lease: u64) {
+        self.state.lock().0.push(lease);
     }
 
     /// How many slots the next grant should ask for, after this one's held `total`: twice as
@@ -249,19 +264,6 @@ impl Pool {
             wanted
         }
         .clamp(FIRST_SLOTS, MOST_SLOTS)
-    }
-
-    fn has_idle(&self) -> bool {
-        let state = self.state.lock();
-        state.1 && !state.0.is_empty()
-    }
-
-    /// The org's requests in flight as this instance knows them: the others' when the grant was
-    /// taken, and this grant's busy slots.
-    fn in_flight(&self) -> u32 {
-        let busy = self.total.saturating_sub(self.state.lock().0.len());
-        self.others
-            .saturating_add(u32::try_from(busy).unwrap_or(u32::MAX))
     }
 
     /// The grant no longer holds its slots: the idle ones are released now, the busy ones when
@@ -380,8 +382,6 @@ pub(super) struct Book {
     config: Grants,
     slots: OrgMap<Mutex<Slot>>,
     next: AtomicU64,
-    /// Whether any grant was taken since the store started (nothing to look at otherwise).
-    used: AtomicBool,
 }
 
 impl Book {
@@ -390,7 +390,6 @@ impl Book {
             config,
             slots: OrgMap::new(),
             next: AtomicU64::new(1),
-            used: AtomicBool::new(false),
         }
     }
 
@@ -404,23 +403,24 @@ impl Book {
         let slots = self.slots.pin();
         let mut slot = slots.get(org.id())?.lock();
         let grant = slot.grant.as_mut()?;
-        let pool = grant.pool.clone();
-        if pool.as_ref().is_some_and(|pool| !pool.has_idle()) {
+        // A plan that limits concurrency needs an idle slot of the grant's too.
+        let held = match &grant.pool {
+            Some(pool) => Some((Arc::clone(pool), pool.take()?)),
+            None => None,
+        };
+        let Some(verdict) = grant.admit(org, charge, now) else {
+            if let Some((pool, (lease, _))) = held {
+                pool.put_back(lease);
+            }
             return None;
-        }
-        let verdict = grant.admit(org, charge, now)?;
+        };
         slot.demand.count(now);
         slot.touched = true;
-        let (permit, in_flight) = match pool {
-            Some(pool) => {
-                // Under the org's lock, an idle slot seen above is still there.
-                let lease = pool.take()?;
-                let in_flight = pool.in_flight();
-                (
-                    Permit::new(pool as Arc<dyn ReleasePermit>, lease),
-                    Some(in_flight),
-                )
-            }
+        let (permit, in_flight) = match held {
+            Some((pool, (lease, in_flight))) => (
+                Permit::new(pool as Arc<dyn ReleasePermit>, lease),
+                Some(in_flight),
+            ),
             None => {
                 slot.flight.0.fetch_add(1, Ordering::AcqRel);
                 let owner = Arc::clone(&slot.flight) as Arc<dyn ReleasePermit>;
@@ -517,17 +517,20 @@ struct Ask {
     id: String,
     /// Per limit: the units wanted and the fewest worth taking.
     sizes: Vec<(u64, u64)>,
-    /// Concurrency slots wanted (0: the plan has no limit), and the first of the lease numbers
-    /// they would get.
+    /// Concurrency slots wanted (0: the plan has no limit), the fewest worth taking, and the
+    /// first of the lease numbers they would get.
     slots: u64,
+    least_slots: u64,
     first_lease: u64,
+    /// How long Redis counts the grant as held.
+    life: Duration,
 }
 
 impl GrantCall {
     /// The keys and arguments of the script's grant part (see admit.lua), after the counters and
     /// the limits.
-    pub(super) fn push(&self, invocation: &mut redis::ScriptInvocation<'_>, inner: &Inner) {
-        let keys = inner.keys(self.org.id());
+    pub(super) fn push(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        let keys = self.inner.keys(self.org.id());
         invocation.key(keys.grants()).key(keys.grant_lapses());
         match &self.back {
             Some(grant) => {
@@ -546,19 +549,17 @@ impl GrantCall {
         }
         match &self.ask {
             Some(ask) => {
-                let life = inner
-                    .grants
-                    .as_ref()
-                    .map_or(Duration::ZERO, |book| book.config.life)
-                    + LAPSE_MARGIN;
-                invocation.arg(&ask.id).arg(millis(life)).arg(SHARE_DIVISOR);
+                invocation
+                    .arg(&ask.id)
+                    .arg(millis(ask.life))
+                    .arg(SHARE_DIVISOR);
                 for (want, least) in &ask.sizes {
                     invocation.arg(want).arg(least);
                 }
                 invocation
                     .arg(ask.slots)
-                    .arg(book_least(inner).min(ask.slots))
-                    .arg(format!("{}:", inner.instance_name()))
+                    .arg(ask.least_slots)
+                    .arg(format!("{}:", self.inner.instance_name()))
                     .arg(ask.first_lease);
             }
             None => {
@@ -673,7 +674,6 @@ impl GrantCall {
                 grant.until = grant.until.min(tier.end);
             }
         }
-        book.used.store(true, Ordering::Relaxed);
         let slots = book.slots.pin();
         let slot = slots.get_or_insert_with(org.id(), Mutex::default);
         let previous = {
@@ -715,11 +715,6 @@ pub(super) struct Asked {
     pub(super) keys: Vec<String>,
     /// The lease number of its first concurrency slot.
     pub(super) first_lease: u64,
-}
-
-/// The fewest units (or slots) worth a grant.
-fn book_least(inner: &Inner) -> u64 {
-    inner.grants.as_ref().map_or(0, |book| book.config.least)
 }
 
 /// Each limit's first-tier counter in `layout` (every limit of a granted plan has tiers).
@@ -785,7 +780,9 @@ impl Inner {
                 id,
                 sizes,
                 slots,
+                least_slots: book.config.least.min(slots),
                 first_lease,
+                life: book.config.life + LAPSE_MARGIN,
             })
         } else {
             None
@@ -820,16 +817,8 @@ impl Inner {
         let unspent: Vec<(String, i64)> = asked.keys.into_iter().zip(sizes.to_vec()).collect();
         let inner = Arc::clone(self);
         let org = org.clone();
-        self.runtime.spawn(async move {
-            if let Err(error) = inner.return_grant(&org, &asked.id, &unspent).await {
-                tracing::warn!(
-                    %error,
-                    org = org.as_str(),
-                    "tollhouse: giving back an unused quota grant failed; its units stay charged \
-                     until their windows end"
-                );
-            }
-        });
+        self.runtime
+            .spawn(async move { inner.give_back_logged(&org, &asked.id, &unspent).await });
     }
 
     /// The org's grant, taken out, when `settlement` charges a cost found higher after the
@@ -848,6 +837,22 @@ impl Inner {
         self.grants.as_ref()?.take(org.id())
     }
 
+    /// Gives `grant` back, then queues `job` (a charge the grant's units must not stand in front
+    /// of), in a task of its own: its result is the job's.
+    pub(super) fn settle_after_give_back(
+        self: &Arc<Self>,
+        org: &OrgId,
+        grant: Grant,
+        job: Option<super::settle::Job>,
+    ) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+        let inner = Arc::clone(self);
+        let org = org.clone();
+        self.runtime.spawn(async move {
+            inner.give_back_now(&org, grant).await;
+            inner.enqueue(job).await
+        })
+    }
+
     /// Gives `grant` back now; if that fails, again in the background (a give-back is
     /// idempotent).
     pub(super) async fn give_back_now(self: &Arc<Self>, org: &OrgId, grant: Grant) {
@@ -862,16 +867,22 @@ impl Inner {
         let inner = Arc::clone(self);
         let org = org.clone();
         self.runtime.spawn(async move {
-            let unspent = grant.unspent();
-            if let Err(error) = inner.return_grant(&org, &grant.id, &unspent).await {
-                tracing::warn!(
-                    %error,
-                    org = org.as_str(),
-                    "tollhouse: giving a quota grant back failed; its units stay charged until \
-                     their windows end"
-                );
-            }
+            inner
+                .give_back_logged(&org, &grant.id, &grant.unspent())
+                .await;
         });
+    }
+
+    /// Gives back grant `id` of `org` (see [`Inner::return_grant`]); a failure is logged.
+    async fn give_back_logged(&self, org: &OrgId, id: &str, unspent: &[(String, i64)]) {
+        if let Err(error) = self.return_grant(org, id, unspent).await {
+            tracing::warn!(
+                %error,
+                org = org.as_str(),
+                "tollhouse: giving a quota grant back failed; its units stay charged until their \
+                 windows end"
+            );
+        }
     }
 
     /// Gives back grant `id` of `org`: the units left of each counter.
@@ -903,20 +914,13 @@ impl Inner {
         let Some(book) = self.grants.as_ref() else {
             return;
         };
-        if !book.used.load(Ordering::Relaxed) {
+        if book.slots.is_empty() {
             return;
         }
         let Sweep { idle, flights } = book.sweep(all);
         let give_backs = idle.iter().map(|(org, grant)| async move {
-            let unspent = grant.unspent();
-            if let Err(error) = self.return_grant(org, &grant.id, &unspent).await {
-                tracing::warn!(
-                    %error,
-                    org = org.as_str(),
-                    "tollhouse: giving a quota grant back failed; its units stay charged until \
-                     their windows end"
-                );
-            }
+            self.give_back_logged(org, &grant.id, &grant.unspent())
+                .await;
         });
         let lapse = millis(book.config.period.saturating_mul(3));
         let publications = flights.iter().map(|(org, count)| async move {
@@ -950,16 +954,10 @@ impl Inner {
 /// Gives back unused grants and publishes in-flight counts every period until the store is
 /// dropped.
 pub(super) async fn sweep_grants(inner: std::sync::Weak<Inner>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        inner.sweep_grants(false).await;
-    }
+    super::every(inner, every, |inner| async move {
+        inner.sweep_grants(false).await
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -117,18 +117,12 @@ impl Inner {
 
 /// Renews the leases of `inner` every `every` until the store is dropped.
 pub(super) async fn renew_leases(inner: Weak<Inner>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
+    super::every(inner, every, |inner| async move {
         if inner.leases.lock().is_empty() {
-            continue;
+            return;
         }
         // Failures are counted and logged by the health; the next tick tries again.
         let _ = inner.renew_all().await;
-    }
+    })
+    .await;
 }
